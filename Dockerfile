@@ -1,0 +1,13 @@
+# One image for every genq process: the API, the worker, Flower and the upstream simulator.
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+COPY api ./api
+COPY simulator ./simulator
+COPY devstack ./devstack
+RUN pip install . && useradd --create-home genq
+USER genq
+EXPOSE 8000 5555 8081
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

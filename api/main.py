@@ -1,0 +1,26 @@
+"""The HTTP API: ``uvicorn api.main:app``. It enqueues by task name and reads job records."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+
+from api.routes import health, jobs
+
+__all__ = ["app", "create_app"]
+
+
+def create_app() -> FastAPI:
+    """Build the application; no I/O happens until the first request."""
+    application = FastAPI(
+        title="genq",
+        version="0.1.0",
+        description="Text-generation jobs that keep answering when the model provider fails.",
+    )
+    application.include_router(health.router)
+    application.include_router(jobs.router)
+    application.mount("/metrics", make_asgi_app())
+    return application
+
+
+app = create_app()

@@ -1,0 +1,77 @@
+"""``/v1/jobs``: submit one generation, poll it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import APIRouter, HTTPException, Response, status
+from kombu.exceptions import OperationalError
+
+from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
+from api.schemas import Job, JobCreate, check_limits
+from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
+from worker.errors import StorageUnavailable
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+#: How soon a client polling an unfinished job should come back, in seconds.
+POLL_AFTER_S = 1
+
+
+def _unavailable(what: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"{what} is unreachable; nothing was accepted, try again shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job)
+def submit_job(
+    body: JobCreate,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    celery: CeleryDep,
+    response: Response,
+) -> Job:
+    """Accept a generation job; poll the ``Location`` it returns."""
+    check_limits(body, settings)
+    job_id = uuid.uuid4().hex
+    message = JobMessage(job_id=job_id, request=body)
+    try:
+        record = store.create(job_id, principal.owner)
+    except StorageUnavailable as exc:
+        raise _unavailable("the job store") from exc
+    try:
+        celery.send_task(
+            TASK_GENERATE,
+            args=[message.model_dump(mode="json", exclude_defaults=True)],
+            task_id=job_id,
+            queue=QUEUE_INTERACTIVE,
+            ignore_result=True,
+        )
+    except (OperationalError, OSError) as exc:
+        store.delete(job_id)
+        log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": type(exc).__name__})
+        raise _unavailable("the broker") from exc
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    response.headers["Retry-After"] = str(POLL_AFTER_S)
+    return Job.from_record(record)
+
+
+@router.get("/{job_id}", response_model=Job)
+def get_job(job_id: str, principal: PrincipalDep, store: StoreDep, response: Response) -> Job:
+    """The job object; ``Retry-After`` says when to poll again while it is not final."""
+    try:
+        record = store.get(job_id) if len(job_id) <= 64 else None
+    except StorageUnavailable as exc:
+        raise _unavailable("the job store") from exc
+    if record is None or record.owner != principal.owner:
+        # Another key's job is reported exactly like a job that does not exist.
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
+    if not record.status.is_final:
+        response.headers["Retry-After"] = str(POLL_AFTER_S)
+    return Job.from_record(record)

@@ -1,0 +1,214 @@
+"""Shared machinery of the Celery benches: a redis-server, the simulator, worker processes,
+publishing jobs and timing how fast a worker drains them.
+
+Throughput is measured on the worker side: jobs / (last finish − first start), from the
+timestamps each job writes to Redis, so publishing and worker start-up do not count.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import redis
+import requests
+from celery import Celery
+
+from devstack.redis import RedisProcess, ensure_redis_server, free_port
+from worker.app import celery_config
+from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
+from worker.records import JobStore
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / ".run" / "bench"
+
+
+@dataclass
+class Env:
+    """A bench environment: one redis-server and one simulator process."""
+
+    redis_url: str
+    simulator_url: str
+
+    def genq_env(self, **extra: str) -> dict[str, str]:
+        return {
+            "GENQ_REDIS_URL": self.redis_url,
+            "GENQ_UPSTREAM_URL": self.simulator_url,
+            "GENQ_UPSTREAM_PROTOCOL": "hf",
+            "GENQ_UPSTREAM_TIMEOUT_S": "10",
+            **extra,
+        }
+
+    def settings(self, **extra: str) -> Settings:
+        env = self.genq_env(**extra)
+        return Settings.model_validate({k[5:].lower(): v for k, v in env.items()})
+
+    def simulator(self, **config: object) -> None:
+        requests.post(f"{self.simulator_url}/_sim/reset", timeout=5).raise_for_status()
+        requests.post(
+            f"{self.simulator_url}/_sim/config", json=config, timeout=5
+        ).raise_for_status()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+
+def _spawn(args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with (LOG_DIR / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(
+            args, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+@contextmanager
+def bench_env() -> Iterator[Env]:
+    """A fresh redis-server and simulator for one bench run."""
+    redis_proc = RedisProcess(ensure_redis_server(lambda _: None))
+    redis_proc.start()
+    port = free_port()
+    sim = _spawn([sys.executable, "-m", "simulator", "--port", str(port)], {}, "simulator")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _answers(f"{url}/_sim/health"), 15, "the simulator")
+        yield Env(redis_proc.url, url)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        redis_proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _wait(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def worker(env: Env, app: str, pool: str, concurrency: int, **extra: str) -> Iterator[None]:
+    """A ``celery worker`` process for ``app`` with the given pool, stopped afterwards."""
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-Q",
+        QUEUE_INTERACTIVE,
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "--hostname",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    proc = _spawn(args, env.genq_env(**extra), f"worker-{app}-{pool}")
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def publisher(env: Env) -> Celery:
+    app = Celery("bench-publisher", set_as_current=False)
+    app.conf.update(celery_config(env.settings()))
+    return app
+
+
+def publish_genq(env: Env, n: int, request: dict[str, object] | None = None) -> list[str]:
+    """Create ``n`` job records (as the API would) and publish their tasks."""
+    store = JobStore(env.client(), 3600)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    for job_id in ids:
+        store.create(job_id, owner="bench")
+    app = publisher(env)
+    with app.producer_or_acquire() as producer:
+        for i, job_id in enumerate(ids):
+            body = request or {"prompt": f"bench prompt {i}", "params": {"max_new_tokens": 16}}
+            message = JobMessage(job_id=job_id, request=GenerateRequest.model_validate(body))
+            app.send_task(
+                TASK_GENERATE,
+                args=[message.model_dump(mode="json")],
+                task_id=job_id,
+                queue=QUEUE_INTERACTIVE,
+                ignore_result=True,
+                producer=producer,
+            )
+    return ids
+
+
+def publish_bare(env: Env, n: int, task: str, with_prompt: bool = True) -> list[str]:
+    app = publisher(env)
+    with app.producer_or_acquire() as producer:
+        for i in range(n):
+            args: list[object] = [i, f"bench prompt {i}"] if with_prompt else [i]
+            app.send_task(
+                task, args=args, queue=QUEUE_INTERACTIVE, ignore_result=True, producer=producer
+            )
+    return [str(i) for i in range(n)]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def drain_rate_genq(env: Env, ids: list[str], timeout_s: float = 300) -> float:
+    """Jobs/s between the first job's start and the last job's finish."""
+    client = env.client()
+
+    def rows() -> list[list[str | None]]:
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(f"genq:job:{job_id}", "status", "started_at", "finished_at")
+        return pipe.execute()  # type: ignore[no-any-return]
+
+    _wait(lambda: all(r[0] in ("succeeded", "failed") for r in rows()), timeout_s, "genq jobs")
+    done = rows()
+    starts = [_epoch(r[1]) for r in done if r[1]]
+    ends = [_epoch(r[2]) for r in done if r[2]]
+    return len(ids) / (max(ends) - min(starts))
+
+
+def drain_rate_bare(env: Env, ids: list[str], timeout_s: float = 300) -> float:
+    client = env.client()
+    keys = [f"bench:bare:{i}" for i in ids]
+    _wait(lambda: client.exists(*keys) == len(keys), timeout_s, "bare jobs")
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(key, "started", "finished")
+    done = pipe.execute()
+    return len(ids) / (max(float(r[1]) for r in done) - min(float(r[0]) for r in done))
+
+
+def reset(env: Env) -> None:
+    env.client().flushdb()

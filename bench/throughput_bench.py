@@ -1,0 +1,81 @@
+"""End-to-end throughput of ``genq.generate`` against the simulator, next to a bare Celery
+task making the same HTTP call with the same pool and concurrency (issue #2's bench).
+
+Run: ``python -m bench.throughput_bench`` (``make bench`` runs every bench). Writes the
+"throughput" section of docs/benchmarks.md. Target: genq ≥ 0.9 × bare.
+"""
+
+from __future__ import annotations
+
+from bench.harness import (
+    Env,
+    bench_env,
+    drain_rate_bare,
+    drain_rate_genq,
+    publish_bare,
+    publish_genq,
+    reset,
+    worker,
+)
+from bench.report import machine, write_section
+
+CASES = [(0, 1500), (50, 1000)]  # (simulator latency ms, jobs)
+POOLS = [("threads", 8, 1000), ("threads", 16, 1000), ("prefork", 2, 300)]
+
+
+def genq_rate(env: Env, pool: str, concurrency: int, n: int) -> float:
+    reset(env)
+    with worker(env, "worker.app", pool, concurrency):
+        ids = publish_genq(env, n)
+        return drain_rate_genq(env, ids)
+
+
+def bare_rate(env: Env, pool: str, concurrency: int, n: int) -> float:
+    reset(env)
+    with worker(env, "bench.bare_app", pool, concurrency):
+        ids = publish_bare(env, n, "bench.bare_generate")
+        return drain_rate_bare(env, ids)
+
+
+def main() -> None:
+    rows = []
+    with bench_env() as env:
+        for latency, n in CASES:
+            env.simulator(latency_ms=latency)
+            genq, bare = genq_rate(env, "threads", 8, n), bare_rate(env, "threads", 8, n)
+            rows.append((latency, n, genq, bare))
+            print(f"latency {latency} ms: genq {genq:.0f}/s, bare {bare:.0f}/s, {genq / bare:.2f}x")
+        env.simulator(latency_ms=50)
+        pools = []
+        for pool, conc, n in POOLS:
+            rate = genq_rate(env, pool, conc, n)
+            pools.append((pool, conc, n, rate))
+            print(f"pool {pool} -c {conc}: {rate:.0f} jobs/s at 50 ms")
+    table = [
+        "## genq.generate vs a bare Celery task (issue #2)",
+        "",
+        f"{machine()}. Worker pool threads, concurrency 8, prefetch 1, acks late; the "
+        "simulator as upstream (HF protocol); jobs/s measured worker-side from first start "
+        "to last finish. Target: genq ≥ 0.9 × bare.",
+        "",
+        "| upstream latency | jobs | genq jobs/s | bare task jobs/s | genq / bare | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for latency, n, genq, bare in rows:
+        ok = "met" if genq >= 0.9 * bare else "NOT met"
+        table.append(
+            f"| {latency} ms | {n} | {genq:.0f} | {bare:.0f} | {genq / bare:.2f} | ≥ 0.9: {ok} |"
+        )
+    table += [
+        "",
+        "Pool choice, genq.generate at 50 ms upstream latency:",
+        "",
+        "| pool | concurrency | jobs | jobs/s |",
+        "|---|---|---|---|",
+    ]
+    table += [f"| {p} | {c} | {n} | {r:.0f} |" for p, c, n, r in pools]
+    write_section("throughput", "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The local stack: obtain a redis-server, run every genq process under honcho, demo it."""

@@ -1,0 +1,37 @@
+"""``python -m devstack``: run the local stack, demo it, or make sure redis-server exists."""
+
+from __future__ import annotations
+
+import typer
+
+from devstack.demo import run_demo
+from devstack.redis import ensure_redis_server
+from devstack.stack import plan_stack, run_stack
+
+cli = typer.Typer(add_completion=False, help="genq's local stack (development only).")
+
+
+@cli.command()
+def run(banner: bool = typer.Option(True, help="Print URLs and a curl once ready.")) -> None:
+    """Start redis, the simulator, a worker, the API and Flower; Ctrl-C stops them all."""
+    raise typer.Exit(run_stack(plan_stack(), banner=banner))
+
+
+@cli.command()
+def demo(timeout_s: float = typer.Option(90.0, help="How long to wait for the jobs.")) -> None:
+    """Start the stack, run sample jobs through the HTTP API, print a summary, stop."""
+    raise typer.Exit(run_demo(timeout_s))
+
+
+@cli.command("ensure-redis")
+def ensure_redis() -> None:
+    """Find or install a redis-server >= 6.2 and print its path."""
+    print(ensure_redis_server())
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The local process set: redis, the upstream simulator, a worker, the API and Flower.
+
+The commands are the Procfile's; honcho runs them, prefixes their output and stops
+them all on Ctrl-C or when one of them exits. This module only decides the
+environment (ports, the dev API key, where the upstream is) and prints the banner.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from devstack.redis import ensure_redis_server, free_port
+
+__all__ = ["DevSettings", "Stack", "plan_stack", "run_stack"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DevSettings(BaseSettings):
+    """Ports of the local stack (``GENQ_DEV_*``); a busy default port is replaced."""
+
+    model_config = SettingsConfigDict(env_prefix="GENQ_DEV_", extra="ignore")
+
+    redis_port: int = 6389
+    simulator_port: int = 8081
+    api_port: int = 8000
+    flower_port: int = 5555
+    upstream_url: str | None = None
+    """Where the worker sends generations; unset means the local simulator."""
+
+
+def _port_or_free(port: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+@dataclass
+class Stack:
+    """What ``make run`` starts: the process commands and their shared environment."""
+
+    processes: dict[str, str]
+    env: dict[str, str]
+    api_key: str
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def plan_stack(say: object = print) -> Stack:
+    """Choose ports, find redis-server and build the environment of every process."""
+    dev = DevSettings()
+    ports = {
+        name: _port_or_free(getattr(dev, f"{name}_port"))
+        for name in ("redis", "simulator", "api", "flower")
+    }
+    api_key = os.environ.get("GENQ_API_KEYS", "").split(",")[0] or secrets.token_urlsafe(24)
+    upstream = dev.upstream_url or os.environ.get("GENQ_UPSTREAM_URL")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "GENQ_DEV_REDIS_SERVER": ensure_redis_server(say),
+        "GENQ_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+        "GENQ_UPSTREAM_URL": upstream or f"http://127.0.0.1:{ports['simulator']}",
+        "GENQ_API_KEYS": os.environ.get("GENQ_API_KEYS") or api_key,
+        "GENQ_ADMIN_API_KEYS": os.environ.get("GENQ_ADMIN_API_KEYS") or api_key,
+        **{f"GENQ_DEV_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    }
+    processes = dict(parse_procfile((ROOT / "Procfile").read_text()).processes)
+    if upstream:
+        del processes["simulator"]
+    urls = {
+        "api": f"http://127.0.0.1:{ports['api']}",
+        "docs": f"http://127.0.0.1:{ports['api']}/docs",
+        "flower": f"http://127.0.0.1:{ports['flower']}",
+        "upstream": env["GENQ_UPSTREAM_URL"] + ("" if upstream else "  (the simulator)"),
+    }
+    return Stack(processes=processes, env=env, api_key=api_key, urls=urls)
+
+
+def wait_ready(api_url: str, timeout_s: float = 60.0) -> bool:
+    """Wait until the API answers ``/readyz`` (Redis up) or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{api_url}/readyz", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _banner(stack: Stack) -> str:
+    api = stack.urls["api"]
+    lines = ["", "genq is up (Ctrl-C stops everything):"]
+    lines += [f"  {name:<9}{url}" for name, url in stack.urls.items()]
+    lines += [
+        f"  api key  {stack.api_key}   (dev only, generated for this run)",
+        "",
+        "Try it:",
+        f"  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {stack.api_key}' \\",
+        "       -H 'Content-Type: application/json' -d '{\"prompt\": \"Say hello to genq\"}'",
+        f"  curl -s {api}/v1/jobs/<id> -H 'Authorization: Bearer {stack.api_key}'",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_stack(stack: Stack, banner: bool = True) -> int:
+    """Run every process until Ctrl-C (or one exits); returns honcho's exit code."""
+    manager = Manager()
+    for name, cmd in stack.processes.items():
+        manager.add_process(name, cmd, env=stack.env, cwd=str(ROOT))
+    if banner:
+
+        def announce() -> None:
+            if wait_ready(stack.urls["api"]):
+                print(_banner(stack), flush=True)
+
+        threading.Thread(target=announce, daemon=True).start()
+    manager.loop()
+    return int(manager.returncode or 0)

@@ -1,0 +1,299 @@
+"""An upstream simulator for development and tests: a stand-in HTTP server, not a model.
+
+It speaks hf (``POST /models/{model}``), tgi (``POST /generate``) and openai
+(``POST /v1/chat/completions``); every answer is :func:`simulated_text` of the prompt.
+Faults (``simulator.behaviour``) are switched at run time through ``POST /_sim/config``,
+``POST /_sim/reset``, ``GET /_sim/stats``, ``GET /_sim/health``, or :class:`SimulatorServer`.
+Stdlib only. TCP_NODELAY and HTTP/1.1 keep-alive: sequential calls on one connection
+must not stall ~40 ms each on Nagle's algorithm meeting delayed ACKs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from simulator.behaviour import (
+    DEFAULT_MODEL,
+    BadRequest,
+    Protocol,
+    Reply,
+    Request,
+    SimulatorConfig,
+    decide,
+    parse_request,
+)
+
+__all__ = ["SimulatorServer", "simulated_text"]
+
+
+def simulated_text(prompt: str, max_new_tokens: int, *, stop: Iterable[str] = ()) -> str:
+    """``"simulated:"`` and the prompt's words reversed, at most ``max_new_tokens`` of them.
+
+    The text is cut just before the earliest occurrence of any non-empty ``stop`` string.
+    """
+    words = prompt.split()[::-1][: max(max_new_tokens, 0)]
+    text = " ".join(["simulated:", *words])
+    cuts = [index for s in stop if s and (index := text.find(s)) >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def route(path: str) -> tuple[Protocol, str | None] | None:
+    """The protocol and, for hf, the model a POST path addresses; None for other paths."""
+    if path.startswith("/models/") and len(path) > len("/models/"):
+        return "hf", path[len("/models/") :]
+    if path in ("/generate", "/v1/chat/completions"):
+        return ("tgi" if path == "/generate" else "openai"), None
+    return None
+
+
+def render(protocol: Protocol, request: Request) -> object:
+    """The 200 body answering ``request`` in ``protocol``'s shape."""
+    text = simulated_text(request.prompt, request.max_new_tokens, stop=request.stop)
+    if protocol != "openai":
+        full = f"{request.prompt} {text}" if request.full_text else text
+        if protocol == "hf":
+            return [{"generated_text": full}]
+        details = {"finish_reason": "length", "generated_tokens": len(text.split())}
+        return {"generated_text": full, "details": details}
+    usage = {"prompt_tokens": len(request.prompt.split()), "completion_tokens": len(text.split())}
+    message = {"role": "assistant", "content": text}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return {
+        "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": [choice],
+        "usage": {**usage, "total_tokens": sum(usage.values())},
+    }
+
+
+def _normal_reply(protocol: Protocol, path_model: str | None, raw: bytes) -> tuple[Reply, str]:
+    """The fault-free answer to a call, and the model it names."""
+    model = path_model or DEFAULT_MODEL
+    try:
+        request = parse_request(protocol, raw, model)
+    except BadRequest as exc:
+        return Reply(exc.status, {"error": str(exc)}), model
+    return Reply(200, render(protocol, request)), request.model
+
+
+def _bearer(header: str | None) -> str | None:
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+class Control:
+    """The simulator's shared state behind one lock, never held while a call sleeps."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._config = SimulatorConfig()
+        self._rng = random.Random(self._config.seed)
+        self._calls = 0
+        self._outcomes: Counter[str] = Counter()
+
+    def configure(self, changes: object) -> dict[str, object]:
+        """Merge ``changes`` (all or nothing) and return the whole configuration."""
+        with self._lock:
+            self._config = self._config.merged(changes)
+            if isinstance(changes, Mapping) and "seed" in changes:
+                self._rng.seed(self._config.seed)
+            return self._config.as_dict()
+
+    def reset(self) -> dict[str, object]:
+        """Default configuration, a fresh RNG and zero counters; returns the configuration."""
+        with self._lock:
+            self._config, self._calls = SimulatorConfig(), 0
+            self._rng.seed(self._config.seed)
+            self._outcomes.clear()
+            return self._config.as_dict()
+
+    def stats(self) -> dict[str, object]:
+        """Generation calls received, ``by_outcome``, and the current ``config``."""
+        with self._lock:
+            config = self._config.as_dict()
+            return {"calls": self._calls, "by_outcome": dict(self._outcomes), "config": config}
+
+    def admit(self, token: str | None, model: str, normal: Reply) -> Reply:
+        """Count one generation call and decide its answer: ``normal`` unless a fault claims it."""
+        with self._lock:
+            self._calls += 1
+            reply, self._config = decide(self._config, self._rng.random, token, model, normal)
+            self._outcomes[reply.outcome] += 1
+            return reply
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: a line per request would drown test and benchmark output."""
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/_sim/health":
+            self._send(200, {"ok": True})
+        elif path == "/_sim/stats":
+            self._send(200, self.server.control.stats())
+        else:
+            self._send(404, {"error": f"no GET route {path}; see /_sim/health"})
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        path = urlsplit(self.path).path
+        target = route(unquote(path))
+        if target is not None:
+            self._generate(target[0], target[1], raw)
+        elif path == "/_sim/config":
+            self._configure(raw)
+        elif path == "/_sim/reset":
+            self._send(200, self.server.control.reset())
+        else:
+            routes = "/models/{model}, /generate, /v1/chat/completions, /_sim/config"
+            self._send(404, {"error": f"no POST route {path}; try {routes}"})
+
+    def _generate(self, protocol: Protocol, path_model: str | None, raw: bytes) -> None:
+        normal, model = _normal_reply(protocol, path_model, raw)
+        token = _bearer(self.headers.get("Authorization"))
+        reply = self.server.control.admit(token, model, normal)
+        if reply.delay_s > 0 and self.server.stopping.wait(reply.delay_s):
+            reply = Reply(0, drop=True)  # the server is stopping: answer nothing
+        if reply.drop:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            self._send(reply.status, reply.body, reply.headers)
+
+    def _configure(self, raw: bytes) -> None:
+        try:
+            self._send(200, self.server.control.configure(json.loads(raw or b"{}")))
+        except ValueError as exc:  # invalid JSON or a ConfigError
+            self._send(400, {"error": f"bad simulator config: {exc}"})
+
+    def _read_body(self) -> bytes:
+        # The clients genq uses send a Content-Length; chunked bodies are not supported.
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> None:
+        payload = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:  # the client gave up (e.g. timed out during a hang)
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hanging call never blocks stop() or interpreter exit
+
+    def __init__(self, address: tuple[str, int], control: Control) -> None:
+        self.control = control
+        self.stopping = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup that can stall.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        # Without this, a body sent after its headers waits for a delayed ACK (~40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._open_lock:
+            self._open.add(sock)
+        return sock, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut every open keep-alive connection so that clients see the server gone."""
+        with self._open_lock:
+            open_now = list(self._open)
+        for sock in open_now:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up; fine
+            super().handle_error(request, client_address)
+
+
+class SimulatorServer:
+    """The simulator on a loopback port, served from a daemon thread; a context manager.
+
+    The port is bound at construction (``port=0`` picks a free one), so ``url`` is known
+    before ``start()``. A stopped server cannot be started again.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._control = Control()
+        self._httpd = _Server((host, port), self._control)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:8081``."""
+        return f"http://{self._httpd.server_name}:{self._httpd.server_port}"
+
+    def start(self) -> SimulatorServer:
+        """Serve in a daemon thread; returns self."""
+        if self._thread is not None or self._httpd.stopping.is_set():
+            raise RuntimeError("this SimulatorServer was already started")
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wake hanging calls, close the port and every open connection."""
+        self._httpd.stopping.set()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._httpd.server_close()
+        self._httpd.close_connections()
+
+    def configure(self, **changes: object) -> dict[str, object]:
+        """Like ``POST /_sim/config``: merge ``changes`` and return the whole configuration."""
+        return self._control.configure(changes)
+
+    def reset(self) -> None:
+        """Like ``POST /_sim/reset``: default configuration and zero counters."""
+        self._control.reset()
+
+    def stats(self) -> dict[str, object]:
+        """Like ``GET /_sim/stats``: ``calls``, ``by_outcome`` and ``config``."""
+        return self._control.stats()
+
+    def __enter__(self) -> SimulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,157 @@
+"""Integration fixtures: genq configured against the session's real redis-server, the
+upstream simulator over HTTP, a real Celery worker (pytest-celery's in-process
+``celery_session_worker``, threads pool) and the API as a uvicorn process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from celery import Celery
+
+from devstack.redis import free_port
+from simulator.server import SimulatorServer
+from worker import connections, generation
+from worker.app import app as genq_app
+from worker.app import celery_config
+from worker.contract import QUEUE_BATCH, QUEUE_INTERACTIVE
+from worker.settings import Settings, get_settings
+
+API_KEY = "integration-key-0123456789"
+OTHER_KEY = "integration-other-key-0123456"
+ADMIN_KEY = "integration-admin-key-012345"
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorServer]:
+    """The upstream simulator, shared by the session; tests reset it when they change it."""
+    with SimulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(simulator: SimulatorServer) -> Iterator[SimulatorServer]:
+    """The session simulator, reset to healthy defaults before and after the test."""
+    simulator.reset()
+    yield simulator
+    simulator.reset()
+
+
+def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
+    """GENQ_* variables for a test process."""
+    return {
+        "GENQ_REDIS_URL": redis_url,
+        "GENQ_UPSTREAM_URL": upstream_url,
+        "GENQ_UPSTREAM_PROTOCOL": "hf",
+        "GENQ_UPSTREAM_TIMEOUT_S": "5",
+        "GENQ_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        "GENQ_ADMIN_API_KEYS": ADMIN_KEY,
+        "GENQ_RETRY_BASE_S": "0.2",
+        "GENQ_REDIS_SOCKET_TIMEOUT_S": "2",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def genq_settings(redis_url: str, simulator: SimulatorServer) -> Iterator[Settings]:
+    """This process's genq settings, pointing at the test Redis and the simulator."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in genq_env(redis_url, simulator.url).items():
+            mp.setenv(name, value)
+        get_settings.cache_clear()
+        connections._client_for.cache_clear()
+        generation._service_for.cache_clear()
+        yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def celery_session_app(genq_settings: Settings) -> Celery:
+    """genq's own Celery app (not a test app), configured for the test Redis."""
+    genq_app.conf.update(celery_config(genq_settings))
+    return genq_app
+
+
+@pytest.fixture(scope="session")
+def celery_worker_pool() -> str:
+    return "threads"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters() -> dict[str, Any]:
+    # No ping check: genq ignores Celery results, and the ping waits on one.
+    return {
+        "queues": (QUEUE_INTERACTIVE, QUEUE_BATCH),
+        "concurrency": 4,
+        "perform_ping_check": False,
+    }
+
+
+def start_process(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    """A child process with the test's env, its output in a log file under /tmp."""
+    log = open(f"/tmp/genq-test-{log_name}.log", "wb")  # noqa: SIM115 - lives with the child
+    return subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_http(url: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def api_url(redis_url: str, simulator: SimulatorServer) -> Iterator[str]:
+    """The API served by a real uvicorn process."""
+    port = free_port()
+    proc = start_process(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        genq_env(redis_url, simulator.url),
+        "api",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def auth(key: str = API_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_final(
+    api_url: str, location: str, key: str = API_KEY, timeout_s: float = 20.0
+) -> dict[str, Any]:
+    """Poll a job until it is final; fails the test if it is not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = requests.get(
+            f"{api_url}{location}", headers=auth(key), timeout=5
+        ).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {location} not final after {timeout_s} s: {job}")

@@ -1,0 +1,518 @@
+"""worker.upstream against a real local HTTP server (pytest-httpserver), plus its pure parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import requests
+from pydantic import SecretStr
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from worker.contract import GenerationParams
+from worker.errors import (
+    UpstreamMalformed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from worker.settings import Protocol, Settings
+from worker.upstream import (
+    UpstreamTarget,
+    build_request,
+    classify,
+    generate,
+    get_session,
+    parse_response,
+    parse_retry_after,
+)
+
+TOKEN = "hf_SeCrEtToKeN1234567890"
+PARAMS = GenerationParams(max_new_tokens=16, temperature=0.5, top_p=0.9, stop=["\n"])
+
+
+def target_for(
+    base_url: str,
+    protocol: Protocol = "hf",
+    *,
+    token: str | None = TOKEN,
+    read_timeout_s: float = 5.0,
+) -> UpstreamTarget:
+    return UpstreamTarget(
+        protocol=protocol,
+        base_url=base_url.rstrip("/"),
+        model="org/model-1",
+        token=SecretStr(token) if token is not None else None,
+        connect_timeout_s=1.0,
+        read_timeout_s=read_timeout_s,
+    )
+
+
+@pytest.fixture
+def base(httpserver: HTTPServer) -> str:
+    return httpserver.url_for("/").rstrip("/")
+
+
+# --- requests and responses over HTTP, per protocol -----------------------------------
+
+
+def test_hf_request_and_list_response(httpserver: HTTPServer, base: str) -> None:
+    """hf POSTs inputs+parameters to /models/<model> with auth and JSON headers, reads a list."""
+    expected = {
+        "inputs": "Hi",
+        "parameters": {
+            "max_new_tokens": 16,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop": ["\n"],
+            "return_full_text": False,
+        },
+    }
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": "genq/0.1",
+    }
+    httpserver.expect_oneshot_request(
+        "/models/org/model-1", method="POST", json=expected, headers=headers
+    ).respond_with_json([{"generated_text": "Hello"}])
+    result = generate(target_for(base), "Hi", PARAMS)
+    assert (result.text, result.model, result.usage) == ("Hello", "org/model-1", None)
+    assert result.latency_ms > 0
+    httpserver.check_assertions()
+
+
+def test_hf_accepts_tgi_shaped_object(httpserver: HTTPServer, base: str) -> None:
+    """hf also accepts a single {"generated_text"} object, with details as usage."""
+    httpserver.expect_oneshot_request("/models/org/model-1", method="POST").respond_with_json(
+        {"generated_text": "Yo", "details": {"generated_tokens": 3}}
+    )
+    result = generate(target_for(base), "Hi", PARAMS)
+    assert (result.text, result.usage) == ("Yo", {"completion_tokens": 3})
+
+
+def test_tgi_request_and_response(httpserver: HTTPServer, base: str) -> None:
+    """tgi POSTs inputs+parameters to /generate and reads generated_text and details."""
+    parameters = {"max_new_tokens": 16, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"]}
+    expected = {"inputs": "Hi", "parameters": {**parameters, "return_full_text": False}}
+    httpserver.expect_oneshot_request("/generate", method="POST", json=expected).respond_with_json(
+        {"generated_text": "Hey", "details": {"generated_tokens": 2}}
+    )
+    result = generate(target_for(base, "tgi"), "Hi", PARAMS)
+    assert (result.text, result.usage) == ("Hey", {"completion_tokens": 2})
+
+
+def test_openai_request_and_response(httpserver: HTTPServer, base: str) -> None:
+    """openai POSTs chat messages to /v1/chat/completions and reads content and usage."""
+    expected = {
+        "model": "org/model-1",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 16,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["\n"],
+    }
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    httpserver.expect_oneshot_request(
+        "/v1/chat/completions", method="POST", json=expected
+    ).respond_with_json({"choices": [{"message": {"content": "Hola"}}], "usage": usage})
+    result = generate(target_for(base, "openai"), "Hi", PARAMS)
+    assert (result.text, result.usage) == ("Hola", usage)
+
+
+def test_openai_base_ending_in_v1_is_not_doubled(httpserver: HTTPServer, base: str) -> None:
+    """A base URL that already ends in /v1 is called at /v1/chat/completions, not /v1/v1/."""
+    httpserver.expect_oneshot_request("/v1/chat/completions", method="POST").respond_with_json(
+        {"choices": [{"message": {"content": "ok"}}]}
+    )
+    assert generate(target_for(f"{base}/v1", "openai"), "Hi", PARAMS).text == "ok"
+
+
+def test_no_authorization_header_without_token(httpserver: HTTPServer, base: str) -> None:
+    """Without a token no Authorization header is sent."""
+    httpserver.expect_oneshot_request("/generate").respond_with_json({"generated_text": ""})
+    generate(target_for(base, "tgi", token=None), "Hi", PARAMS)
+    request, _ = httpserver.log[-1]
+    assert "Authorization" not in request.headers
+
+
+# --- error mapping over HTTP -----------------------------------------------------------
+
+
+def test_429_with_seconds_is_rate_limited(httpserver: HTTPServer, base: str) -> None:
+    """A 429 with Retry-After: 7 raises UpstreamRateLimited with retry_after 7 and status 429."""
+    httpserver.expect_request("/generate").respond_with_json(
+        {"error": "slow down"}, status=429, headers={"Retry-After": "7"}
+    )
+    with pytest.raises(UpstreamRateLimited) as caught:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    assert (caught.value.retry_after, caught.value.status) == (7.0, 429)
+    assert "slow down" in str(caught.value)
+
+
+def test_429_with_http_date(httpserver: HTTPServer, base: str) -> None:
+    """A 429 whose Retry-After is an HTTP-date 30 s ahead gives retry_after of about 30."""
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    httpserver.expect_request("/generate").respond_with_data(
+        "busy", status=429, headers={"Retry-After": when}
+    )
+    with pytest.raises(UpstreamRateLimited) as caught:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    assert caught.value.retry_after is not None
+    assert 25.0 <= caught.value.retry_after <= 30.0
+
+
+def test_503_loading_uses_estimated_time(httpserver: HTTPServer, base: str) -> None:
+    """HF's 503 "model is loading" with estimated_time raises UpstreamUnavailable with it."""
+    body = {"error": "Model org/model-1 is currently loading", "estimated_time": 20.5}
+    httpserver.expect_request("/models/org/model-1").respond_with_json(body, status=503)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        generate(target_for(base), "Hi", PARAMS)
+    assert (caught.value.retry_after, caught.value.status) == (20.5, 503)
+    assert "loading" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_5xx_is_unavailable(httpserver: HTTPServer, base: str, status: int) -> None:
+    """Any other 5xx raises UpstreamUnavailable carrying the status and the upstream text."""
+    httpserver.expect_request("/generate").respond_with_data("boom", status=status)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    assert caught.value.status == status
+    assert caught.value.retry_after is None
+    assert f"upstream {status} from tgi org/model-1: boom" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "quoted"),
+    [
+        (400, {"error": "Input validation error: empty inputs"}, "empty inputs"),
+        (401, {"error": {"message": "Invalid credentials"}}, "Invalid credentials"),
+        (403, {"message": "forbidden for this model"}, "forbidden for this model"),
+        (404, {"error": "Model not found"}, "Model not found"),
+        (422, {"detail": [{"loc": ["top_p"], "msg": "must be < 1"}]}, "must be < 1"),
+        (418, {"error": "teapot"}, "teapot"),
+    ],
+)
+def test_4xx_is_rejected_with_upstream_message(
+    httpserver: HTTPServer, base: str, status: int, body: dict[str, object], quoted: str
+) -> None:
+    """Each 4xx raises the final UpstreamRejected quoting the upstream's own message."""
+    httpserver.expect_request("/generate").respond_with_json(body, status=status)
+    with pytest.raises(UpstreamRejected) as caught:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    assert caught.value.status == status
+    assert not caught.value.transient
+    assert f"upstream {status} from tgi org/model-1: " in str(caught.value)
+    assert quoted in str(caught.value)
+
+
+def test_non_json_2xx_is_malformed(httpserver: HTTPServer, base: str) -> None:
+    """A 200 whose body is not JSON raises UpstreamMalformed with status 200."""
+    httpserver.expect_request("/generate").respond_with_data("<html>hi</html>", status=200)
+    with pytest.raises(UpstreamMalformed) as caught:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    assert caught.value.status == 200
+
+
+def test_wrong_shape_2xx_is_malformed(httpserver: HTTPServer, base: str) -> None:
+    """A 200 JSON body of the wrong shape raises UpstreamMalformed with status 200."""
+    httpserver.expect_request("/v1/chat/completions").respond_with_json({"choices": []})
+    with pytest.raises(UpstreamMalformed) as caught:
+        generate(target_for(base, "openai"), "Hi", PARAMS)
+    assert caught.value.status == 200
+
+
+def test_connection_refused_is_unavailable() -> None:
+    """A closed port raises UpstreamUnavailable with no status."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(UpstreamUnavailable) as caught:
+        generate(target_for(f"http://127.0.0.1:{port}"), "Hi", PARAMS)
+    assert caught.value.status is None
+
+
+def test_read_timeout_is_timeout(httpserver: HTTPServer, base: str) -> None:
+    """A handler slower than the 0.2 s read timeout raises UpstreamTimeout promptly."""
+
+    def slow(_: Request) -> Response:
+        time.sleep(0.6)
+        return Response(json.dumps({"generated_text": "late"}), content_type="application/json")
+
+    httpserver.expect_request("/generate").respond_with_handler(slow)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        generate(target_for(base, "tgi", read_timeout_s=0.2), "Hi", PARAMS)
+    assert time.monotonic() - started < 0.55
+
+
+def test_every_call_passes_connect_and_read_timeouts(httpserver: HTTPServer, base: str) -> None:
+    """generate passes (connect, read) timeouts and disables redirects on the given session."""
+    seen: dict[str, object] = {}
+
+    class Spy(requests.Session):
+        def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+            seen.update(kwargs)
+            return super().request(*args, **kwargs)
+
+    httpserver.expect_request("/generate").respond_with_json({"generated_text": "x"})
+    generate(target_for(base, "tgi", read_timeout_s=4.0), "Hi", PARAMS, session=Spy())
+    assert (seen["timeout"], seen["allow_redirects"]) == ((1.0, 4.0), False)
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+def echo_authorization(status: int) -> Callable[[Request], Response]:
+    """A handler that answers ``status`` with the request's Authorization header in it."""
+
+    def handler(request: Request) -> Response:
+        auth = request.headers.get("Authorization", "")
+        body = {"error": f"bad header {auth!r}; token was {auth.removeprefix('Bearer ')}"}
+        return Response(json.dumps(body), status=status, content_type="application/json")
+
+    return handler
+
+
+@pytest.mark.parametrize(("status", "error"), [(400, UpstreamRejected), (500, UpstreamUnavailable)])
+def test_echoed_token_never_reaches_the_message(
+    httpserver: HTTPServer, base: str, status: int, error: type[Exception]
+) -> None:
+    """An upstream that echoes the bearer token in a 400/500 body does not leak it."""
+    httpserver.expect_request("/generate").respond_with_handler(echo_authorization(status))
+    with pytest.raises(error) as caught:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    request, _ = httpserver.log[-1]
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"  # the echo really happened
+    assert TOKEN not in str(caught.value)
+    assert TOKEN[:12] not in repr(caught.value.args)
+    assert "bad header" in str(caught.value)
+
+
+def test_scrubs_bearer_values_other_than_the_token() -> None:
+    """Whatever follows "Bearer " is scrubbed even when it is not the configured token."""
+    error = classify(401, {}, "got Authorization: Bearer sk-other-credential", None)
+    assert "sk-other-credential" not in str(error)
+    assert "Bearer ***" in str(error)
+
+
+def test_long_upstream_text_is_truncated() -> None:
+    """An upstream message is quoted in at most about 300 characters."""
+    error = classify(500, {}, "x" * 5000, None)
+    assert 300 <= len(str(error)) < 400
+
+
+# --- session -----------------------------------------------------------------------------
+
+
+def test_session_is_reused_within_a_process() -> None:
+    """get_session returns the same pooled Session on every call in one process."""
+    assert get_session() is get_session()
+
+
+def test_session_has_no_urllib3_retries_and_a_pool_of_32() -> None:
+    """The Session's adapters never retry (Celery is the one retry layer) and pool 32."""
+    for prefix in ("http://x", "https://x"):
+        adapter = get_session().get_adapter(prefix)
+        assert isinstance(adapter, requests.adapters.HTTPAdapter)
+        assert adapter.max_retries.total == 0
+        assert adapter.poolmanager.connection_pool_kw["maxsize"] == 32
+
+
+def test_generate_uses_the_process_session(httpserver: HTTPServer, base: str) -> None:
+    """Without a session argument, generate sends through get_session()'s Session."""
+    calls: list[str] = []
+    session = get_session()
+    original = session.request
+
+    def counting(*args: Any, **kwargs: Any) -> requests.Response:
+        calls.append(str(args[1]))
+        return original(*args, **kwargs)
+
+    httpserver.expect_request("/generate").respond_with_json({"generated_text": "x"})
+    session.request = counting  # type: ignore[method-assign]
+    try:
+        generate(target_for(base, "tgi"), "Hi", PARAMS)
+    finally:
+        del session.request
+    assert calls == [f"{base}/generate"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_session() -> None:
+    """After fork the child builds a new Session instead of reusing its parent's sockets."""
+    parent = get_session()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.write(write_end, b"new" if get_session() is not parent else b"same")
+        os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 8)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert answer == b"new"
+    assert get_session() is parent
+
+
+# --- circuit name and settings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "base_url", "model", "name"),
+    [
+        ("hf", "http://127.0.0.1:8081", "simulator/echo-1", "hf~127.0.0.1:8081~simulator.echo-1"),
+        (
+            "openai",
+            "https://user:pw@router.huggingface.co/v1",
+            "meta-llama/Llama-3.1-8B-Instruct:cerebras",
+            "openai~router.huggingface.co.v1~meta-llama.Llama-3.1-8B-Instruct:cerebras",
+        ),
+        ("tgi", "http://tgi.local", "a b~c?d#e", "tgi~tgi.local~a.b.c.d.e"),
+    ],
+)
+def test_circuit_name_rule(protocol: Protocol, base_url: str, model: str, name: str) -> None:
+    """The name is protocol~host[:port][path]~model with unsafe characters turned into '.'."""
+    target = UpstreamTarget(protocol, base_url, model, None, 1.0, 1.0)
+    assert target.name == name
+
+
+def test_circuit_name_is_one_safe_path_segment() -> None:
+    """A name has only [A-Za-z0-9._:~-] characters, so it needs no quoting in a URL path."""
+    target = UpstreamTarget("hf", "http://h:1/a/b?q=1", "x/y z%2F..", None, 1.0, 1.0)
+    assert set(target.name) <= set(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:~-"
+    )
+    assert target.name.count("~") == 2
+
+
+def test_from_settings_strips_trailing_slash_and_overrides_model() -> None:
+    """from_settings maps the GENQ_UPSTREAM_* fields and drops the URL's trailing slash."""
+    settings = Settings(
+        upstream_url="http://127.0.0.1:8081/",
+        upstream_protocol="tgi",
+        upstream_token=SecretStr("t0k"),
+        upstream_timeout_s=12.0,
+        upstream_connect_timeout_s=2.0,
+    )
+    target = UpstreamTarget.from_settings(settings, model="other/model")
+    assert target == UpstreamTarget(
+        "tgi", "http://127.0.0.1:8081", "other/model", SecretStr("t0k"), 2.0, 12.0
+    )
+    assert UpstreamTarget.from_settings(settings).model == settings.upstream_model
+
+
+# --- pure: build_request ---------------------------------------------------------------
+
+
+def test_hf_omits_zero_temperature_neutral_top_p_and_empty_stop() -> None:
+    """hf/tgi bodies leave out temperature 0, top_p 1 and an empty stop list."""
+    params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=1.0, stop=[])
+    protocols: tuple[Protocol, ...] = ("hf", "tgi")
+    for protocol in protocols:
+        _, body = build_request(target_for("http://h", protocol), "p", params)
+        assert body["parameters"] == {"max_new_tokens": 8, "return_full_text": False}
+
+
+def test_openai_sends_temperature_zero_and_omits_empty_stop() -> None:
+    """openai bodies keep temperature 0 (valid there) and leave out an empty stop list."""
+    params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=1.0, stop=[])
+    url, body = build_request(target_for("http://h", "openai"), "p", params)
+    assert url == "http://h/v1/chat/completions"
+    assert (body["temperature"], body["top_p"], "stop" in body) == (0.0, 1.0, False)
+
+
+def test_hf_url_keeps_model_slash_and_quotes_the_rest() -> None:
+    """The hf URL keeps the org/name slash and percent-quotes other unsafe characters."""
+    target = UpstreamTarget("hf", "http://h", "org/a b", None, 1.0, 1.0)
+    assert build_request(target, "p", PARAMS)[0] == "http://h/models/org/a%20b"
+
+
+# --- pure: parse_response --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body"),
+    [
+        ("hf", []),
+        ("hf", [{"text": "x"}]),
+        ("hf", {"generated_text": 3}),
+        ("hf", "just a string"),
+        ("tgi", [{"generated_text": "x"}]),
+        ("tgi", None),
+        ("openai", {"choices": [{"message": {"content": None}}]}),
+        ("openai", {"choices": [{"text": "legacy"}]}),
+        ("openai", [{"generated_text": "x"}]),
+    ],
+)
+def test_parse_response_rejects_wrong_shapes(protocol: Protocol, body: object) -> None:
+    """Bodies that are not the protocol's shape raise UpstreamMalformed naming the shape."""
+    with pytest.raises(UpstreamMalformed, match="malformed answer from"):
+        parse_response(protocol, body, "m")
+
+
+def test_parse_response_keeps_only_integer_usage() -> None:
+    """openai usage keeps integer counts and drops anything else."""
+    body = {
+        "choices": [{"message": {"content": "ok"}}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": "3", "total_tokens": True},
+    }
+    assert parse_response("openai", body, "m") == ("ok", {"prompt_tokens": 2})
+
+
+# --- pure: parse_retry_after and classify ----------------------------------------------
+
+NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 1.5 ", 1.5),
+        ("-5", 0.0),
+        ("Wed, 01 Jan 2025 12:00:30 GMT", 30.0),
+        ("Wed, 01 Jan 2025 11:59:00 GMT", 0.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("nan", None),
+        ("1_000", None),
+        ("Wed, 99 Foo 2025", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    """Retry-After parses as seconds or an HTTP-date; negatives and past dates give 0."""
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+def test_classify_reads_headers_case_insensitively() -> None:
+    """classify finds retry-after whatever its header case, on 429 and on plain 5xx."""
+    assert classify(429, {"retry-after": "3"}, "", None).retry_after == 3.0
+    assert classify(502, {"RETRY-AFTER": "4"}, "", None).retry_after == 4.0
+
+
+def test_classify_503_without_estimated_time_is_plain_unavailable() -> None:
+    """A 503 without estimated_time is UpstreamUnavailable and does not say it is loading."""
+    error = classify(503, {}, json.dumps({"error": "overloaded"}), None)
+    assert isinstance(error, UpstreamUnavailable)
+    assert error.retry_after is None
+    assert "loading" not in str(error)
+
+
+def test_classify_408_is_a_transient_timeout() -> None:
+    """A 408 is the server giving up on waiting, so it maps to the transient UpstreamTimeout."""
+    error = classify(408, {}, "", None)
+    assert isinstance(error, UpstreamTimeout)
+    assert error.transient

@@ -1,0 +1,73 @@
+"""The Celery application and its configuration; nothing else.
+
+Start a worker with ``celery -A worker.app worker -Q interactive,batch``. The
+configuration is computed from :class:`worker.settings.Settings` the first time Celery
+reads it, so importing this module does no I/O and reads no environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
+from worker.settings import Settings, get_settings
+
+__all__ = ["app", "celery_config"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for genq; every choice that is not Celery's default says why."""
+    url = str(settings.redis_url)
+    transport = {
+        # Must exceed the hard time limit, or a running job gets a second, concurrent copy.
+        "visibility_timeout": settings.visibility_timeout_s,
+        # A killed worker's unacked jobs come back on the next sweep; kombu's default
+        # throttle (10) stretches the sweep period to ~100 s.
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+        # A hung Redis must raise, not block a publisher forever.
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+    }
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"socket_timeout": settings.redis_socket_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload on a shared broker is remote code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # The job record in Redis is the result clients read; a second copy in the
+        # result backend would double the writes and subscribe per published task.
+        "task_ignore_result": True,
+        # Ack after the work, and requeue if the process running it dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_default_queue": QUEUE_INTERACTIVE,
+        "task_routes": {TASK_GENERATE: {"queue": QUEUE_INTERACTIVE}},
+        "task_create_missing_queues": True,
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
+        # Flower and `celery events` need these.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def _lazy_config() -> dict[str, Any]:
+    return celery_config(get_settings())
+
+
+app = Celery("genq", include=["worker.tasks"])
+app.add_defaults(_lazy_config)
+
+QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)

@@ -1,0 +1,88 @@
+"""How long to wait before the next try: the pure function behind genq's one retry layer.
+
+Celery's ``retry(countdown=...)`` is the only place genq retries (no urllib3 retries, no
+loops around the upstream call); its countdown comes from :func:`compute_backoff`, through
+a :class:`RetryPolicy` whose options are checked when it is built, not on the first retry.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+__all__ = ["RetryPolicy", "compute_backoff"]
+
+# 2.0 ** 1024 overflows a float; far below that the ceiling is the cap anyway.
+_MAX_EXPONENT = 1000
+
+
+def compute_backoff(
+    attempt: int,
+    *,
+    base_s: float = 1.0,
+    cap_s: float = 60.0,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (0 = the first retry).
+
+    Exponential backoff with full jitter, and the upstream's ``Retry-After`` as a floor::
+
+        jitter = uniform(0, min(cap_s, base_s * 2 ** attempt))
+        delay  = max(jitter, min(max(retry_after, 0), cap_s))   # if retry_after is given
+
+    so the delay is never negative and never above ``cap_s``. Full jitter spreads the
+    retries of many workers that failed together; ``rng`` makes the draw reproducible.
+    Raises ValueError on a negative ``attempt`` or bad ``base_s``/``cap_s``.
+    """
+    _check_window(base_s, cap_s)
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    ceiling = min(cap_s, base_s * 2.0 ** min(attempt, _MAX_EXPONENT))
+    jitter = (rng or random).uniform(0.0, ceiling)
+    if retry_after is None or math.isnan(retry_after):
+        return jitter
+    return max(jitter, min(max(retry_after, 0.0), cap_s))
+
+
+def _check_window(base_s: float, cap_s: float) -> None:
+    """Refuse options that cannot give a sensible delay."""
+    if not (math.isfinite(base_s) and base_s >= 0):
+        raise ValueError(f"base_s must be a finite number >= 0, got {base_s}")
+    if not (math.isfinite(cap_s) and cap_s >= base_s):
+        raise ValueError(f"cap_s must be finite and >= base_s ({base_s}), got {cap_s}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a job retries a transient upstream error."""
+
+    max_retries: int = 5
+    """Retries after the first try; 0 disables retrying."""
+    base_s: float = 1.0
+    """Ceiling of the first retry's jittered delay; it doubles with each retry."""
+    cap_s: float = 60.0
+    """Longest delay, even when the upstream's ``Retry-After`` asks for more."""
+
+    def __post_init__(self) -> None:
+        count = self.max_retries
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        _check_window(self.base_s, self.cap_s)
+
+    def allows(self, retries_done: int) -> bool:
+        """Whether another retry is allowed after ``retries_done`` (Celery's ``retries``)."""
+        return retries_done < self.max_retries
+
+    def delay(
+        self,
+        attempt: int,
+        retry_after: float | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> float:
+        """Seconds before retry ``attempt`` (0 = first); see :func:`compute_backoff`."""
+        return compute_backoff(
+            attempt, base_s=self.base_s, cap_s=self.cap_s, retry_after=retry_after, rng=rng
+        )

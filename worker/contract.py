@@ -1,0 +1,114 @@
+"""What the API and the worker agree on: task and queue names, payloads, job statuses.
+
+The API imports this module and ``worker.app`` only; it enqueues by task name, so the
+worker's code can change without the API noticing. Everything here is JSON-safe.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "QUEUE_BATCH",
+    "QUEUE_INTERACTIVE",
+    "TASK_GENERATE",
+    "Attempt",
+    "ContextDoc",
+    "GenerateRequest",
+    "GenerationParams",
+    "JobError",
+    "JobMessage",
+    "JobResult",
+    "JobStatus",
+    "Source",
+]
+
+TASK_GENERATE = "genq.generate"
+QUEUE_INTERACTIVE = "interactive"
+QUEUE_BATCH = "batch"
+
+MAX_CONTEXT_DOC_CHARS = 100_000
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job; ``succeeded`` and ``failed`` are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+Source = Literal["upstream", "cache", "excerpt"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationParams(_Strict):
+    """Sampling parameters, mapped onto each upstream protocol's own names."""
+
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+
+class ContextDoc(_Strict):
+    """A document the job carries: the material an excerpt is built from."""
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str = Field(min_length=1, max_length=MAX_CONTEXT_DOC_CHARS)
+    title: str | None = Field(default=None, max_length=1024)
+    url: str | None = Field(default=None, max_length=2048)
+
+
+class GenerateRequest(_Strict):
+    """One generation as a client asks for it (limits that depend on settings: the API)."""
+
+    prompt: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    context: list[ContextDoc] = Field(default_factory=list)
+
+
+class JobMessage(_Strict):
+    """The body of a ``genq.generate`` task: the job id and what to generate."""
+
+    job_id: str = Field(min_length=1, max_length=64)
+    request: GenerateRequest
+
+
+class JobResult(_Strict):
+    """What a finished job answered, and where the answer came from."""
+
+    text: str
+    model: str
+    source: Source
+    degraded: bool
+    latency_ms: float
+    usage: dict[str, int] | None = None
+
+
+class JobError(_Strict):
+    """Why a job failed: a machine-readable ``type`` and a message for a person."""
+
+    type: str
+    message: str
+    retry_after: float | None = None
+
+
+class Attempt(_Strict):
+    """One try at the upstream, as recorded on the job."""
+
+    at: str
+    outcome: Literal["succeeded", "failed", "rejected"]
+    error_type: str | None = None

@@ -1,0 +1,166 @@
+"""Job records: the one place a job's status, result and attempts are kept.
+
+The API creates a record before it enqueues, so a job that exists is one the API
+accepted; the worker moves it through ``running`` to a final status. Celery's result
+backend is not used for this: a record carries the owner, timestamps and attempts, and
+clients must never see Celery's ``PENDING`` for an id that does not exist.
+
+Layout: hash ``genq:job:{id}`` (fields below) and list ``genq:job:{id}:attempts``,
+both expiring ``job_ttl_s`` after the last write. Writes are idempotent, so a job that
+is redelivered after its worker died can be run again and recorded again safely.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from pydantic import BaseModel
+
+from worker import keys
+from worker.contract import Attempt, JobError, JobResult, JobStatus
+from worker.errors import StorageUnavailable
+
+__all__ = ["JobRecord", "JobStore", "utcnow"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Moves a job to ``running`` unless it is already final; a redelivered copy of a job
+# that did finish must not reopen it.
+_MARK_RUNNING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def utcnow() -> str:
+    """Now, as the ISO-8601 UTC string job records use."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobRecord(BaseModel):
+    """A job as stored; the API turns it into the public job object."""
+
+    id: str
+    owner: str
+    status: JobStatus
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
+    attempts: list[Attempt] = []
+
+
+class JobStore:
+    """Reads and writes job records in Redis."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._mark_running = client.register_script(_MARK_RUNNING)
+
+    def create(self, job_id: str, owner: str) -> JobRecord:
+        """Write a new ``queued`` record; raises StorageUnavailable if Redis is down."""
+        record = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=utcnow())
+        fields = {"owner": owner, "status": record.status.value, "created_at": record.created_at}
+        self._guard(lambda: self._write(job_id, fields))
+        return record
+
+    def delete(self, job_id: str) -> None:
+        """Remove a record whose job could not be enqueued."""
+        self._guard(lambda: self._redis.delete(keys.job(job_id), keys.job_attempts(job_id)))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None if no such job exists (or it expired)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.lrange(keys.job_attempts(job_id), 0, -1)
+        fields, attempts = self._guard(pipe.execute)
+        if not fields:
+            return None
+        return JobRecord(
+            id=job_id,
+            owner=fields["owner"],
+            status=JobStatus(fields["status"]),
+            created_at=fields["created_at"],
+            started_at=fields.get("started_at"),
+            finished_at=fields.get("finished_at"),
+            result=JobResult.model_validate_json(fields["result"]) if "result" in fields else None,
+            error=JobError.model_validate_json(fields["error"]) if "error" in fields else None,
+            attempts=[Attempt.model_validate_json(a) for a in attempts],
+        )
+
+    def mark_running(self, job_id: str) -> bool:
+        """Set ``running``; False when the record is missing or already final."""
+        started = self._guard(
+            lambda: self._mark_running([keys.job(job_id)], [utcnow(), self._ttl_s])
+        )
+        return bool(started)
+
+    def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
+        """Back to ``queued`` while a retry waits for its countdown (with the failed attempt)."""
+        self._guard(lambda: self._write(job_id, {"status": JobStatus.QUEUED.value}, attempt))
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        result: JobResult | None = None,
+        error: JobError | None = None,
+        attempt: Attempt | None = None,
+        wait_for_redis_s: float = 60.0,
+    ) -> None:
+        """Write the final status, and the attempt that led to it, in one round trip.
+
+        Retries while Redis is down, so an answer that was paid for is not lost.
+        """
+        status = JobStatus.SUCCEEDED if result is not None else JobStatus.FAILED
+        fields: dict[str, str] = {"status": status.value, "finished_at": utcnow()}
+        if result is not None:
+            fields["result"] = result.model_dump_json()
+        if error is not None:
+            fields["error"] = error.model_dump_json(exclude_none=True)
+        _until_redis_answers(lambda: self._write(job_id, fields, attempt), wait_for_redis_s)
+
+    def _write(
+        self, job_id: str, fields: Mapping[Any, Any], attempt: Attempt | None = None
+    ) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.expire(keys.job(job_id), self._ttl_s)
+        if attempt is not None:
+            pipe.rpush(keys.job_attempts(job_id), attempt.model_dump_json(exclude_none=True))
+            pipe.expire(keys.job_attempts(job_id), self._ttl_s)
+        pipe.execute()
+
+    @staticmethod
+    def _guard(call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+
+def _until_redis_answers(write: Callable[[], None], budget_s: float) -> None:
+    # While Redis is down Celery acks the task anyway; giving up here loses the answer.
+    deadline = time.monotonic() + budget_s
+    delay = 0.1
+    while True:
+        try:
+            write()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailable("job store unreachable; result not recorded") from exc
+            log.warning("records.write_retry", extra={"delay_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

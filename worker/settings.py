@@ -1,0 +1,124 @@
+"""genq's configuration: one typed settings class, read once from ``GENQ_*`` variables.
+
+Nothing else in genq reads the environment. Every default is documented on its field
+and in the README's configuration table; values that cannot work together fail at
+start-up rather than on the first job.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    HttpUrl,
+    PositiveFloat,
+    PositiveInt,
+    RedisDsn,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Protocol", "Settings", "get_settings"]
+
+Protocol = Literal["hf", "tgi", "openai"]
+
+# Keys that ship in examples; refused outside development so nobody deploys them.
+_PLACEHOLDER_KEYS = frozenset({"changeme", "dev-key", "secret", "test"})
+
+
+def _split_keys(value: object) -> object:
+    """Accept ``a,b,c`` as well as a list, so keys can be set in one variable."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything genq can be configured with; see README.md for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    """``production`` refuses placeholder API keys and a missing key list."""
+
+    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
+    """Broker, result backend, job records, breaker state and cache all live here."""
+    redis_socket_timeout_s: PositiveFloat = 5.0
+    """Bound on every Redis call, so a hung Redis turns into an error, not a hang."""
+
+    upstream_url: HttpUrl = HttpUrl("http://127.0.0.1:8081")
+    """Base URL of the model endpoint (HF Inference API, TGI server, OpenAI-compatible)."""
+    upstream_protocol: Protocol = "hf"
+    upstream_model: str = Field(default="simulator/echo-1", min_length=1)
+    upstream_token: SecretStr | None = None
+    """Bearer token sent upstream; never logged, never stored in a result."""
+    upstream_timeout_s: PositiveFloat = 30.0
+    """Read timeout of one upstream call."""
+    upstream_connect_timeout_s: PositiveFloat = 3.05
+
+    breaker_fail_max: PositiveInt = 5
+    """Consecutive failures that open the circuit (pybreaker's ``fail_max``)."""
+    breaker_reset_timeout_s: PositiveFloat = 30.0
+    """Seconds the circuit stays open before one probe is let through."""
+    max_retries: int = Field(default=3, ge=0, le=20)
+    """Retries of a transient upstream failure while the circuit is closed."""
+    retry_base_s: PositiveFloat = 1.0
+    """First retry waits up to this long (full jitter), doubling per retry."""
+    retry_cap_s: PositiveFloat = 30.0
+    """No retry waits longer, whatever ``Retry-After`` says."""
+    cache_ttl_s: PositiveInt = 86_400
+    """How long a successful generation is kept for fallback answers."""
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated bearer keys accepted by the ``/v1`` routes."""
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated keys that may also force circuits open or closed."""
+    max_prompt_chars: PositiveInt = 32_000
+    max_context_docs: PositiveInt = 50
+    job_ttl_s: PositiveInt = 7 * 86_400
+    """How long a job record stays readable after its last update."""
+
+    task_soft_time_limit_s: PositiveInt = 60
+    task_time_limit_s: PositiveInt = 90
+    visibility_timeout_s: PositiveInt = 300
+    """A message unacked this long is redelivered: must exceed the hard time limit."""
+    unacked_restore_interval_s: PositiveFloat = 10.0
+    """How often a worker sweeps unacked messages of dead workers back to the queue."""
+    worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
+    """I/O-bound generation: threads measured ~4x prefork at 50 ms (docs/benchmarks.md)."""
+    worker_concurrency: PositiveInt = 8
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        return _split_keys(value)
+
+    @model_validator(mode="after")
+    def _check_coherent(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("GENQ_TASK_SOFT_TIME_LIMIT_S must be below GENQ_TASK_TIME_LIMIT_S")
+        if self.upstream_timeout_s >= self.task_soft_time_limit_s:
+            raise ValueError("GENQ_UPSTREAM_TIMEOUT_S must be below GENQ_TASK_SOFT_TIME_LIMIT_S")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            # A shorter visibility timeout redelivers a job that is still running.
+            raise ValueError("GENQ_VISIBILITY_TIMEOUT_S must exceed GENQ_TASK_TIME_LIMIT_S")
+        if self.retry_cap_s >= self.visibility_timeout_s:
+            # A retry waiting on its countdown is an unacked message too.
+            raise ValueError("GENQ_RETRY_CAP_S must be below GENQ_VISIBILITY_TIMEOUT_S")
+        if self.env == "production":
+            keys = [k.get_secret_value() for k in self.api_keys + self.admin_api_keys]
+            if not self.api_keys:
+                raise ValueError("GENQ_API_KEYS must be set in production")
+            if any(k.lower() in _PLACEHOLDER_KEYS or len(k) < 16 for k in keys):
+                raise ValueError("GENQ_API_KEYS holds a placeholder or short key (< 16 chars)")
+        return self
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

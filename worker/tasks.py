@@ -1,0 +1,48 @@
+"""Celery tasks, thin like web views: decode, call the service, map errors to retry or fail."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from pydantic import ValidationError
+
+from worker.app import app
+from worker.contract import TASK_GENERATE, JobMessage
+from worker.errors import InvalidJob, UpstreamError
+from worker.generation import get_service
+
+__all__ = ["generate"]
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=TASK_GENERATE, bind=True, max_retries=None)
+def generate(self: Task[Any, Any], job: dict[str, Any]) -> None:
+    """Run one generation job; its outcome is written to the job record."""
+    service = get_service()
+    try:
+        message = JobMessage.model_validate(job)
+    except ValidationError as exc:
+        job_id = job.get("job_id") if isinstance(job, dict) else None
+        log.error("task.invalid_payload", extra={"job_id": job_id, "errors": exc.error_count()})
+        if isinstance(job_id, str):
+            service.fail(
+                job_id,
+                InvalidJob(f"invalid job payload: {exc.error_count()} error(s)"),
+                attempted=False,
+            )
+        return
+    if not service.start(message):
+        log.info("task.skipped", extra={"job_id": message.job_id})
+        return
+    try:
+        service.run(message)
+    except UpstreamError as exc:
+        policy, retries = service.retry_policy, self.request.retries
+        if not exc.transient or not policy.allows(retries):
+            service.fail(message.job_id, exc)
+            return
+        service.retry_later(message, exc)
+        raise self.retry(countdown=policy.delay(retries, exc.retry_after)) from exc

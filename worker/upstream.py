@@ -1,0 +1,299 @@
+"""The model endpoint over HTTP: one request per generation, failures as typed errors.
+
+The only module in genq that imports ``requests``: it speaks ``hf`` (Inference API),
+``tgi`` and ``openai`` (chat completions) and raises ``worker.errors.UpstreamError``. It
+never retries nor follows redirects (Celery's retry, fed by ``worker.backoff``, is the
+one retry layer). No message holds request headers or the token: quoted text is scrubbed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, urlsplit
+
+import requests
+from pydantic import SecretStr
+from requests import Session
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import ReadTimeoutError
+
+from worker.contract import GenerationParams
+from worker.errors import (
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from worker.settings import Protocol, Settings
+
+__all__ = [
+    "Generation",
+    "UpstreamTarget",
+    "build_request",
+    "classify",
+    "generate",
+    "get_session",
+    "parse_response",
+    "parse_retry_after",
+]
+
+USER_AGENT = "genq/0.1"
+POOL_SIZE = 32  # connections kept per host: a threads worker runs this many calls at once
+POOL_HOSTS = 4  # hosts whose pools are kept (normally one upstream)
+MAX_DETAIL_CHARS = 300  # longest piece of upstream error text quoted in a message
+MAX_ERROR_BODY_BYTES = 64 * 1024  # of an error body, decoded to find its message
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+_DECIMAL = re.compile(r"[+-]?\d+(\.\d+)?")
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """Where and how to call the model: protocol, endpoint, model, token, timeouts."""
+
+    protocol: Protocol
+    base_url: str
+    """Endpoint root without a trailing slash, e.g. ``https://router.huggingface.co/v1``."""
+    model: str
+    token: SecretStr | None
+    connect_timeout_s: float
+    read_timeout_s: float
+
+    @property
+    def name(self) -> str:
+        """The circuit name, ``<protocol>~<host[:port][path]>~<model>``.
+
+        Scheme, credentials and query of the URL are dropped; in host, path and model,
+        each character outside ``[A-Za-z0-9._:-]`` becomes ``.``, so ``~`` only separates
+        and the name is one safe URL path segment: ``hf~127.0.0.1:8081~simulator.echo-1``.
+        """
+        url = urlsplit(self.base_url)
+        where = (url.hostname or "") + (f":{url.port}" if url.port else "") + url.path
+        safe = _UNSAFE_NAME_CHARS.sub
+        return f"{self.protocol}~{safe('.', where.rstrip('/'))}~{safe('.', self.model)}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str | None = None) -> UpstreamTarget:
+        """The configured upstream, optionally for another model on the same endpoint."""
+        return cls(
+            protocol=settings.upstream_protocol,
+            base_url=str(settings.upstream_url).rstrip("/"),
+            model=model or settings.upstream_model,
+            token=settings.upstream_token,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_timeout_s,
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One successful upstream answer."""
+
+    text: str
+    model: str
+    latency_ms: float
+    usage: dict[str, int] | None
+
+
+def build_request(
+    target: UpstreamTarget, prompt: str, params: GenerationParams
+) -> tuple[str, dict[str, object]]:
+    """The URL and JSON body of one generation in the target's protocol."""
+    stop: dict[str, object] = {"stop": list(params.stop)} if params.stop else {}
+    if target.protocol == "openai":
+        base = target.base_url.removesuffix("/v1")
+        messages = [{"role": "user", "content": prompt}]
+        sampling = {"temperature": params.temperature, "top_p": params.top_p, **stop}
+        body = {"model": target.model, "messages": messages, "max_tokens": params.max_new_tokens}
+        return f"{base}/v1/chat/completions", body | sampling
+    # HF and TGI refuse temperature 0 and top_p 1 ("must be > 0", "must be < 1"):
+    # the neutral values are left out, which means the same thing to them.
+    parameters: dict[str, object] = {"max_new_tokens": params.max_new_tokens, **stop}
+    if params.temperature > 0:
+        parameters["temperature"] = params.temperature
+    if params.top_p < 1.0:
+        parameters["top_p"] = params.top_p
+    parameters["return_full_text"] = False
+    path = f"models/{quote(target.model, safe='/')}" if target.protocol == "hf" else "generate"
+    return f"{target.base_url}/{path}", {"inputs": prompt, "parameters": parameters}
+
+
+def parse_response(
+    protocol: Protocol, body: object, model: str
+) -> tuple[str, dict[str, int] | None]:
+    """The generated text and token usage of a 2xx JSON body; raises UpstreamMalformed."""
+    if protocol == "openai":
+        choices = body.get("choices") if isinstance(body, dict) else None
+        first = choices[0] if isinstance(choices, list) and choices else None
+        message = first.get("message") if isinstance(first, dict) else None
+        text = message.get("content") if isinstance(message, dict) else None
+        usage = body.get("usage") if isinstance(body, dict) else None
+        expected = '{"choices": [{"message": {"content": str}}]}'
+    else:
+        # HF answers a list; TGI, and HF models served by TGI, a single object.
+        item = body[0] if isinstance(body, list) and body and protocol == "hf" else body
+        text = item.get("generated_text") if isinstance(item, dict) else None
+        details = item.get("details") if isinstance(item, dict) else None
+        tokens = details.get("generated_tokens") if isinstance(details, dict) else None
+        usage = {"completion_tokens": tokens}
+        expected = '[{"generated_text": str}]' if protocol == "hf" else '{"generated_text": str}'
+    if not isinstance(text, str):
+        got = type(body).__name__
+        raise UpstreamMalformed(f"malformed answer from {protocol} {model}: {got}, not {expected}")
+    counts = {k: v for k, v in usage.items() if _is_int(v)} if isinstance(usage, dict) else {}
+    return text, counts or None
+
+
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    body_text: str,
+    token: SecretStr | None,
+    *,
+    origin: str | None = None,
+) -> UpstreamError:
+    """The error for a non-2xx answer; ``origin`` (e.g. ``"hf gpt2"``) names the upstream."""
+    prefix = f"upstream {status}" + (f" from {origin}" if origin else "")
+    try:
+        payload = json.loads(body_text)
+    except ValueError:
+        payload = None
+    detail = _scrub(_error_detail(payload, body_text), token)
+    fields = CaseInsensitiveDict(headers)
+    retry_after = parse_retry_after(fields.get("Retry-After"))
+    loading = _number(payload.get("estimated_time") if isinstance(payload, dict) else None)
+    if status == 429:
+        hint = f"; retry in {retry_after:g}s" if retry_after is not None else ""
+        message = f"{prefix}: rate limited{hint}: {detail}"
+        return UpstreamRateLimited(message, status=status, retry_after=retry_after)
+    if status == 503 and loading is not None:
+        wait = max(0.0, loading)
+        message = f"{prefix}: the model is loading; retry in about {wait:g}s: {detail}"
+        return UpstreamUnavailable(message, status=status, retry_after=wait)
+    if status >= 500:
+        return UpstreamUnavailable(f"{prefix}: {detail}", status=status, retry_after=retry_after)
+    if status == 408:  # the server gave up waiting for the request: worth another try
+        return UpstreamTimeout(f"{prefix}: request timed out: {detail}", status=status)
+    hint = "check the token, URL, model and parameters; retrying will not help"
+    return UpstreamRejected(f"{prefix}: {detail} ({hint})", status=status)
+
+
+def _error_detail(payload: object, text: str) -> str:
+    """The upstream's own message: JSON ``error``/``message``/``detail``, else the text."""
+    for key in ("error", "message", "detail"):
+        value = payload.get(key) if isinstance(payload, dict) else None
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            value = value["message"]  # OpenAI: {"error": {"message": ...}}
+        if value is not None:
+            return value if isinstance(value, str) else json.dumps(value)
+    return text or "(empty body)"
+
+
+def _scrub(text: str, token: SecretStr | None) -> str:
+    """Remove the token and bearer credentials, collapse whitespace, truncate."""
+    secret = token.get_secret_value() if token is not None else ""
+    text = " ".join(_BEARER.sub(r"\1***", text.replace(secret, "***") if secret else text).split())
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) else None  # type: ignore[arg-type]
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP-date); past or negative → 0."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if _DECIMAL.fullmatch(value):
+        return max(0.0, float(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def get_session() -> Session:
+    """This process's pooled Session; a forked child gets its own, never its parent's."""
+    return _session_for(os.getpid())
+
+
+@functools.lru_cache(maxsize=1)
+def _session_for(pid: int) -> Session:
+    """Keyed on the pid: sockets inherited across fork must never be shared."""
+    session = Session()
+    session.trust_env = False  # env proxies/netrc would bypass settings.py (STYLE 8)
+    # max_retries=0: Celery's retry is genq's only retry layer; no urllib3 Retry.
+    adapter = HTTPAdapter(pool_connections=POOL_HOSTS, pool_maxsize=POOL_SIZE, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def generate(
+    target: UpstreamTarget, prompt: str, params: GenerationParams, session: Session | None = None
+) -> Generation:
+    """Call the upstream once; returns a Generation or raises an UpstreamError."""
+    origin = f"{target.protocol} {target.model}"
+    started = time.perf_counter()
+    response = _post(session or get_session(), target, prompt, params)
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    status = response.status_code
+    if not 200 <= status < 300:
+        text = response.content[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")
+        raise classify(status, response.headers, text, target.token, origin=origin)
+    try:
+        text, usage = parse_response(target.protocol, response.json(), target.model)
+    except ValueError:  # requests.JSONDecodeError; parse_response raises no ValueError
+        message = f"upstream {status} from {origin}: the body is not JSON"
+        raise UpstreamMalformed(message, status=status) from None
+    except UpstreamMalformed as exc:
+        exc.status = status
+        raise
+    return Generation(text=text, model=target.model, latency_ms=latency_ms, usage=usage)
+
+
+def _post(
+    session: Session, target: UpstreamTarget, prompt: str, params: GenerationParams
+) -> requests.Response:
+    """POST once, without redirects; transport failures become UpstreamErrors."""
+    url, body = build_request(target, prompt, params)
+    token = target.token.get_secret_value() if target.token is not None else ""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Content-Type": "application/json", "Accept": "application/json", **auth}
+    headers["User-Agent"] = USER_AGENT
+    limit = (target.connect_timeout_s, target.read_timeout_s)
+    origin = f"{target.protocol} {target.model}"
+    try:
+        return session.post(url, json=body, headers=headers, timeout=limit, allow_redirects=False)
+    except requests.Timeout as exc:
+        limits = f"connect {limit[0]:g}s, read {limit[1]:g}s"
+        raise UpstreamTimeout(f"upstream {origin} timed out ({limits})") from exc
+    except requests.ConnectionError as exc:
+        if exc.args and isinstance(exc.args[0], ReadTimeoutError):  # stalled mid-body
+            raise UpstreamTimeout(f"upstream {origin} timed out reading the body") from exc
+        # The class name only: requests' own text repeats the URL and pool internals.
+        hint = f"({type(exc).__name__}): is the server up and GENQ_UPSTREAM_URL right?"
+        raise UpstreamUnavailable(f"upstream {origin} unreachable {hint}") from exc
+    except requests.RequestException as exc:  # ChunkedEncodingError: the answer broke off
+        raise UpstreamUnavailable(f"upstream {origin} failed ({type(exc).__name__})") from exc
