@@ -134,12 +134,15 @@ class JobStore:
     def _write(
         self, job_id: str, fields: Mapping[Any, Any], attempt: Attempt | None = None
     ) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(keys.job(job_id), mapping=fields)
-        pipe.expire(keys.job(job_id), self._ttl_s)
+        # One round trip, no MULTI: the attempt goes first, so a reader that sees the
+        # new status also sees the attempt that led to it. Every write is idempotent
+        # but the RPUSH, which a retry after a lost reply may repeat (harmless).
+        pipe = self._redis.pipeline(transaction=False)
         if attempt is not None:
             pipe.rpush(keys.job_attempts(job_id), attempt.model_dump_json(exclude_none=True))
             pipe.expire(keys.job_attempts(job_id), self._ttl_s)
+        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.expire(keys.job(job_id), self._ttl_s)
         pipe.execute()
 
     @staticmethod

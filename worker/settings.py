@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     unacked_restore_interval_s: PositiveFloat = 10.0
     """How often a worker sweeps unacked messages of dead workers back to the queue."""
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
-    """I/O-bound generation: threads measured ~4x prefork at 50 ms (docs/benchmarks.md)."""
-    worker_concurrency: PositiveInt = 8
+    """I/O-bound generation: threads measured ~4x prefork -c 2 at 50 ms (docs/benchmarks.md)."""
+    worker_concurrency: PositiveInt = 16
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -9,6 +11,8 @@ from worker.settings import Settings
 
 
 def make(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for name in [n for n in os.environ if n.startswith("GENQ_")]:
+        monkeypatch.delenv(name)  # only what the test sets counts
     for name, value in env.items():
         monkeypatch.setenv(f"GENQ_{name}", value)
     return Settings()
