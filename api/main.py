@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
-from api.routes import health, jobs
+from api.routes import circuits, generate, health, jobs
 
 __all__ = ["app", "create_app"]
 
@@ -19,6 +19,8 @@ def create_app() -> FastAPI:
     )
     application.include_router(health.router)
     application.include_router(jobs.router)
+    application.include_router(generate.router)
+    application.include_router(circuits.router)
     application.mount("/metrics", make_asgi_app())
     return application
 

@@ -16,7 +16,11 @@ __all__ = [
     "QUEUE_INTERACTIVE",
     "TASK_GENERATE",
     "Attempt",
+    "CachePolicy",
+    "Citation",
     "ContextDoc",
+    "FallbackPolicy",
+    "FallbackReason",
     "GenerateRequest",
     "GenerationParams",
     "JobError",
@@ -47,6 +51,11 @@ class JobStatus(StrEnum):
 
 
 Source = Literal["upstream", "cache", "excerpt"]
+CachePolicy = Literal["fallback", "prefer", "off"]
+FallbackPolicy = Literal["auto", "none"]
+FallbackReason = Literal[
+    "circuit_open", "circuit_forced_open", "probe_in_flight", "upstream_failed"
+]
 
 
 class _Strict(BaseModel):
@@ -78,6 +87,11 @@ class GenerateRequest(_Strict):
     model: str | None = Field(default=None, min_length=1, max_length=256)
     params: GenerationParams = Field(default_factory=GenerationParams)
     context: list[ContextDoc] = Field(default_factory=list)
+    cache: CachePolicy = "fallback"
+    """``fallback``: read the cache only when the upstream cannot be used; ``prefer``:
+    serve a hit without calling the upstream; ``off``: never read or write it."""
+    fallback: FallbackPolicy = "auto"
+    """``none``: fail with ``service_unavailable`` instead of a degraded answer."""
 
 
 class JobMessage(_Strict):
@@ -87,8 +101,20 @@ class JobMessage(_Strict):
     request: GenerateRequest
 
 
+class Citation(_Strict):
+    """A context document an excerpt quotes."""
+
+    id: str
+    title: str | None = None
+    url: str | None = None
+
+
 class JobResult(_Strict):
-    """What a finished job answered, and where the answer came from."""
+    """What a finished job answered, and where the answer came from.
+
+    ``degraded`` is true for ``cache`` and ``excerpt`` answers; ``fallback_reason``,
+    ``circuit`` and ``retry_after`` then say why and when the upstream may be back.
+    """
 
     text: str
     model: str
@@ -96,6 +122,10 @@ class JobResult(_Strict):
     degraded: bool
     latency_ms: float
     usage: dict[str, int] | None = None
+    fallback_reason: FallbackReason | None = None
+    circuit: str | None = None
+    retry_after: float | None = None
+    citations: list[Citation] = Field(default_factory=list)
 
 
 class JobError(_Strict):

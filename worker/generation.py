@@ -1,9 +1,15 @@
-"""The generation service: run one job against the upstream and record what happened.
+"""The generation service: admit → upstream → record → fallback, for one job at a time.
 
-No Celery here: ``worker.tasks`` decodes the message, calls :class:`GenerationService`
-and maps the errors it raises onto a Celery retry or a failed job. Everything else,
-choosing the target, calling the upstream, recording attempts and the final record,
-lives in this module so it can be tested without a worker.
+No Celery here: ``worker.tasks`` decodes the message, calls :meth:`GenerationService.run`
+and turns the :class:`Outcome` into a Celery retry or nothing. The rules:
+
+- ``cache: "prefer"`` and a hit: answer from the cache, no upstream call.
+- The shared breaker admits the call: success is cached and recorded; a transient
+  error is retried (``Outcome.retry_in``) while retries remain, then degrades with
+  ``upstream_failed``; a rejection (4xx) fails at once.
+- The breaker refuses the call (open, forced open, probe in flight): no retry, no
+  wait: answer from the cache, else an excerpt of the job's context documents, else
+  fail with ``service_unavailable`` and the circuit's ``retry_after``.
 """
 
 from __future__ import annotations
@@ -11,53 +17,102 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from worker.backoff import RetryPolicy
+from worker.breaker import SharedCircuitBreaker
+from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.connections import get_redis
-from worker.contract import Attempt, GenerationParams, JobError, JobMessage, JobResult
-from worker.errors import GenqError
+from worker.contract import (
+    Attempt,
+    FallbackReason,
+    GenerationParams,
+    JobError,
+    JobMessage,
+    JobResult,
+)
+from worker.errors import CircuitOpenError, GenqError, UpstreamError, UpstreamRejected
+from worker.excerpt import build_excerpt
 from worker.records import JobStore, utcnow
 from worker.settings import Settings, get_settings
 from worker.upstream import Generation, UpstreamTarget, generate
 
-__all__ = ["GenerationService", "get_service"]
+__all__ = ["GenerationService", "Outcome", "get_service"]
 
 log = logging.getLogger(__name__)
 
 CallUpstream = Callable[[UpstreamTarget, str, GenerationParams], Generation]
 
 
+class ServiceUnavailable(GenqError):
+    """Raised (recorded) when the upstream cannot be used and no fallback exists."""
+
+    type = "service_unavailable"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run: a final result or error, or a retry after ``retry_in`` s."""
+
+    result: JobResult | None = None
+    error: JobError | None = None
+    retry_in: float | None = None
+
+
 class GenerationService:
-    """Admit → upstream → record, for one job at a time (thread-safe)."""
+    """Runs jobs against one configuration; thread-safe, one per process."""
 
     def __init__(
-        self, settings: Settings, store: JobStore, call_upstream: CallUpstream = generate
+        self,
+        settings: Settings,
+        store: JobStore,
+        cache: ResultCache,
+        breaker_for: Callable[[UpstreamTarget], SharedCircuitBreaker],
+        call_upstream: CallUpstream = generate,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.cache = cache
+        self._breaker_for = breaker_for
+        self._call_upstream = call_upstream
         self.retry_policy = RetryPolicy(
             settings.max_retries, settings.retry_base_s, settings.retry_cap_s
         )
-        self._call_upstream = call_upstream
-
-    def target_for(self, message: JobMessage) -> UpstreamTarget:
-        """The upstream target (protocol, URL, model) this job goes to."""
-        return UpstreamTarget.from_settings(self.settings, message.request.model)
 
     def start(self, message: JobMessage) -> bool:
         """Mark the job running; False if it no longer needs running (final or expired)."""
         return self.store.mark_running(message.job_id)
 
-    def run(self, message: JobMessage) -> JobResult:
-        """Call the upstream once; on success record the result with its attempt.
-
-        An ``UpstreamError`` propagates unrecorded: the caller decides between
-        :meth:`retry_later` and :meth:`fail`, and each records the attempt.
-        """
-        target = self.target_for(message)
+    def run(self, message: JobMessage, retries_done: int = 0) -> Outcome:
+        """Run one attempt of the job and record what happened."""
         request = message.request
-        generation = self._call_upstream(target, request.prompt, request.params)
+        target = UpstreamTarget.from_settings(self.settings, request.model)
+        key = cache_key(target.protocol, target.model, request) if request.cache != "off" else None
+        started = time.perf_counter()
+        if key and request.cache == "prefer" and (hit := self.cache.get(key)):
+            return self._finish(message, _from_cache(hit, None, None, None, started), None)
+        try:
+            generation = self._breaker_for(target).call(
+                self._call_upstream, target, request.prompt, request.params
+            )
+        except CircuitOpenError as exc:
+            log.info(
+                "fallback.circuit_rejected", extra={"job_id": message.job_id, "reason": exc.reason}
+            )
+            return self._degrade(message, key, exc, exc.reason)  # type: ignore[arg-type]
+        except UpstreamRejected as exc:
+            return self._fail(message, exc, _attempt("failed", exc))
+        except UpstreamError as exc:
+            if exc.transient and self.retry_policy.allows(retries_done):
+                return self._retry(message, exc, retries_done)
+            return self._degrade(message, key, exc, "upstream_failed")
+        if key:
+            self.cache.put(
+                key,
+                CachedGeneration(generation.text, generation.model, generation.usage, time.time()),
+            )
         result = JobResult(
             text=generation.text,
             model=generation.model,
@@ -66,16 +121,7 @@ class GenerationService:
             latency_ms=round(generation.latency_ms, 3),
             usage=generation.usage,
         )
-        self.store.finish(message.job_id, result=result, attempt=_attempt("succeeded", None))
-        return result
-
-    def retry_later(self, message: JobMessage, exc: GenqError) -> None:
-        """The job waits for a retry: back to ``queued``, with the failed attempt."""
-        self.store.mark_queued(message.job_id, _attempt("failed", exc))
-        log.info(
-            "generation.retry_scheduled",
-            extra={"job_id": message.job_id, "error_type": exc.type},
-        )
+        return self._finish(message, result, _attempt("succeeded", None))
 
     def fail(self, job_id: str, exc: GenqError, *, attempted: bool = True) -> None:
         """Record the job as failed with the error a user may see."""
@@ -84,6 +130,100 @@ class GenerationService:
         self.store.finish(job_id, error=error, attempt=attempt)
         log.info("generation.failed", extra={"job_id": job_id, "error_type": exc.type})
 
+    def _degrade(
+        self, message: JobMessage, key: str | None, exc: GenqError, reason: FallbackReason
+    ) -> Outcome:
+        """Answer without the upstream: cache, then excerpt, else fail; never wait."""
+        started = time.perf_counter()
+        request = message.request
+        rejected = isinstance(exc, CircuitOpenError)
+        attempt = _attempt("rejected" if rejected else "failed", exc)
+        circuit = exc.circuit if isinstance(exc, CircuitOpenError) else None
+        if request.fallback == "none":
+            return self._fail(message, _unavailable(exc, rejected), attempt)
+        hit = self.cache.get(key) if key else None
+        if hit is not None:
+            result = _from_cache(hit, reason, circuit, exc.retry_after, started)
+            return self._finish(message, result, attempt)
+        excerpt = build_excerpt(request.prompt, request.context, self.settings.excerpt_max_chars)
+        if excerpt is None:
+            return self._fail(message, _unavailable(exc, rejected), attempt)
+        result = JobResult(
+            text=excerpt.text,
+            model=request.model or self.settings.upstream_model,
+            source="excerpt",
+            degraded=True,
+            latency_ms=_ms_since(started),
+            fallback_reason=reason,
+            circuit=circuit,
+            retry_after=exc.retry_after,
+            citations=excerpt.citations,
+        )
+        return self._finish(message, result, attempt)
+
+    def _retry(self, message: JobMessage, exc: UpstreamError, retries_done: int) -> Outcome:
+        delay = self.retry_policy.delay(retries_done, exc.retry_after)
+        self.store.mark_queued(message.job_id, _attempt("failed", exc))
+        log.info(
+            "generation.retry_scheduled",
+            extra={"job_id": message.job_id, "error_type": exc.type, "delay_s": delay},
+        )
+        return Outcome(retry_in=delay)
+
+    def _finish(self, message: JobMessage, result: JobResult, attempt: Attempt | None) -> Outcome:
+        self.store.finish(message.job_id, result=result, attempt=attempt)
+        if result.degraded:
+            log.info(
+                "fallback.served",
+                extra={
+                    "job_id": message.job_id,
+                    "source": result.source,
+                    "reason": result.fallback_reason,
+                },
+            )
+        return Outcome(result=result)
+
+    def _fail(self, message: JobMessage, exc: GenqError, attempt: Attempt) -> Outcome:
+        error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
+        self.store.finish(message.job_id, error=error, attempt=attempt)
+        log.info("generation.failed", extra={"job_id": message.job_id, "error_type": exc.type})
+        return Outcome(error=error)
+
+
+def _unavailable(exc: GenqError, rejected: bool) -> GenqError:
+    """The error of a job with no answer: the circuit's, or the upstream's own."""
+    if not rejected:
+        return exc
+    return ServiceUnavailable(
+        f"the upstream is unavailable ({exc.message}) and this job has no fallback; "
+        "retry after the time given",
+        retry_after=exc.retry_after,
+    )
+
+
+def _from_cache(
+    hit: CachedGeneration,
+    reason: FallbackReason | None,
+    circuit: str | None,
+    retry_after: float | None,
+    started: float,
+) -> JobResult:
+    return JobResult(
+        text=hit.text,
+        model=hit.model,
+        source="cache",
+        degraded=True,
+        latency_ms=_ms_since(started),
+        usage=hit.usage,
+        fallback_reason=reason,
+        circuit=circuit,
+        retry_after=retry_after,
+    )
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
 
 def _attempt(outcome: str, exc: GenqError | None) -> Attempt:
     return Attempt.model_validate(
@@ -91,10 +231,40 @@ def _attempt(outcome: str, exc: GenqError | None) -> Attempt:
     )
 
 
+def breaker_factory(settings: Settings) -> Callable[[UpstreamTarget], SharedCircuitBreaker]:
+    """One shared-breaker handle per upstream target, made on first use."""
+
+    @functools.cache
+    def breaker_for(name: str) -> SharedCircuitBreaker:
+        return SharedCircuitBreaker(
+            name,
+            get_redis,
+            fail_max=settings.breaker_fail_max,
+            reset_timeout=settings.breaker_reset_timeout_s,
+            success_threshold=settings.breaker_success_threshold,
+            max_reset_timeout=settings.breaker_max_reset_timeout_s,
+            # The probe's lease outlives the slowest probe, so it never expires mid-call.
+            probe_lease_s=settings.upstream_connect_timeout_s + settings.upstream_timeout_s + 1,
+            window_s=settings.breaker_window_s,
+            failure_rate_threshold=settings.breaker_failure_rate,
+            min_calls=settings.breaker_min_calls,
+            slow_call_s=settings.breaker_slow_call_s,
+            exclude=[UpstreamRejected],
+        )
+
+    return lambda target: breaker_for(target.name)
+
+
 @functools.cache
 def _service_for(pid: int) -> GenerationService:
     settings = get_settings()
-    return GenerationService(settings, JobStore(get_redis(), settings.job_ttl_s))
+    client = get_redis()
+    return GenerationService(
+        settings,
+        JobStore(client, settings.job_ttl_s),
+        ResultCache(client, settings.cache_ttl_s, settings.cache_max_entry_bytes),
+        breaker_factory(settings),
+    )
 
 
 def get_service() -> GenerationService:

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     """Consecutive failures that open the circuit (pybreaker's ``fail_max``)."""
     breaker_reset_timeout_s: PositiveFloat = 30.0
     """Seconds the circuit stays open before one probe is let through."""
+    breaker_max_reset_timeout_s: PositiveFloat = 600.0
+    """Cap of the open window, which grows with failed probes and upstream hints."""
+    breaker_success_threshold: PositiveInt = 1
+    """Successful probes needed to close the circuit again."""
+    breaker_window_s: PositiveFloat | None = None
+    """If set, also trip on the failure rate over this sliding window."""
+    breaker_failure_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Failure rate (0-1] over ``breaker_window_s`` that opens the circuit."""
+    breaker_min_calls: PositiveInt = 10
+    """Calls needed in the window before the failure rate is judged."""
+    breaker_slow_call_s: PositiveFloat | None = None
+    """If set, a successful call slower than this counts as a failure."""
     max_retries: int = Field(default=3, ge=0, le=20)
     """Retries of a transient upstream failure while the circuit is closed."""
     retry_base_s: PositiveFloat = 1.0
@@ -72,6 +84,10 @@ class Settings(BaseSettings):
     """No retry waits longer, whatever ``Retry-After`` says."""
     cache_ttl_s: PositiveInt = 86_400
     """How long a successful generation is kept for fallback answers."""
+    cache_max_entry_bytes: PositiveInt = 64 * 1024
+    """A generation larger than this (encoded) is not cached."""
+    excerpt_max_chars: PositiveInt = 1_200
+    """Upper bound on the text of an excerpt answer built from context documents."""
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Comma-separated bearer keys accepted by the ``/v1`` routes."""
@@ -106,6 +122,8 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s <= self.task_time_limit_s:
             # A shorter visibility timeout redelivers a job that is still running.
             raise ValueError("GENQ_VISIBILITY_TIMEOUT_S must exceed GENQ_TASK_TIME_LIMIT_S")
+        if (self.breaker_window_s is None) != (self.breaker_failure_rate is None):
+            raise ValueError("set GENQ_BREAKER_WINDOW_S and GENQ_BREAKER_FAILURE_RATE together")
         if self.retry_cap_s >= self.visibility_timeout_s:
             # A retry waiting on its countdown is an unacked message too.
             raise ValueError("GENQ_RETRY_CAP_S must be below GENQ_VISIBILITY_TIMEOUT_S")

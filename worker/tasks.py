@@ -1,4 +1,4 @@
-"""Celery tasks, thin like web views: decode, call the service, map errors to retry or fail."""
+"""Celery tasks, thin like web views: decode, call the service, map its outcome to a retry."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from worker.app import app
 from worker.contract import TASK_GENERATE, JobMessage
-from worker.errors import InvalidJob, UpstreamError
+from worker.errors import InvalidJob
 from worker.generation import get_service
 
 __all__ = ["generate"]
@@ -28,21 +28,13 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> None:
         job_id = job.get("job_id") if isinstance(job, dict) else None
         log.error("task.invalid_payload", extra={"job_id": job_id, "errors": exc.error_count()})
         if isinstance(job_id, str):
-            service.fail(
-                job_id,
-                InvalidJob(f"invalid job payload: {exc.error_count()} error(s)"),
-                attempted=False,
-            )
+            invalid = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
+            service.fail(job_id, invalid, attempted=False)
         return
     if not service.start(message):
         log.info("task.skipped", extra={"job_id": message.job_id})
         return
-    try:
-        service.run(message)
-    except UpstreamError as exc:
-        policy, retries = service.retry_policy, self.request.retries
-        if not exc.transient or not policy.allows(retries):
-            service.fail(message.job_id, exc)
-            return
-        service.retry_later(message, exc)
-        raise self.retry(countdown=policy.delay(retries, exc.retry_after)) from exc
+    outcome = service.run(message, retries_done=self.request.retries)
+    if outcome.retry_in is not None:
+        # The only retry layer: the slot is freed while the countdown runs.
+        raise self.retry(countdown=outcome.retry_in)

@@ -5,19 +5,26 @@ from __future__ import annotations
 import logging
 import uuid
 
+from celery import Celery
 from fastapi import APIRouter, HTTPException, Response, status
 from kombu.exceptions import OperationalError
+from prometheus_client import Counter
 
+from api.auth import Principal
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.schemas import Job, JobCreate, check_limits
 from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
 from worker.errors import StorageUnavailable
+from worker.records import JobRecord, JobStore
+from worker.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
 
 #: How soon a client polling an unfinished job should come back, in seconds.
 POLL_AFTER_S = 1
+
+JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API process")
 
 
 def _unavailable(what: str) -> HTTPException:
@@ -28,16 +35,10 @@ def _unavailable(what: str) -> HTTPException:
     )
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job)
-def submit_job(
-    body: JobCreate,
-    principal: PrincipalDep,
-    settings: SettingsDep,
-    store: StoreDep,
-    celery: CeleryDep,
-    response: Response,
-) -> Job:
-    """Accept a generation job; poll the ``Location`` it returns."""
+def enqueue(
+    body: JobCreate, principal: Principal, settings: Settings, store: JobStore, celery: Celery
+) -> JobRecord:
+    """Record the job, then publish it; nothing is left behind if either fails."""
     check_limits(body, settings)
     job_id = uuid.uuid4().hex
     message = JobMessage(job_id=job_id, request=body)
@@ -57,7 +58,22 @@ def submit_job(
         store.delete(job_id)
         log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": type(exc).__name__})
         raise _unavailable("the broker") from exc
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    JOBS_SUBMITTED.inc()
+    return record
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job)
+def submit_job(
+    body: JobCreate,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    celery: CeleryDep,
+    response: Response,
+) -> Job:
+    """Accept a generation job; poll the ``Location`` it returns."""
+    record = enqueue(body, principal, settings, store, celery)
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
     response.headers["Retry-After"] = str(POLL_AFTER_S)
     return Job.from_record(record)
 

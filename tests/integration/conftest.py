@@ -53,6 +53,10 @@ def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
         "GENQ_API_KEYS": f"{API_KEY},{OTHER_KEY}",
         "GENQ_ADMIN_API_KEYS": ADMIN_KEY,
         "GENQ_RETRY_BASE_S": "0.2",
+        # Retries stop before the circuit opens, so both paths can be seen from one job.
+        "GENQ_MAX_RETRIES": "2",
+        "GENQ_BREAKER_FAIL_MAX": "4",
+        "GENQ_BREAKER_RESET_TIMEOUT_S": "1",
         "GENQ_REDIS_SOCKET_TIMEOUT_S": "2",
         **extra,
     }

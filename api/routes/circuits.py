@@ -1,0 +1,101 @@
+"""``/v1/circuits``: the shared circuit breakers, as operators see and steer them."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from api.deps import PrincipalDep
+from worker import breaker
+from worker.connections import get_redis
+
+router = APIRouter(tags=["circuits"])
+
+#: States in which the upstream is not being called normally.
+UNHEALTHY = {"open", "half-open", "forced_open"}
+CircuitName = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._:~-]+$")]
+
+
+class Circuit(BaseModel):
+    """One circuit: its state and why."""
+
+    name: str
+    state: Literal["closed", "open", "half-open", "forced_open", "forced_closed"]
+    failure_count: int
+    opened_at: float | None
+    retry_after: float
+    last_failure: str | None
+    probe_in_flight: bool
+    transitions: dict[str, int]
+
+
+def _redis() -> redis.Redis:
+    return get_redis()
+
+
+RedisDep = Annotated[redis.Redis, Depends(_redis)]
+
+
+def _circuits(client: redis.Redis) -> list[Circuit]:
+    try:
+        return [Circuit.model_validate(c) for c in breaker.list_circuits(client)]
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="breaker state is unreachable (Redis); try again shortly",
+            headers={"Retry-After": "5"},
+        ) from exc
+
+
+@router.get("/v1/circuits", response_model=list[Circuit])
+def list_circuits(_: PrincipalDep, client: RedisDep) -> list[Circuit]:
+    """Every circuit genq has used, with state, failures and seconds to the next probe."""
+    return _circuits(client)
+
+
+@router.get("/v1/health/circuit-breaker", response_model=None)
+def circuit_health(_: PrincipalDep, client: RedisDep) -> JSONResponse:
+    """200 when every circuit is closed; 503 with ``Retry-After`` when one is not."""
+    circuits = _circuits(client)
+    unhealthy = [c for c in circuits if c.state in UNHEALTHY]
+    body: dict[str, Any] = {
+        "status": "degraded" if unhealthy else "ok",
+        "circuits": [c.model_dump() for c in circuits],
+    }
+    if not unhealthy:
+        return JSONResponse(body)
+    retry_after = max(1, math.ceil(min(c.retry_after for c in unhealthy)))
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
+_ACTIONS = {
+    "open": breaker.force_open,
+    "close": breaker.force_closed,
+    "reset": breaker.reset,
+}
+
+
+@router.post("/v1/circuits/{name}/{action}", response_model=Circuit)
+def control_circuit(
+    name: CircuitName,
+    action: Literal["open", "close", "reset"],
+    principal: PrincipalDep,
+    client: RedisDep,
+) -> Circuit:
+    """Admin: force a circuit open, force it closed (breaker disabled), or reset it."""
+    if not principal.admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="an admin key is required")
+    try:
+        _ACTIONS[action](client, name)
+        return Circuit.model_validate(breaker.snapshot(client, name))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="breaker state is unreachable (Redis); nothing was changed",
+            headers={"Retry-After": "5"},
+        ) from exc

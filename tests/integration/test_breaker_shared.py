@@ -1,0 +1,370 @@
+"""The shared breaker against a real redis-server: trips, probes, round trips, control, reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pybreaker
+import pytest
+import redis
+
+from worker.breaker import (
+    SharedCircuitBreaker,
+    force_closed,
+    force_open,
+    list_circuits,
+    reset,
+    snapshot,
+)
+from worker.errors import (
+    CircuitOpenError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class CountingConnection(redis.Connection):
+    """A connection that counts the requests it writes to Redis: one per round trip."""
+
+    writes = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.writes += 1
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def counted(redis_url: str) -> Iterator[redis.Redis]:
+    pool = redis.ConnectionPool.from_url(
+        redis_url, connection_class=CountingConnection, decode_responses=True
+    )
+    client = redis.Redis(connection_pool=pool)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def boom(message: str = "upstream down") -> None:
+    raise UpstreamUnavailable(message, status=503)
+
+
+def failing(breaker: SharedCircuitBreaker, times: int, fn: Callable[[], None] = boom) -> None:
+    for _ in range(times):
+        with pytest.raises(UpstreamUnavailable):
+            breaker.call(fn)
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_opens_after_exactly_fail_max_failures(r: redis.Redis, name: str) -> None:
+    """Exactly fail_max failing calls reach the function; the next is rejected as circuit_open."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=3, reset_timeout=30.0)
+    calls: list[int] = []
+
+    def upstream() -> None:
+        calls.append(1)
+        boom()
+
+    failing(breaker, 3, upstream)
+    with pytest.raises(CircuitOpenError) as rejected:
+        breaker.call(upstream)
+    assert len(calls) == 3
+    assert rejected.value.reason == "circuit_open"
+    assert rejected.value.circuit == name
+    assert 29.0 < (rejected.value.retry_after or 0) <= 30.0
+    assert isinstance(rejected.value, pybreaker.CircuitBreakerError)
+
+
+def test_rejections_while_open_cost_no_round_trip(
+    counted: redis.Redis, r: redis.Redis, name: str
+) -> None:
+    """Once a process knows the deadline, 200 rejections make no Redis request at all."""
+    breaker = SharedCircuitBreaker(name, counted, fail_max=2, reset_timeout=30.0)
+    failing(breaker, 2)
+    writes, server = CountingConnection.writes, evalsha_calls(r)
+    for _ in range(200):
+        with pytest.raises(CircuitOpenError):
+            breaker.call(lambda: None)
+    assert CountingConnection.writes - writes == 0
+    assert evalsha_calls(r) - server == 0
+
+
+def test_closed_calls_cost_one_round_trip_each(
+    counted: redis.Redis, r: redis.Redis, name: str
+) -> None:
+    """After a first call (connect, admission), 200 successful calls cost 200 EVALSHAs."""
+    breaker = SharedCircuitBreaker(name, counted)
+    breaker.call(lambda: None)
+    writes, server = CountingConnection.writes, evalsha_calls(r)
+    for i in range(200):
+        assert breaker.call(int, i) == i
+    assert CountingConnection.writes - writes == 200
+    assert evalsha_calls(r) - server == 200
+
+
+def test_one_probe_among_eight_breakers_after_a_sub_second_window(
+    r: redis.Redis, name: str
+) -> None:
+    """After a 0.1 s window, 8 racing breakers let one probe run; 7 get probe_in_flight."""
+    breakers = [SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=0.1) for _ in range(8)]
+    failing(breakers[0], 1)
+    time.sleep(0.15)
+    entered: list[int] = []
+    reasons: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def probe() -> None:
+        entered.append(1)
+        time.sleep(0.2)
+
+    def race(b: SharedCircuitBreaker) -> None:
+        barrier.wait()
+        try:
+            b.call(probe)
+        except CircuitOpenError as exc:
+            reasons.append(exc.reason)
+
+    threads = [threading.Thread(target=race, args=(b,)) for b in breakers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(entered) == 1
+    assert reasons == ["probe_in_flight"] * 7
+    assert snapshot(r, name)["state"] == "closed"
+
+
+def test_failed_probe_reopens_for_a_longer_window(r: redis.Redis, name: str) -> None:
+    """A failing probe reopens the circuit for twice the last window."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=0.1)
+    failing(breaker, 1)
+    time.sleep(0.12)
+    failing(breaker, 1)  # the probe
+    with pytest.raises(CircuitOpenError) as rejected:
+        breaker.call(lambda: None)
+    assert 0.15 < (rejected.value.retry_after or 0) <= 0.2
+    assert snapshot(r, name)["transitions"]["opened"] == 2
+
+
+def test_retry_after_of_the_failure_sets_the_window(r: redis.Redis, name: str) -> None:
+    """A 429 carrying retry_after=5 keeps the circuit open about 5 s, not reset_timeout."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=0.5)
+
+    def limited() -> None:
+        raise UpstreamRateLimited("429", status=429, retry_after=5.0)
+
+    with pytest.raises(UpstreamRateLimited):
+        breaker.call(limited)
+    assert 4.5 < snapshot(r, name)["retry_after"] <= 5.0
+
+
+def test_excluded_and_client_errors_neither_count_nor_reset(r: redis.Redis, name: str) -> None:
+    """ValueError, TypeError and an excluded UpstreamRejected leave the failure count as it was."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=3, exclude=[UpstreamRejected])
+    failing(breaker, 2)
+    for exc in (ValueError("bad"), TypeError("bad"), UpstreamRejected("400", status=400)):
+
+        def raise_it(exc: Exception = exc) -> None:
+            raise exc
+
+        with pytest.raises(type(exc)):
+            breaker.call(raise_it)
+    assert snapshot(r, name)["failure_count"] == 2
+    failing(breaker, 1)
+    assert snapshot(r, name)["state"] == "open"
+
+
+def test_outcomes_admitted_before_a_transition_are_ignored(r: redis.Redis, name: str) -> None:
+    """A failure and a success admitted in an older generation change nothing."""
+    slow_fail, slow_ok = SharedCircuitBreaker(name, r, fail_max=2), SharedCircuitBreaker(name, r)
+    fast = SharedCircuitBreaker(name, r, fail_max=2)
+    stale_fail, stale_ok = slow_fail.calling(), slow_ok.calling()
+    stale_fail.__enter__()
+    stale_ok.__enter__()
+    failing(fast, 2)
+    reset(r, name)
+    failing(SharedCircuitBreaker(name, r), 1)  # ``fast`` still rejects from its cached view
+    assert stale_fail.__exit__(RuntimeError, RuntimeError("late"), None) is False
+    stale_ok.__exit__(None, None, None)
+    assert snapshot(r, name)["failure_count"] == 1
+    assert snapshot(r, name)["state"] == "closed"
+
+
+def test_a_dead_probe_frees_the_circuit_when_its_lease_expires(r: redis.Redis, name: str) -> None:
+    """A probe that never reports blocks others only until probe_lease_s passes."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=0.05, probe_lease_s=0.2)
+    failing(breaker, 1)
+    time.sleep(0.06)
+    probe = breaker.calling()
+    probe.__enter__()  # the probe's process "dies" here: it never reports
+    with pytest.raises(CircuitOpenError, match="testing"):
+        SharedCircuitBreaker(name, r).call(lambda: None)
+    time.sleep(0.22)
+    assert SharedCircuitBreaker(name, r).call(lambda: 42) == 42
+    assert snapshot(r, name)["state"] == "closed"
+
+
+def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
+    """Forced open rejects (after at most one call), forced closed counts nothing, reset zeroes."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=0.2)
+    breaker.call(lambda: None)
+    force_open(r, name)
+    reasons = []
+    for _ in range(3):
+        try:
+            breaker.call(lambda: None)
+        except CircuitOpenError as exc:
+            reasons.append(exc.reason)
+    assert reasons[-2:] == ["circuit_forced_open"] * 2  # the first call may still pass
+    assert snapshot(r, name)["state"] == "forced_open"
+    force_closed(r, name)
+    time.sleep(0.25)  # the forced-open re-check interval (reset_timeout)
+    failing(breaker, 5)
+    assert snapshot(r, name)["state"] == "forced_closed"
+    assert snapshot(r, name)["failure_count"] == 0
+    reset(r, name)
+    time.sleep(SharedCircuitBreaker.VIEW_TTL_S)
+    failing(breaker, 1)
+    report = snapshot(r, name)
+    assert (report["state"], report["failure_count"]) == ("closed", 1)
+    assert report["transitions"]["forced_open"] == 1
+    assert report["transitions"]["forced_closed"] == 1
+    assert report["transitions"]["reset"] == 1
+
+
+def test_snapshot_and_list_circuits_report_the_circuit(r: redis.Redis, name: str) -> None:
+    """snapshot gives state, count, opened_at, retry_after, last failure and transition counts."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=10.0)
+    before = time.time()
+    failing(breaker, 2, lambda: boom("x" * 300))
+    report = snapshot(r, name)
+    assert report["name"] == name
+    assert report["state"] == "open"
+    assert report["failure_count"] == 2
+    assert before - 1 < report["opened_at"] < time.time() + 1
+    assert 9.0 < report["retry_after"] <= 10.0
+    assert report["last_failure"] == "UpstreamUnavailable: " + "x" * 200
+    assert report["transitions"]["opened"] == 1
+    assert name in [c["name"] for c in list_circuits(r)]
+    fresh = snapshot(r, f"{name}-unused")
+    assert (fresh["state"], fresh["retry_after"], fresh["opened_at"]) == ("closed", 0.0, None)
+
+
+def test_keys_expire_when_unused(r: redis.Redis, name: str) -> None:
+    """Every key a circuit writes carries an expiry (about a day)."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1)
+    failing(breaker, 1)
+    keys = r.keys(f"genq:breaker:{{{name}}}:*")
+    assert keys
+    assert all(86_000_000 < r.pttl(k) <= 86_400_000 for k in keys)
+
+
+def test_failure_rate_and_slow_calls_trip_through_the_script(r: redis.Redis, name: str) -> None:
+    """Two failures in four calls trip a 50 % rate window; a slow success counts as a failure."""
+    breaker = SharedCircuitBreaker(
+        name, r, fail_max=100, window_s=5.0, failure_rate_threshold=0.5, min_calls=4,
+        slow_call_s=0.05,
+    )  # fmt: skip
+    breaker.call(lambda: None)
+    failing(breaker, 1)
+    breaker.call(lambda: None)
+    assert snapshot(r, name)["state"] == "closed"
+    breaker.call(time.sleep, 0.06)
+    report = snapshot(r, name)
+    assert report["state"] == "open"
+    assert report["last_failure"].startswith("SlowCall: call took")
+
+
+def test_no_lock_is_held_across_the_call(r: redis.Redis, name: str) -> None:
+    """8 threads sleeping 0.2 s through one breaker finish in well under 0.6 s."""
+    breaker = SharedCircuitBreaker(name, r)
+    breaker.call(lambda: None)
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        breaker.call(time.sleep, 0.2)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - started < 0.6
+
+
+class Recorder(pybreaker.CircuitBreakerListener):
+    """Keeps every listener event it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        self.events.append("before")
+
+    def success(self, cb: Any) -> None:
+        self.events.append("success")
+
+    def failure(self, cb: Any, exc: BaseException) -> None:
+        self.events.append(f"failure:{type(exc).__name__}")
+
+    def state_change(self, cb: Any, old: Any, new: Any) -> None:
+        self.events.append(f"{old.name}->{new.name}")
+
+
+def test_pybreaker_surface_listeners_decorator_and_calling(r: redis.Redis, name: str) -> None:
+    """Listeners hear every event in order; ``@breaker`` and ``calling()`` guard calls."""
+    recorder = Recorder()
+    breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=0.05, listeners=[recorder])
+
+    @breaker
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(21) == 42
+    with pytest.raises(UpstreamUnavailable), breaker.calling():
+        boom()
+    failing(breaker, 1)
+    assert (breaker.current_state, breaker.fail_counter) == ("open", 2)
+    time.sleep(0.06)
+    with breaker.calling():
+        pass
+    assert breaker.current_state == "closed"
+    assert recorder.events == [
+        "before", "success", "before", "failure:UpstreamUnavailable", "before",
+        "closed->open", "failure:UpstreamUnavailable", "open->half-open", "before",
+        "half-open->closed", "success",
+    ]  # fmt: skip
+
+
+def test_a_bytes_client_works_too(redis_url: str, name: str) -> None:
+    """A client without decode_responses drives the same circuit and reads the same snapshot."""
+    client = redis.Redis.from_url(redis_url)
+    breaker = SharedCircuitBreaker(name, lambda: client, fail_max=1)
+    failing(breaker, 1)
+    assert snapshot(client, name)["state"] == "open"
+    assert snapshot(client, name)["last_failure"] == "UpstreamUnavailable: upstream down"
+    assert name in [c["name"] for c in list_circuits(client)]
+    client.close()
