@@ -145,7 +145,7 @@ def publisher(env: Env) -> Celery:
     return app
 
 
-def publish_genq(env: Env, n: int, request: dict[str, object] | None = None) -> list[str]:
+def publish_genq(env: Env, n: int, bodies: list[dict[str, object]] | None = None) -> list[str]:
     """Create ``n`` job records (as the API would) and publish their tasks."""
     store = JobStore(env.client(), 3600)
     ids = [uuid.uuid4().hex for _ in range(n)]
@@ -154,7 +154,8 @@ def publish_genq(env: Env, n: int, request: dict[str, object] | None = None) -> 
     app = publisher(env)
     with app.producer_or_acquire() as producer:
         for i, job_id in enumerate(ids):
-            body = request or {"prompt": f"bench prompt {i}", "params": {"max_new_tokens": 16}}
+            default = {"prompt": f"bench prompt {i}", "params": {"max_new_tokens": 16}}
+            body = bodies[i] if bodies else default
             message = JobMessage(job_id=job_id, request=GenerateRequest.model_validate(body))
             app.send_task(
                 TASK_GENERATE,

@@ -1,0 +1,143 @@
+"""Issue #4's benches: draining a queue on fallback answers while the circuit is open, and
+the closed-circuit cost of genq (breaker + cache write) at 50 ms upstream latency.
+
+Run: ``python -m bench.fallback_bench``. Writes the "fallback" section of
+docs/benchmarks.md. Everything runs against one redis-server and one simulator.
+
+- Open-circuit drain: N jobs queued before the worker starts, half answered from the
+  cache and half by an excerpt of five context documents, with the circuit forced open
+  (the rejection path is the same as a tripped circuit's). Baseline: a bare Celery task
+  that records a constant, same pool and concurrency. Target: genq ≥ 0.8 × bare, and the
+  worker-side fallback latency (the ``latency_ms`` of each degraded result) p99 < 5 ms.
+- Closed circuit: ``genq.generate`` (breaker admit + record, cache write, job record)
+  against the bare task making the same HTTP call, 50 ms simulator latency. Target ≥ 0.9.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+from bench.harness import (
+    Env,
+    bench_env,
+    drain_rate_bare,
+    drain_rate_genq,
+    publish_bare,
+    publish_genq,
+    reset,
+    worker,
+)
+from bench.report import machine, write_section
+from worker import breaker
+from worker.cache import CachedGeneration, ResultCache, cache_key
+from worker.contract import GenerateRequest
+from worker.upstream import UpstreamTarget
+
+POOL, CONCURRENCY = "threads", 16  # genq's defaults (worker/settings.py)
+CONTEXT = [
+    {
+        "id": f"doc-{i}",
+        "title": f"Document {i}",
+        "text": " ".join(
+            f"passage {i} sentence {j} about queues, breakers and retries." for j in range(12)
+        ),
+    }
+    for i in range(5)
+]
+
+
+def _requests(n: int) -> list[dict[str, object]]:
+    half = n // 2
+    cached: list[dict[str, object]] = [{"prompt": f"cached prompt {i}"} for i in range(half)]
+    excerpt: list[dict[str, object]] = [
+        {"prompt": f"what about breakers {i}", "context": CONTEXT} for i in range(n - half)
+    ]
+    return [job for pair in zip(cached, excerpt, strict=False) for job in pair]
+
+
+def prime_cache(env: Env, requests: list[dict[str, object]]) -> None:
+    settings = env.settings()
+    target = UpstreamTarget.from_settings(settings)
+    cache = ResultCache(env.client(), settings.cache_ttl_s, settings.cache_max_entry_bytes)
+    for body in requests:
+        if "context" not in body:
+            key = cache_key(target.protocol, target.model, GenerateRequest.model_validate(body))
+            cache.put(key, CachedGeneration("a cached answer", target.model, None, time.time()))
+
+
+def open_drain(env: Env, n: int) -> tuple[float, float, float, int]:
+    """Jobs/s, fallback p50/p99 ms and degraded count for n fallback-answered jobs."""
+    reset(env)
+    bodies = _requests(n)
+    prime_cache(env, bodies)
+    breaker.force_open(env.client(), UpstreamTarget.from_settings(env.settings()).name)
+    ids = publish_genq(env, n, bodies)
+    with worker(env, "worker.app", POOL, CONCURRENCY):
+        rate = drain_rate_genq(env, ids, timeout_s=600)
+    client = env.client()
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"genq:job:{job_id}", "result")
+    results = [json.loads(r) for r in pipe.execute() if r]
+    latencies = sorted(r["latency_ms"] for r in results if r["degraded"])
+    p50 = statistics.median(latencies)
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    return rate, p50, p99, len(latencies)
+
+
+def bare_constant(env: Env, n: int) -> float:
+    reset(env)
+    ids = publish_bare(env, n, "bench.bare_constant", with_prompt=False)
+    with worker(env, "bench.bare_app", POOL, CONCURRENCY):
+        return drain_rate_bare(env, ids, timeout_s=600)
+
+
+def closed(env: Env, n: int) -> tuple[float, float]:
+    env.simulator(latency_ms=50)
+    reset(env)
+    ids = publish_genq(env, n)
+    with worker(env, "worker.app", POOL, CONCURRENCY):
+        genq = drain_rate_genq(env, ids)
+    reset(env)
+    ids = publish_bare(env, n, "bench.bare_generate")
+    with worker(env, "bench.bare_app", POOL, CONCURRENCY):
+        bare = drain_rate_bare(env, ids)
+    return genq, bare
+
+
+def main(n: int = 10_000, closed_n: int = 1_000) -> None:
+    with bench_env() as env:
+        rate, p50, p99, degraded = open_drain(env, n)
+        bare = bare_constant(env, n)
+        print(
+            f"open drain: genq {rate:.0f}/s, bare {bare:.0f}/s; p50 {p50:.2f} ms p99 {p99:.2f} ms"
+        )
+        genq_closed, bare_closed = closed(env, closed_n)
+        print(f"closed 50 ms: genq {genq_closed:.0f}/s, bare {bare_closed:.0f}/s")
+    ok = lambda good: "met" if good else "NOT met"  # noqa: E731
+    lines = [
+        "## Degrade, don't retry (issue #4)",
+        "",
+        f"{machine()}. Worker pool {POOL}, concurrency {CONCURRENCY}; jobs queued before the "
+        "worker starts; jobs/s measured worker-side from first start to last finish.",
+        "",
+        "| case | genq jobs/s | baseline jobs/s | genq / baseline | target |",
+        "|---|---|---|---|---|",
+        f"| open circuit, {n} jobs (half cache, half excerpt) vs bare constant task "
+        f"| {rate:.0f} | {bare:.0f} | {rate / bare:.2f} | ≥ 0.8: {ok(rate >= 0.8 * bare)} |",
+        f"| closed circuit, 50 ms upstream, {closed_n} jobs vs bare HTTP task "
+        f"| {genq_closed:.0f} | {bare_closed:.0f} | {genq_closed / bare_closed:.2f} "
+        f"| ≥ 0.9: {ok(genq_closed >= 0.9 * bare_closed)} |",
+        "",
+        f"Worker-side fallback latency over {degraded} degraded answers (cache lookup or "
+        f"excerpt build): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms: "
+        f"{ok(p99 < 5)}).",
+    ]
+    write_section("fallback", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))

@@ -1,0 +1,156 @@
+"""Operator control, reports and the pybreaker surface of the shared breaker, on real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pybreaker
+import pytest
+import redis
+
+from worker.breaker import (
+    SharedCircuitBreaker,
+    force_closed,
+    force_open,
+    list_circuits,
+    reset,
+    snapshot,
+)
+from worker.errors import CircuitOpenError, UpstreamUnavailable
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def boom(message: str = "upstream down") -> None:
+    raise UpstreamUnavailable(message, status=503)
+
+
+def failing(breaker: SharedCircuitBreaker, times: int, fn: Callable[[], None] = boom) -> None:
+    for _ in range(times):
+        with pytest.raises(UpstreamUnavailable):
+            breaker.call(fn)
+
+
+def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
+    """Forced open rejects (after at most one call), forced closed counts nothing, reset zeroes."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=0.2)
+    breaker.call(lambda: None)
+    force_open(r, name)
+    reasons = []
+    for _ in range(3):
+        try:
+            breaker.call(lambda: None)
+        except CircuitOpenError as exc:
+            reasons.append(exc.reason)
+    assert reasons[-2:] == ["circuit_forced_open"] * 2  # the first call may still pass
+    assert snapshot(r, name)["state"] == "forced_open"
+    force_closed(r, name)
+    time.sleep(0.25)  # the forced-open re-check interval (reset_timeout)
+    failing(breaker, 5)
+    assert snapshot(r, name)["state"] == "forced_closed"
+    assert snapshot(r, name)["failure_count"] == 0
+    reset(r, name)
+    time.sleep(SharedCircuitBreaker.VIEW_TTL_S)
+    failing(breaker, 1)
+    report = snapshot(r, name)
+    assert (report["state"], report["failure_count"]) == ("closed", 1)
+    assert report["transitions"]["forced_open"] == 1
+    assert report["transitions"]["forced_closed"] == 1
+    assert report["transitions"]["reset"] == 1
+
+
+def test_snapshot_and_list_circuits_report_the_circuit(r: redis.Redis, name: str) -> None:
+    """snapshot gives state, count, opened_at, retry_after, last failure and transition counts."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=10.0)
+    before = time.time()
+    failing(breaker, 2, lambda: boom("x" * 300))
+    report = snapshot(r, name)
+    assert report["name"] == name
+    assert report["state"] == "open"
+    assert report["failure_count"] == 2
+    assert before - 1 < report["opened_at"] < time.time() + 1
+    assert 9.0 < report["retry_after"] <= 10.0
+    assert report["last_failure"] == "UpstreamUnavailable: " + "x" * 200
+    assert report["transitions"]["opened"] == 1
+    assert name in [c["name"] for c in list_circuits(r)]
+    fresh = snapshot(r, f"{name}-unused")
+    assert (fresh["state"], fresh["retry_after"], fresh["opened_at"]) == ("closed", 0.0, None)
+
+
+def test_keys_expire_when_unused(r: redis.Redis, name: str) -> None:
+    """Every key a circuit writes carries an expiry (about a day)."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1)
+    failing(breaker, 1)
+    keys = r.keys(f"genq:breaker:{{{name}}}:*")
+    assert keys
+    assert all(86_000_000 < r.pttl(k) <= 86_400_000 for k in keys)
+
+
+class Recorder(pybreaker.CircuitBreakerListener):
+    """Keeps every listener event it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        self.events.append("before")
+
+    def success(self, cb: Any) -> None:
+        self.events.append("success")
+
+    def failure(self, cb: Any, exc: BaseException) -> None:
+        self.events.append(f"failure:{type(exc).__name__}")
+
+    def state_change(self, cb: Any, old: Any, new: Any) -> None:
+        self.events.append(f"{old.name}->{new.name}")
+
+
+def test_pybreaker_surface_listeners_decorator_and_calling(r: redis.Redis, name: str) -> None:
+    """Listeners hear every event in order; ``@breaker`` and ``calling()`` guard calls."""
+    recorder = Recorder()
+    breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=0.05, listeners=[recorder])
+
+    @breaker
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(21) == 42
+    with pytest.raises(UpstreamUnavailable), breaker.calling():
+        boom()
+    failing(breaker, 1)
+    assert (breaker.current_state, breaker.fail_counter) == ("open", 2)
+    time.sleep(0.06)
+    with breaker.calling():
+        pass
+    assert breaker.current_state == "closed"
+    assert recorder.events == [
+        "before", "success", "before", "failure:UpstreamUnavailable", "before",
+        "closed->open", "failure:UpstreamUnavailable", "open->half-open", "before",
+        "half-open->closed", "success",
+    ]  # fmt: skip
+
+
+def test_a_bytes_client_works_too(redis_url: str, name: str) -> None:
+    """A client without decode_responses drives the same circuit and reads the same snapshot."""
+    client = redis.Redis.from_url(redis_url)
+    breaker = SharedCircuitBreaker(name, lambda: client, fail_max=1)
+    failing(breaker, 1)
+    assert snapshot(client, name)["state"] == "open"
+    assert snapshot(client, name)["last_failure"] == "UpstreamUnavailable: upstream down"
+    assert name in [c["name"] for c in list_circuits(client)]
+    client.close()
