@@ -10,6 +10,7 @@
     ├── CircuitOpenError              the shared breaker refused the call (also a pybreaker
     │                                 ``CircuitBreakerError``); carries ``retry_after``
     ├── InvalidJob                    a task payload that does not validate (final)
+    ├── JobFinished                   a redelivered job is already final: nothing to do
     └── StorageUnavailable            Redis could not be reached for a job record
 
 ``transient`` errors are worth retrying while the circuit is closed and count as breaker
@@ -25,6 +26,7 @@ __all__ = [
     "CircuitOpenError",
     "GenqError",
     "InvalidJob",
+    "JobFinished",
     "StorageUnavailable",
     "UpstreamError",
     "UpstreamMalformed",
@@ -113,6 +115,12 @@ class InvalidJob(GenqError):
     """Raised when a task payload does not validate; the job fails without a retry."""
 
     type = "invalid_job"
+
+
+class JobFinished(GenqError):
+    """Raised when a (redelivered) job is already final or gone; the task just acks it."""
+
+    type = "job_finished"
 
 
 class StorageUnavailable(GenqError):

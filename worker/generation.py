@@ -33,7 +33,14 @@ from worker.contract import (
     JobMessage,
     JobResult,
 )
-from worker.errors import CircuitOpenError, GenqError, UpstreamError, UpstreamRejected
+from worker.errors import (
+    CircuitOpenError,
+    GenqError,
+    JobFinished,
+    StorageUnavailable,
+    UpstreamError,
+    UpstreamRejected,
+)
 from worker.excerpt import build_excerpt
 from worker.records import JobStore, utcnow
 from worker.settings import Settings, get_settings
@@ -81,9 +88,16 @@ class GenerationService:
             settings.max_retries, settings.retry_base_s, settings.retry_cap_s
         )
 
-    def start(self, message: JobMessage) -> bool:
-        """Mark the job running; False if it no longer needs running (final or expired)."""
-        return self.store.mark_running(message.job_id)
+    def _start_and_call(self, message: JobMessage, target: UpstreamTarget) -> Generation:
+        """The guarded call: mark the job running, then call the upstream.
+
+        Marking inside the breaker's call means a job the circuit rejects never pays for
+        it: its degraded answer is recorded in the one write that finishes it.
+        """
+        if not self.store.mark_running(message.job_id):
+            raise JobFinished(f"job {message.job_id} is already final or gone")
+        request = message.request
+        return self._call_upstream(target, request.prompt, request.params)
 
     def run(self, message: JobMessage, retries_done: int = 0) -> Outcome:
         """Run one attempt of the job and record what happened."""
@@ -94,13 +108,11 @@ class GenerationService:
         if key and request.cache == "prefer" and (hit := self.cache.get(key)):
             return self._finish(message, _from_cache(hit, None, None, None, started), None)
         try:
-            generation = self._breaker_for(target).call(
-                self._call_upstream, target, request.prompt, request.params
-            )
+            generation = self._breaker_for(target).call(self._start_and_call, message, target)
+        except JobFinished:
+            log.info("generation.already_final", extra={"job_id": message.job_id})
+            return Outcome()
         except CircuitOpenError as exc:
-            log.info(
-                "fallback.circuit_rejected", extra={"job_id": message.job_id, "reason": exc.reason}
-            )
             return self._degrade(message, key, exc, exc.reason)  # type: ignore[arg-type]
         except UpstreamRejected as exc:
             return self._fail(message, exc, _attempt("failed", exc))
@@ -249,7 +261,9 @@ def breaker_factory(settings: Settings) -> Callable[[UpstreamTarget], SharedCirc
             failure_rate_threshold=settings.breaker_failure_rate,
             min_calls=settings.breaker_min_calls,
             slow_call_s=settings.breaker_slow_call_s,
-            exclude=[UpstreamRejected],
+            # Only the upstream's own failures count: not its 4xx verdicts on a request,
+            # and not genq's job store (the guarded call also marks the job running).
+            exclude=[UpstreamRejected, JobFinished, StorageUnavailable],
         )
 
     return lambda target: breaker_for(target.name)

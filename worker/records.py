@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import redis
 from pydantic import BaseModel
+from redis.client import Pipeline
 
 from worker import keys
 from worker.contract import Attempt, JobError, JobResult, JobStatus
@@ -30,13 +31,29 @@ __all__ = ["JobRecord", "JobStore", "utcnow"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Moves a job to ``running`` unless it is already final; a redelivered copy of a job
-# that did finish must not reopen it.
+# Moves a job to ``running`` unless it is missing or already final: a redelivered copy
+# of a job that did finish must not reopen it.
 _MARK_RUNNING = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Writes fields (and appends an attempt) unless the job is missing or already final, in
+# one round trip: the first final answer wins, whichever copy of a job gives it.
+# KEYS: job hash, attempts list. ARGV: ttl, attempt JSON or '', field, value, ...
+_WRITE_UNLESS_FINAL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'succeeded' or status == 'failed' then return 0 end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -67,12 +84,24 @@ class JobStore:
         self._redis = client
         self._ttl_s = ttl_s
         self._mark_running = client.register_script(_MARK_RUNNING)
+        self._write_unless_final = client.register_script(_WRITE_UNLESS_FINAL)
 
     def create(self, job_id: str, owner: str) -> JobRecord:
         """Write a new ``queued`` record; raises StorageUnavailable if Redis is down."""
         record = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=utcnow())
-        fields = {"owner": owner, "status": record.status.value, "created_at": record.created_at}
-        self._guard(lambda: self._write(job_id, fields))
+        fields: dict[Any, str] = {
+            "owner": owner,
+            "status": record.status.value,
+            "created_at": record.created_at,
+        }
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(keys.job(job_id), mapping=fields)
+            pipe.expire(keys.job(job_id), self._ttl_s)
+            pipe.execute()
+
+        self._guard(write)
         return record
 
     def delete(self, job_id: str) -> None:
@@ -108,7 +137,8 @@ class JobStore:
 
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
         """Back to ``queued`` while a retry waits for its countdown (with the failed attempt)."""
-        self._guard(lambda: self._write(job_id, {"status": JobStatus.QUEUED.value}, attempt))
+        fields = {"status": JobStatus.QUEUED.value}
+        self._guard(lambda: self._write(self._redis, job_id, fields, attempt))
 
     def finish(
         self,
@@ -117,33 +147,45 @@ class JobStore:
         result: JobResult | None = None,
         error: JobError | None = None,
         attempt: Attempt | None = None,
+        also: Callable[[Pipeline], object] | None = None,
         wait_for_redis_s: float = 60.0,
-    ) -> None:
-        """Write the final status, and the attempt that led to it, in one round trip.
+    ) -> bool:
+        """Write the final status and the attempt that led to it, in one round trip.
 
-        Retries while Redis is down, so an answer that was paid for is not lost.
+        ``also`` may add writes (the result cache's) to the same pipeline. False when the
+        job was already final (another copy answered first) or no longer exists. Retries
+        while Redis is down, so an answer that was paid for is not lost.
         """
         status = JobStatus.SUCCEEDED if result is not None else JobStatus.FAILED
         fields: dict[str, str] = {"status": status.value, "finished_at": utcnow()}
         if result is not None:
-            fields["result"] = result.model_dump_json()
+            fields["result"] = result.model_dump_json(exclude_defaults=True)
         if error is not None:
             fields["error"] = error.model_dump_json(exclude_none=True)
-        _until_redis_answers(lambda: self._write(job_id, fields, attempt), wait_for_redis_s)
+
+        def write() -> object:
+            pipe = self._redis.pipeline(transaction=False)
+            self._write(pipe, job_id, fields, attempt)
+            if also is not None:
+                also(pipe)
+            return pipe.execute()[0]
+
+        return _until_redis_answers(write, wait_for_redis_s) == 1
 
     def _write(
-        self, job_id: str, fields: Mapping[Any, Any], attempt: Attempt | None = None
-    ) -> None:
-        # One round trip, no MULTI: the attempt goes first, so a reader that sees the
-        # new status also sees the attempt that led to it. Every write is idempotent
-        # but the RPUSH, which a retry after a lost reply may repeat (harmless).
-        pipe = self._redis.pipeline(transaction=False)
-        if attempt is not None:
-            pipe.rpush(keys.job_attempts(job_id), attempt.model_dump_json(exclude_none=True))
-            pipe.expire(keys.job_attempts(job_id), self._ttl_s)
-        pipe.hset(keys.job(job_id), mapping=fields)
-        pipe.expire(keys.job(job_id), self._ttl_s)
-        pipe.execute()
+        self,
+        client: redis.Redis | Pipeline,
+        job_id: str,
+        fields: Mapping[str, str],
+        attempt: Attempt | None,
+    ) -> object:
+        pairs = [item for pair in fields.items() for item in pair]
+        encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
+        return self._write_unless_final(
+            keys=[keys.job(job_id), keys.job_attempts(job_id)],
+            args=[self._ttl_s, encoded, *pairs],
+            client=client,
+        )
 
     @staticmethod
     def _guard(call: Callable[[], T]) -> T:
@@ -153,14 +195,13 @@ class JobStore:
             raise StorageUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
 
-def _until_redis_answers(write: Callable[[], None], budget_s: float) -> None:
+def _until_redis_answers(write: Callable[[], T], budget_s: float) -> T:
     # While Redis is down Celery acks the task anyway; giving up here loses the answer.
     deadline = time.monotonic() + budget_s
     delay = 0.1
     while True:
         try:
-            write()
-            return
+            return write()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise StorageUnavailable("job store unreachable; result not recorded") from exc

@@ -31,9 +31,6 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> None:
             invalid = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
             service.fail(job_id, invalid, attempted=False)
         return
-    if not service.start(message):
-        log.info("task.skipped", extra={"job_id": message.job_id})
-        return
     outcome = service.run(message, retries_done=self.request.retries)
     if outcome.retry_in is not None:
         # The only retry layer: the slot is freed while the countdown runs.
