@@ -12,16 +12,17 @@ and ``fallback`` policies and the upstream's base URL. Entries expire after
 ``GENQ_CACHE_TTL_S``; an entry larger than ``GENQ_CACHE_MAX_ENTRY_BYTES`` is not stored.
 
 A cache never fails a job: Redis errors and corrupt entries read as a miss, and a write
-that cannot be made returns False; both are logged (``cache.unavailable``,
-``cache.corrupt``, ``cache.entry_too_large``).
+that cannot be made returns False; both are logged.
 
 No per-process LRU in front of Redis. ``bench/fallback_micro_bench.py`` measured a hit
-through Redis on loopback at ~0.1 ms (p50) against ~1 µs for a dict: the LRU would save
-a tenth of a millisecond on a fallback path that already makes several Redis round trips
-(job record writes) and takes milliseconds in Celery, while it would add per-process
-memory (up to entries × 64 KiB), its own expiry bookkeeping to honour the TTL, and a
-second copy that can disagree with Redis. It would only pay when Redis is down, and then
-the broker is down too and no job arrives to be answered.
+through Redis on loopback at 0.12-0.22 ms (p50; a raw GET: 0.11-0.16 ms) against
+0.1-0.3 µs for a dict. An LRU would save a tenth of a millisecond on a fallback path
+that already makes several Redis round trips (job record writes) and spends
+milliseconds in Celery, while it would add per-process memory (up to entries × 64 KiB),
+expiry bookkeeping of its own to honour the TTL, and a second copy that can disagree
+with Redis. It would only pay while Redis is down, and then the broker is down too and
+no job arrives to be answered. Logged events: ``cache.unavailable`` (Redis down or slow),
+``cache.failed`` (another Redis error), ``cache.corrupt``, ``cache.entry_too_large``.
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ KEY_VERSION = 1
 """Part of every key: bump it when the canonical form changes, so old entries miss."""
 
 
-def _canonical(value: object) -> bytes:
-    """The one JSON encoding of ``value`` that two equal requests share."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8")
+def _canonical(value: object) -> str:
+    """The one JSON text of ``value`` that two equal requests share."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(value: object) -> str:
+    """SHA-256 hex of the canonical JSON (pydantic refuses lone surrogates: UTF-8 works)."""
+    return hashlib.sha256(_canonical(value).encode("utf-8")).hexdigest()
 
 
 def cache_key(protocol: str, model: str, request: GenerateRequest) -> str:
@@ -64,9 +69,9 @@ def cache_key(protocol: str, model: str, request: GenerateRequest) -> str:
         "model": model,
         "prompt": request.prompt,
         "params": request.params.model_dump(mode="json"),
-        "context": hashlib.sha256(_canonical(docs)).hexdigest(),
+        "context": _digest(docs),
     }
-    return keys.cache(hashlib.sha256(_canonical(canonical)).hexdigest())
+    return keys.cache(_digest(canonical))
 
 
 @dataclass(frozen=True)
@@ -80,14 +85,17 @@ class CachedGeneration:
     """Epoch seconds of the upstream answer, so a cached result can say its age."""
 
     def encode(self) -> bytes:
-        """The stored form: compact JSON, UTF-8."""
+        """The stored form: compact JSON in UTF-8 (ASCII escapes if text has a lone surrogate)."""
         fields = {
             "text": self.text,
             "model": self.model,
             "usage": self.usage,
             "created_at": self.created_at,
         }
-        return _canonical(fields)
+        try:
+            return _canonical(fields).encode("utf-8")
+        except UnicodeEncodeError:  # JSON escapes carry a lone surrogate; UTF-8 cannot
+            return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("ascii")
 
     @classmethod
     def decode(cls, raw: str | bytes) -> CachedGeneration:
@@ -139,7 +147,7 @@ class ResultCache:
             return None if raw is None else CachedGeneration.decode(raw)
         except redis.RedisError as exc:
             _log_redis_error("get", exc)
-        except ValueError as exc:  # JSON, UTF-8 (also when the client decodes), fields
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8 (client-side too), fields
             log.warning("cache.corrupt key=%s error=%s", key, exc)
         return None
 

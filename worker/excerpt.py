@@ -21,23 +21,23 @@ Why a ~40-line BM25 of our own and not a library: this runs on the fallback hot 
 on a new corpus every call (the job's documents), so building the index counts as much
 as querying it. Measured on this 2-core machine (Python 3.11, the bench's 50 docs ×
 2,000 chars ≈ 245 passages, a 7-term prompt; one call = split + rank + assemble, the
-same splitting for all; medians of two rounds of 1,000 calls, under other load):
+same splitting for all; ranges over four rounds of 1,000 calls, some under other load):
 
-==================  =========  =========  ==================================================
-ranker              p50        p99        what it brings
-==================  =========  =========  ==================================================
-this module         2.5 ms     3.2-4.4    nothing; ``str.find`` per term, no tokenizing
-rank-bm25 0.2.2     13-19 ms   24 ms      numpy (+180 ms import); unmaintained since 2022
-bm25s 0.3.16        18-20 ms   35-39 ms   numpy + scipy (+450 ms import)
-==================  =========  =========  ==================================================
+==================  ==========  ==========  ================================================
+ranker              p50         p99         what it brings
+==================  ==========  ==========  ================================================
+this module         1.9-2.7 ms  2.8-3.8 ms  nothing; ``str.find`` per term, no tokenizing
+rank-bm25 0.2.2     11-21 ms    20-48 ms    numpy (+180 ms import); unmaintained since 2022
+bm25s 0.3.16        17-21 ms    34-62 ms    numpy + scipy (+450 ms import)
+==================  ==========  ==========  ================================================
 
 Both libraries need every passage tokenized into Python lists first (~5 ms here alone)
 and then build arrays or sparse matrices that a one-shot corpus never amortizes; all
 three picked the same passages. The pure version is the only one under the 5 ms p99
 target and adds no dependency. It counts each prompt term with one ``str.find`` pass
 over the lowered passages (word boundaries checked as ``\\w`` does) instead of
-tokenizing them, and lengths in characters; a prompt of more than ``SCAN_TERMS_MAX``
-distinct terms tokenizes instead (~6-9 ms for 300 terms; same scores, tested).
+tokenizing them, and measures lengths in characters. Work per call is bounded: at most
+``QUERY_TERMS_MAX`` prompt terms and ``SEARCH_MAX_CHARS`` of context.
 ``python -m bench.fallback_micro_bench`` re-measures.
 """
 
@@ -47,12 +47,13 @@ import bisect
 import itertools
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worker.contract import Citation, ContextDoc
 
-__all__ = ["PASSAGE_MAX_CHARS", "PASSAGE_MIN_CHARS", "Excerpt", "build_excerpt", "tokenize"]
+__all__ = ["Excerpt", "build_excerpt", "tokenize"]
 
 PASSAGE_MAX_CHARS = 600
 """A passage is never longer (a longer sentence is split at word boundaries)."""
@@ -66,9 +67,12 @@ _SEPARATOR = "\n\n"
 # Okapi BM25 with Lucene's always-positive idf: any shared term scores above zero.
 _K1 = 1.5
 _B = 0.75
-SCAN_TERMS_MAX = 48
-"""Prompts with more distinct terms than this tokenize every passage instead of
-searching each term (one ``find`` pass per term stops paying off around here)."""
+QUERY_TERMS_MAX = 24
+"""A longer prompt is searched for its most repeated terms (longer first on ties): each
+term costs one pass over the passages, ~0.1 ms per 100 kB here."""
+SEARCH_MAX_CHARS = 100_000
+"""Context searched per call, shared evenly by the documents (the start of each): a job
+carrying 50 × 100,000 chars costs what the benchmarked 50 × 2,000 chars cost."""
 
 # Common English function words, and the pieces contractions split into (it's → s).
 _STOP_TEXT = (
@@ -109,13 +113,31 @@ def build_excerpt(prompt: str, docs: Sequence[ContextDoc], max_chars: int) -> Ex
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be positive, got {max_chars}")
-    passages = [p for i, doc in enumerate(docs) for p in _split(i, doc.text)]
+    share = SEARCH_MAX_CHARS // max(len(docs), 1)
+    passages = [p for i, doc in enumerate(docs) for p in _split(i, _head(doc.text, share))]
     if not passages:
         return None
-    scores = _bm25(set(tokenize(prompt)), [p.text for p in passages])
+    scores = _bm25(_query(prompt), [p.text for p in passages])
     ranked = sorted((i for i, s in enumerate(scores) if s > 0.0), key=lambda i: -scores[i])
     chosen = [passages[i] for i in ranked] or passages  # no overlap: documents in order
     return _assemble(chosen, docs, max_chars)
+
+
+def _query(prompt: str) -> set[str]:
+    """The prompt's terms, at most ``QUERY_TERMS_MAX``: the most repeated, then longest."""
+    counts = Counter(tokenize(prompt))
+    if len(counts) <= QUERY_TERMS_MAX:
+        return set(counts)
+    ranked = sorted(counts, key=lambda term: (-counts[term], -len(term)))
+    return set(ranked[:QUERY_TERMS_MAX])
+
+
+def _head(text: str, limit: int) -> str:
+    """The start of ``text``, at most ``limit`` chars, ending at a space when cut."""
+    if len(text) <= limit:
+        return text
+    space = text.rfind(" ", limit // 2, limit)
+    return text[: space if space != -1 else limit]
 
 
 def _split(doc: int, text: str) -> list[_Passage]:
@@ -162,11 +184,11 @@ def _cut_point(text: str) -> int:
 def _bm25(query: set[str], passages: Sequence[str]) -> list[float]:
     """Okapi BM25 score of each passage for ``tokenize``d query terms (0.0: none in it).
 
-    Passage length is counted in characters, which keeps BM25's length ratio and needs
-    no tokenizing of passages the query does not touch.
+    Passage length is counted in characters: the same length ratio as in words, and no
+    passage needs tokenizing.
     """
     lowered = [text.lower() for text in passages]
-    found = _scan(query, lowered) if len(query) <= SCAN_TERMS_MAX else _count(query, lowered)
+    found = _term_frequencies(query, lowered)
     n = len(passages)
     average = (sum(map(len, passages)) / n) if n else 1.0
     scores = [0.0] * n
@@ -178,8 +200,8 @@ def _bm25(query: set[str], passages: Sequence[str]) -> list[float]:
     return scores
 
 
-def _scan(query: set[str], lowered: list[str]) -> dict[str, dict[int, int]]:
-    """Term frequencies per passage by ``str.find`` of each term (fast for few terms)."""
+def _term_frequencies(query: set[str], lowered: list[str]) -> dict[str, dict[int, int]]:
+    """``{term: {passage: count}}`` by one ``str.find`` pass per term: no tokenizing."""
     text = "\n".join(lowered)
     starts = list(itertools.accumulate((len(t) + 1 for t in lowered), initial=0))
     found: dict[str, dict[int, int]] = {}
@@ -194,16 +216,6 @@ def _scan(query: set[str], lowered: list[str]) -> dict[str, dict[int, int]]:
             at = text.find(term, end)
         if tfs:
             found[term] = tfs
-    return found
-
-
-def _count(query: set[str], lowered: list[str]) -> dict[str, dict[int, int]]:
-    """Term frequencies per passage by tokenizing every passage (for long prompts)."""
-    found: dict[str, dict[int, int]] = {}
-    for i, text in enumerate(lowered):
-        words = _WORD.findall(text)
-        for term in query.intersection(words):
-            found.setdefault(term, {})[i] = words.count(term)
     return found
 
 

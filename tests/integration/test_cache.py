@@ -57,6 +57,14 @@ def test_entry_without_usage_round_trips(client: redis.Redis, key: str) -> None:
     assert cache.get(key) == entry
 
 
+def test_text_with_a_lone_surrogate_round_trips(client: redis.Redis, key: str) -> None:
+    """Upstream text holding a lone surrogate (valid JSON, not UTF-8) is stored and read back."""
+    cache = ResultCache(client, ttl_s=TTL_S, max_entry_bytes=64 * 1024)
+    entry = CachedGeneration("broken \ud800 pair, ключ", "m", None, 2.0)
+    assert cache.put(key, entry) is True
+    assert cache.get(key) == entry
+
+
 def test_missing_key_is_a_miss(client: redis.Redis, key: str) -> None:
     """get of a key never written returns None."""
     assert ResultCache(client, ttl_s=TTL_S, max_entry_bytes=1024).get(key) is None

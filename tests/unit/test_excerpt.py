@@ -132,29 +132,33 @@ def test_tokenize_lowercases_unicode_words_without_stop_words() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "query",
-    [
-        {"redis", "dataset"},
-        {"cat", "concat", "data", "data_set"},
-        {"café", "über", "42"},
-        {"dough", "tomatoes", "disease", "missing"},
-    ],
-)
-def test_both_term_counters_score_alike(query: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Searching each term and tokenizing every passage give the same BM25 scores."""
-    passages = [
-        REDIS,
-        COOKING,
-        GARDEN,
-        "concat the cat's data_set; data, DATA and (data) again — Café über 42",
-        "catalogue concatenate metadata dataset",
-    ]
-    scanned = excerpt._bm25(query, passages)
-    monkeypatch.setattr(excerpt, "SCAN_TERMS_MAX", 0)
-    counted = excerpt._bm25(query, passages)
-    assert scanned == pytest.approx(counted)
-    assert any(score > 0 for score in scanned)
+def test_term_counts_respect_word_boundaries_and_case() -> None:
+    """Terms count as whole words, any case, next to punctuation; not inside other words."""
+    passages = ["Cat, CAT and (cat) — the cat's bowl", "concatenate catalogue bobcat cat_food"]
+    assert excerpt._term_frequencies({"cat", "café"}, [p.lower() for p in passages]) == {
+        "cat": {0: 4}
+    }
+
+
+def test_long_prompt_is_searched_for_its_most_repeated_terms() -> None:
+    """A prompt of many terms keeps QUERY_TERMS_MAX of them, the repeated ones first."""
+    filler = " ".join(f"word{i}" for i in range(100))
+    query = excerpt._query(f"{filler} redis redis persistence persistence")
+    assert len(query) == excerpt.QUERY_TERMS_MAX
+    assert {"redis", "persistence"} <= query
+    result = build_excerpt(f"{filler} redis redis persistence persistence", CORPUS, 1_200)
+    assert result is not None
+    assert result.citations[0].id == "redis"
+
+
+def test_only_the_start_of_each_document_is_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond SEARCH_MAX_CHARS shared among the documents, text is not searched or quoted."""
+    monkeypatch.setattr(excerpt, "SEARCH_MAX_CHARS", 2 * len(COOKING))
+    docs = [doc("late", f"{COOKING}\n\n{REDIS}"), doc("garden", GARDEN)]
+    result = build_excerpt("redis persistence", docs, 1_200)
+    assert result is not None
+    assert "Redis" not in result.text
+    assert result.citations[0].id == "late"  # no match: the start of the first document
 
 
 def test_substrings_of_words_do_not_match() -> None:
