@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from worker import keys
 from worker.contract import GenerateRequest
@@ -153,14 +154,8 @@ class ResultCache:
 
     def put(self, key: str, generation: CachedGeneration) -> bool:
         """Store ``generation`` for ``ttl_s``; False when too large or Redis fails."""
-        value = generation.encode()
-        if len(value) > self._max_entry_bytes:
-            log.info(
-                "cache.entry_too_large key=%s bytes=%d max=%d",
-                key,
-                len(value),
-                self._max_entry_bytes,
-            )
+        value = self._bounded(key, generation)
+        if value is None:
             return False
         try:
             self._client.set(key, value, ex=self._ttl_s)
@@ -168,6 +163,22 @@ class ResultCache:
             _log_redis_error("put", exc)
             return False
         return True
+
+    def stage(self, pipe: Pipeline, key: str, generation: CachedGeneration) -> bool:
+        """Add the ``put`` to ``pipe`` (the job record's final write); False when too large."""
+        value = self._bounded(key, generation)
+        if value is not None:
+            pipe.set(key, value, ex=self._ttl_s)
+        return value is not None
+
+    def _bounded(self, key: str, generation: CachedGeneration) -> bytes | None:
+        value = generation.encode()
+        if len(value) <= self._max_entry_bytes:
+            return value
+        log.info(
+            "cache.entry_too_large key=%s bytes=%d max=%d", key, len(value), self._max_entry_bytes
+        )
+        return None
 
 
 def _log_redis_error(op: str, exc: redis.RedisError) -> None:

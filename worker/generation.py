@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from redis.client import Pipeline
+
 from worker.backoff import RetryPolicy
 from worker.breaker import SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
@@ -120,11 +122,6 @@ class GenerationService:
             if exc.transient and self.retry_policy.allows(retries_done):
                 return self._retry(message, exc, retries_done)
             return self._degrade(message, key, exc, "upstream_failed")
-        if key:
-            self.cache.put(
-                key,
-                CachedGeneration(generation.text, generation.model, generation.usage, time.time()),
-            )
         result = JobResult(
             text=generation.text,
             model=generation.model,
@@ -133,7 +130,10 @@ class GenerationService:
             latency_ms=round(generation.latency_ms, 3),
             usage=generation.usage,
         )
-        return self._finish(message, result, _attempt("succeeded", None))
+        entry = CachedGeneration(generation.text, generation.model, generation.usage, time.time())
+        # The cache write rides in the pipeline of the job's final write: one round trip.
+        also = functools.partial(self.cache.stage, key=key, generation=entry) if key else None
+        return self._finish(message, result, _attempt("succeeded", None), also)
 
     def fail(self, job_id: str, exc: GenqError, *, attempted: bool = True) -> None:
         """Record the job as failed with the error a user may see."""
@@ -182,8 +182,14 @@ class GenerationService:
         )
         return Outcome(retry_in=delay)
 
-    def _finish(self, message: JobMessage, result: JobResult, attempt: Attempt | None) -> Outcome:
-        self.store.finish(message.job_id, result=result, attempt=attempt)
+    def _finish(
+        self,
+        message: JobMessage,
+        result: JobResult,
+        attempt: Attempt | None,
+        also: Callable[[Pipeline], object] | None = None,
+    ) -> Outcome:
+        self.store.finish(message.job_id, result=result, attempt=attempt, also=also)
         if result.degraded:
             log.info(
                 "fallback.served",
