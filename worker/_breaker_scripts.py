@@ -18,7 +18,8 @@ integers in one string), so the call that acts also refreshes the caller's cache
 
 - ADMIT: closed admits; open rejects until ``until``, then moves to half-open and the
   caller that wins the lease is the one probe; the rest get ``probe_in_flight``. A
-  probe whose process dies frees the lease by expiry. ``peek`` only reads.
+  probe whose process dies frees the lease by expiry. ``peek`` only reads; otherwise it
+  registers the circuit and refreshes the expiry now and then (successes may not write).
 - RECORD: one outcome, tagged with the generation it was admitted in; other
   generations are ignored. Half-open: only the lease holder counts (compare-and-delete
   releases it); ``success_threshold`` successes close, a failure reopens for
@@ -39,7 +40,7 @@ from redis.commands.core import Script
 
 from worker import _breaker_rules as rules
 from worker import keys
-from worker._breaker_rules import Options, Reply
+from worker._breaker_rules import Options, Outcome, Reply
 
 __all__ = ["KINDS", "RedisCircuit", "force_closed", "force_open", "list_circuits", "reset",
            "snapshot"]  # fmt: skip
@@ -104,7 +105,10 @@ ADMIT = (
     _PRELUDE
     + """
 -- ARGV: 2 lease token should this call become the probe, 3 '1' to only read the state
-if ARGV[3] == '1' or code == 0 or code == 4 then return reply(0, 0, 0) end
+if ARGV[3] == '1' then return reply(0, 0, 0) end
+-- Quiet successes write nothing: admissions register the circuit and keep its keys alive.
+if fresh or now - touched > ttl / 4 then save('gen', gen) end
+if code == 0 or code == 4 then return reply(0, 0, 0) end
 if code == 3 then return reply(3, reset_ms, 0) end
 local moved = 0
 if code == 1 then
@@ -155,7 +159,7 @@ if code == 2 then
 end
 if code ~= 0 or token ~= '' or outcome == 'neutral' then return reply(-1, 0, 0) end
 if outcome == 'ok' then
-  -- The busiest path: write only what changed, and refresh the expiry now and then.
+  -- A busy path (with a rate window): write only what changed, refresh the expiry at times.
   if fails > 0 or fresh or now - touched > ttl / 4 then save('fails', 0) end
   fails = 0
   if win_ms > 0 then tally(false) end
@@ -219,11 +223,9 @@ class RedisCircuit:
         args: list[bytes | str | int] = [head, token, int(peek)]
         return Reply.parse(cast(str, self._admit(self.keys, args)))
 
-    def record(
-        self, head: bytes, outcome: str, gen: int, token: str, retry_ms: int, text: str
-    ) -> Reply:
-        """Run RECORD for one finished call."""
-        args: list[bytes | str] = [head, f"{outcome}:{gen}:{retry_ms}:{token}", text]
+    def record(self, head: bytes, gen: int, token: str, out: Outcome) -> Reply:
+        """Run RECORD for one finished call, admitted in ``gen`` (``token``: the probe's)."""
+        args: list[bytes | str] = [head, f"{out.kind}:{gen}:{out.retry_ms}:{token}", out.text]
         return Reply.parse(cast(str, self._record(self.keys, args)))
 
     def control(self, action: str) -> int:

@@ -4,15 +4,18 @@
     text = breaker.call(upstream.generate, request)   # or ``with breaker.calling():``
 
 State lives in Redis and changes only in Lua scripts (``worker._breaker_scripts``
-documents keys and scripts). Each process caches the last script reply, its "view": a
-call is admitted locally (0 round trips) while the view is closed, free of recent
-failures and younger than ``VIEW_TTL_S``; its outcome costs one EVALSHA, whose reply
-refreshes the view. While open, calls are rejected locally until the known deadline;
-any other admission runs ADMIT (1 round trip). So the calls beyond ``fail_max`` that
-reach the upstream are those in flight when the circuit opened plus, per process, those
-admitted from a healthy view before its first failure reply (at most its concurrency).
-Redis unreachable: a ``LocalBreaker`` seeded from the last view takes over (one warning)
-until Redis answers a retry (one per ``REDIS_RETRY_S``); pass clients without retries.
+documents keys and scripts). Each process caches the last script reply, its "view". A
+view younger than ``VIEW_TTL_S``, closed and free of recent failures admits calls locally
+(an older one is refreshed by the next admission: one ADMIT); without ``window_s``, a
+success ending while the view still is so costs no round trip either: nothing to reset.
+Other outcomes cost one RECORD, whose reply refreshes the view: failures, probe outcomes,
+successes while the view shows failures and, with ``window_s``, successes (they count
+toward the rate). While open, calls are rejected locally until the known deadline. So in
+an outage the calls beyond ``fail_max`` that reach the upstream are those in flight when
+the circuit opened plus, per process, those admitted from a healthy view before its first
+failure reply (at most its concurrency). Redis unreachable: a ``LocalBreaker`` seeded
+from the last view takes over (one warning) until Redis answers a retry (one per
+``REDIS_RETRY_S``); pass clients without retries.
 
 Differences from pybreaker:
 
@@ -25,22 +28,28 @@ Differences from pybreaker:
    carrying ``retry_after``, ``circuit`` and ``reason``.
 5. The failing call that trips the circuit re-raises its own exception (pybreaker's
    ``throw_new_error_on_trip=False``), so callers keep the upstream error.
-6. ``ValueError``, ``TypeError`` and ``exclude``d exceptions are neutral: they neither
-   count nor reset the failure count, and listeners get neither ``success`` nor
-   ``failure`` (pybreaker counts them as successes). So are ``BaseException``s that are
-   not ``Exception``s (``KeyboardInterrupt``, ``SystemExit``).
-7. The open window grows: an exception's ``retry_after`` lengthens it, each failed
+6. ``ValueError``, ``TypeError``, ``exclude``d exceptions and ``BaseException``s that are
+   not ``Exception``s are neutral: they neither count nor reset the failure count, and
+   listeners get neither ``success`` nor ``failure`` (pybreaker counts them as successes).
+7. A success resets failures made by other processes only if this process has seen them
+   (its view is at most ``VIEW_TTL_S`` old); with a fresh view showing no failures, a
+   success costs no round trip. In mixed traffic the circuit can therefore open on
+   ``fail_max`` failures interleaved with successes in processes that had not yet seen
+   those failures: earlier than pybreaker would, never later, and only on failures made
+   less than ``VIEW_TTL_S`` before such a success. Likewise a trip or ``force_open`` made
+   elsewhere reaches a process at its next failure, or within ``VIEW_TTL_S``.
+8. The open window grows: an exception's ``retry_after`` lengthens it, each failed
    probe doubles it, up to ``max_reset_timeout``. Outcomes of calls admitted before the
    last transition are ignored.
-8. ``state_change`` fires once per transition, in the process whose script made it.
-9. ``current_state`` and ``fail_counter`` come from the cached view (refreshed when older
-   than ``VIEW_TTL_S``); forced states read as open / closed (``snapshot()`` tells).
-10. Options are read-only after construction. Not provided: ``open()``, ``close()``,
+9. ``state_change`` fires once per transition, in the process whose script made it.
+10. ``current_state`` and ``fail_counter`` come from the view (refreshed when older than
+    ``VIEW_TTL_S``); forced states read as open / closed (``snapshot()`` tells).
+11. Options are read-only after construction. Not provided: ``open()``, ``close()``,
     ``half_open()`` (use ``force_open``/``force_closed``/``reset``), ``state``,
     ``success_counter``, ``call_async`` (Tornado), wrapping generator functions,
     ``throw_new_error_on_trip``, ``remove_listener``, ``add_excluded_exception(s)``.
-11. Redis down never raises to the caller: an in-process breaker takes over.
-12. Added: failure-rate trips (``window_s``), slow calls as failures (``slow_call_s``).
+12. Redis down never raises to the caller: an in-process breaker takes over.
+13. Added: failure-rate trips (``window_s``), slow calls as failures (``slow_call_s``).
 """
 
 from __future__ import annotations
@@ -236,17 +245,25 @@ class SharedCircuitBreaker:
                 listener.failure(self._cb, outcome.error)
 
     def _record(self, ticket: _Ticket, out: Outcome) -> None:
-        if not ticket.counted or (out.kind == rules.NEUTRAL and not ticket.token):
-            return  # nothing would change: spare the round trip
+        if not ticket.counted or (not ticket.token and self._changes_nothing(ticket, out)):
+            return  # spare the round trip
         reply = None
         if not ticket.local:
-            args = (out.kind, ticket.gen, ticket.token, out.retry_ms, out.text)
-            reply = self._redis(lambda c: c.record(self._head, *args))
+            reply = self._redis(lambda c: c.record(self._head, ticket.gen, ticket.token, out))
         local = reply is None
         if reply is None:  # a Redis ticket settled during an outage counts against local state
             gen = ticket.gen if ticket.local else None
             reply = self._local.record(out.kind, gen, ticket.token, out.retry_ms)
         self._report(reply, local)
+
+    def _changes_nothing(self, ticket: _Ticket, out: Outcome) -> bool:
+        """Whether a closed-path outcome leaves Redis as it is, as far as this process knows."""
+        if out.kind != rules.OK or self._opts.window_ms:  # a rate window counts successes
+            return out.kind == rules.NEUTRAL
+        view = self._view  # a success only zeroes fails: skip it while a fresh view shows none
+        if view is None or ticket.local or view.fails or view.gen != ticket.gen:
+            return False
+        return view.code == rules.CLOSED and time.monotonic() - view.seen_at < self.VIEW_TTL_S
 
     def _redis(self, action: Callable[[scripts.RedisCircuit], R]) -> R | None:
         """Run ``action`` on Redis; None (and degraded mode) when Redis does not answer."""

@@ -189,7 +189,9 @@ class GenerationService:
         attempt: Attempt | None,
         also: Callable[[Pipeline], object] | None = None,
     ) -> Outcome:
-        self.store.finish(message.job_id, result=result, attempt=attempt, also=also)
+        self.store.finish(
+            message.job_id, result=result, attempt=attempt, also=also, started_at=utcnow()
+        )
         if result.degraded:
             log.info(
                 "fallback.served",
@@ -203,7 +205,7 @@ class GenerationService:
 
     def _fail(self, message: JobMessage, exc: GenqError, attempt: Attempt) -> Outcome:
         error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
-        self.store.finish(message.job_id, error=error, attempt=attempt)
+        self.store.finish(message.job_id, error=error, attempt=attempt, started_at=utcnow())
         log.info("generation.failed", extra={"job_id": message.job_id, "error_type": exc.type})
         return Outcome(error=error)
 

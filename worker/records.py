@@ -43,7 +43,9 @@ return 1
 
 # Writes fields (and appends an attempt) unless the job is missing or already final, in
 # one round trip: the first final answer wins, whichever copy of a job gives it.
-# KEYS: job hash, attempts list. ARGV: ttl, attempt JSON or '', field, value, ...
+# KEYS: job hash, attempts list. ARGV: ttl, attempt JSON or '', started_at or '' (kept
+# if already set: a job answered without being marked running still gets one), field,
+# value, ...
 _WRITE_UNLESS_FINAL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -52,7 +54,8 @@ if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[3] ~= '' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
@@ -138,7 +141,7 @@ class JobStore:
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
         """Back to ``queued`` while a retry waits for its countdown (with the failed attempt)."""
         fields = {"status": JobStatus.QUEUED.value}
-        self._guard(lambda: self._write(self._redis, job_id, fields, attempt))
+        self._guard(lambda: self._write(self._redis, job_id, fields, attempt, ""))
 
     def finish(
         self,
@@ -148,11 +151,13 @@ class JobStore:
         error: JobError | None = None,
         attempt: Attempt | None = None,
         also: Callable[[Pipeline], object] | None = None,
+        started_at: str = "",
         wait_for_redis_s: float = 60.0,
     ) -> bool:
         """Write the final status and the attempt that led to it, in one round trip.
 
-        ``also`` may add writes (the result cache's) to the same pipeline. False when the
+        ``also`` may add writes (the result cache's) to the same pipeline; ``started_at``
+        is recorded unless the job was marked running before. False when the
         job was already final (another copy answered first) or no longer exists. Retries
         while Redis is down, so an answer that was paid for is not lost.
         """
@@ -165,7 +170,7 @@ class JobStore:
 
         def write() -> object:
             pipe = self._redis.pipeline(transaction=False)
-            self._write(pipe, job_id, fields, attempt)
+            self._write(pipe, job_id, fields, attempt, started_at)
             if also is not None:
                 also(pipe)
             return pipe.execute()[0]
@@ -178,12 +183,13 @@ class JobStore:
         job_id: str,
         fields: Mapping[str, str],
         attempt: Attempt | None,
+        started_at: str,
     ) -> object:
         pairs = [item for pair in fields.items() for item in pair]
         encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
         return self._write_unless_final(
             keys=[keys.job(job_id), keys.job_attempts(job_id)],
-            args=[self._ttl_s, encoded, *pairs],
+            args=[self._ttl_s, encoded, started_at, *pairs],
             client=client,
         )
 

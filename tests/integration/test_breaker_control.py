@@ -47,17 +47,18 @@ def failing(breaker: SharedCircuitBreaker, times: int, fn: Callable[[], None] = 
 
 
 def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
-    """Forced open rejects (after at most one call), forced closed counts nothing, reset zeroes."""
+    """Forced open rejects once views refresh, forced closed counts nothing, reset zeroes."""
     breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=0.2)
     breaker.call(lambda: None)
     force_open(r, name)
+    time.sleep(SharedCircuitBreaker.VIEW_TTL_S)  # successes alone do not refresh the view
     reasons = []
     for _ in range(3):
         try:
             breaker.call(lambda: None)
         except CircuitOpenError as exc:
             reasons.append(exc.reason)
-    assert reasons[-2:] == ["circuit_forced_open"] * 2  # the first call may still pass
+    assert reasons == ["circuit_forced_open"] * 3
     assert snapshot(r, name)["state"] == "forced_open"
     force_closed(r, name)
     time.sleep(0.25)  # the forced-open re-check interval (reset_timeout)
@@ -99,6 +100,26 @@ def test_keys_expire_when_unused(r: redis.Redis, name: str) -> None:
     keys = r.keys(f"genq:breaker:{{{name}}}:*")
     assert keys
     assert all(86_000_000 < r.pttl(k) <= 86_400_000 for k in keys)
+
+
+def test_admissions_register_a_healthy_circuit_and_keep_its_keys_alive(
+    r: redis.Redis, name: str
+) -> None:
+    """Successes write nothing: the admission lists the circuit and refreshes its expiry."""
+    breaker = SharedCircuitBreaker(name, r)
+    breaker.VIEW_TTL_S = 0.05  # type: ignore[misc]
+    breaker.call(lambda: None)
+    state = f"genq:breaker:{{{name}}}:state"
+    assert name in [c["name"] for c in list_circuits(r)]
+    assert 86_000_000 < r.pttl(state) <= 86_400_000
+    r.pexpire(state, 60_000)
+    time.sleep(0.06)
+    breaker.call(lambda: None)
+    assert r.pttl(state) <= 60_000  # refreshed at most once per quarter of the expiry
+    breaker.shift_clock(6.1 * 3600)
+    time.sleep(0.06)
+    breaker.call(lambda: None)
+    assert 86_000_000 < r.pttl(state) <= 86_400_000
 
 
 class Recorder(pybreaker.CircuitBreakerListener):

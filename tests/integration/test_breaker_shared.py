@@ -12,6 +12,7 @@ import pybreaker
 import pytest
 import redis
 
+from worker import _breaker_scripts as scripts
 from worker.breaker import (
     SharedCircuitBreaker,
     reset,
@@ -107,17 +108,96 @@ def test_rejections_while_open_cost_no_round_trip(
     assert evalsha_calls(r) - server == 0
 
 
-def test_closed_calls_cost_one_round_trip_each(
+def test_closed_successes_from_a_fresh_quiet_view_cost_no_round_trip(
     counted: redis.Redis, r: redis.Redis, name: str
 ) -> None:
-    """After a first call (connect, admission), 200 successful calls cost 200 EVALSHAs."""
+    """After a first call (connect, ADMIT), 200 successes from a quiet view cost no EVALSHA."""
     breaker = SharedCircuitBreaker(name, counted)
+    breaker.VIEW_TTL_S = 60.0  # type: ignore[misc]  # no refresh falls inside the loop
+    breaker.call(lambda: None)
+    writes, server = CountingConnection.writes, evalsha_calls(r)
+    for i in range(200):
+        assert breaker.call(int, i) == i
+    assert CountingConnection.writes - writes == 0
+    assert evalsha_calls(r) - server == 0
+
+
+def test_a_stale_view_costs_one_admit_per_view_ttl_not_one_per_call(
+    counted: redis.Redis, r: redis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three bursts of 50 successes, each once the view is stale: 3 ADMITs, no RECORD."""
+    records: list[int] = []
+    record = scripts.RedisCircuit.record
+
+    def spy(circuit: scripts.RedisCircuit, *args: Any) -> Any:
+        records.append(1)
+        return record(circuit, *args)
+
+    monkeypatch.setattr(scripts.RedisCircuit, "record", spy)
+    breaker = SharedCircuitBreaker(name, counted)
+    breaker.VIEW_TTL_S = 0.2  # type: ignore[misc]
+    breaker.call(lambda: None)
+    writes, server = CountingConnection.writes, evalsha_calls(r)
+    for _ in range(3):
+        time.sleep(0.2)
+        for i in range(50):
+            assert breaker.call(int, i) == i
+    assert CountingConnection.writes - writes == 3
+    assert evalsha_calls(r) - server == 3
+    assert records == []
+
+
+def test_a_success_after_a_failure_it_has_seen_is_recorded_and_resets_the_count(
+    counted: redis.Redis, r: redis.Redis, name: str
+) -> None:
+    """With failures in the view, the next success costs ADMIT + RECORD and zeroes the count."""
+    breaker = SharedCircuitBreaker(name, counted, fail_max=3)
+    breaker.VIEW_TTL_S = 60.0  # type: ignore[misc]
+    failing(breaker, 2)
+    assert snapshot(r, name)["failure_count"] == 2
+    server = evalsha_calls(r)
+    assert breaker.call(lambda: 7) == 7
+    assert snapshot(r, name)["failure_count"] == 0
+    assert evalsha_calls(r) - server == 2  # the view was hot: ADMIT, then RECORD
+    for i in range(50):
+        assert breaker.call(int, i) == i
+    assert evalsha_calls(r) - server == 2
+    failing(breaker, 2)
+    assert snapshot(r, name)["state"] == "closed"  # the count restarted at 0
+
+
+def test_a_success_resets_failures_elsewhere_only_once_its_view_shows_them(
+    r: redis.Redis, name: str
+) -> None:
+    """Another process's failure survives this one's success until its view is refreshed."""
+    here = SharedCircuitBreaker(name, r, fail_max=3)
+    here.VIEW_TTL_S = 0.2  # type: ignore[misc]
+    there = SharedCircuitBreaker(name, r, fail_max=3)
+    here.call(lambda: None)
+    failing(there, 1)
+    here.call(lambda: None)
+    assert snapshot(r, name)["failure_count"] == 1  # unseen: nothing to reset, as ``here`` knows
+    time.sleep(0.2)
+    here.call(lambda: None)  # the refresh shows the failure, so this success is recorded
+    assert snapshot(r, name)["failure_count"] == 0
+
+
+def test_with_a_rate_window_every_success_is_recorded(
+    counted: redis.Redis, r: redis.Redis, name: str
+) -> None:
+    """With window_s, each of 200 successes costs one EVALSHA and counts toward the rate."""
+    breaker = SharedCircuitBreaker(
+        name, counted, fail_max=100, window_s=5.0, failure_rate_threshold=0.5, min_calls=2
+    )
+    breaker.VIEW_TTL_S = 60.0  # type: ignore[misc]
     breaker.call(lambda: None)
     writes, server = CountingConnection.writes, evalsha_calls(r)
     for i in range(200):
         assert breaker.call(int, i) == i
     assert CountingConnection.writes - writes == 200
     assert evalsha_calls(r) - server == 200
+    failing(breaker, 2)
+    assert snapshot(r, name)["state"] == "closed"  # 2 failures in 203 calls, not 2 in 2
 
 
 def test_one_probe_among_eight_breakers_after_a_sub_second_window(

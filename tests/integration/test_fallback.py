@@ -102,6 +102,7 @@ def test_outage_answers_at_once_from_cache_excerpt_or_not_at_all(
         # No retry, no sleep: one rejected attempt, answered well under the retry base.
         assert [a["outcome"] for a in job["attempts"]] == ["rejected"], job["attempts"]
         assert seconds(job) < 1.0, job
+        assert job["started_at"] is not None
     probes = sim.stats()["calls"] - calls_at_open
     assert probes <= 1
 
