@@ -5,7 +5,8 @@ Run: ``python -m bench.fallback_bench``. Writes the "fallback" section of
 docs/benchmarks.md. Everything runs against one redis-server and one simulator.
 
 - Open-circuit drain: N jobs queued before the worker starts, half answered from the
-  cache and half by an excerpt of five context documents, with the circuit forced open
+  cache and half by an excerpt of five context documents (2,000 chars each), with the
+  circuit forced open
   (the rejection path is the same as a tripped circuit's). Baseline: a bare Celery task
   that records a constant, same pool and concurrency. Target: genq ≥ 0.8 × bare, and the
   worker-side fallback latency (the ``latency_ms`` of each degraded result) p99 < 5 ms.
@@ -20,6 +21,7 @@ import statistics
 import sys
 import time
 
+from bench.fallback_micro_bench import corpus
 from bench.harness import (
     Env,
     bench_env,
@@ -37,23 +39,21 @@ from worker.contract import GenerateRequest
 from worker.upstream import UpstreamTarget
 
 POOL, CONCURRENCY = "threads", 16  # genq's defaults (worker/settings.py)
-CONTEXT = [
-    {
-        "id": f"doc-{i}",
-        "title": f"Document {i}",
-        "text": " ".join(
-            f"passage {i} sentence {j} about queues, breakers and retries." for j in range(12)
-        ),
-    }
-    for i in range(5)
-]
+# Five English-like documents of 2,000 chars (Zipf-distributed words, the same synthetic
+# corpus as bench/fallback_micro_bench.py): what a retrieval-augmented job carries.
+_DOCS, _VOCAB = corpus()
+CONTEXT = [doc.model_dump(exclude_none=True) for doc in _DOCS[:5]]
 
 
 def _requests(n: int) -> list[dict[str, object]]:
     half = n // 2
     cached: list[dict[str, object]] = [{"prompt": f"cached prompt {i}"} for i in range(half)]
     excerpt: list[dict[str, object]] = [
-        {"prompt": f"what about breakers {i}", "context": CONTEXT} for i in range(n - half)
+        {
+            "prompt": f"how does {_VOCAB[20 + i % 300]} relate to {_VOCAB[40 + i % 200]}",
+            "context": CONTEXT,
+        }
+        for i in range(n - half)
     ]
     return [job for pair in zip(cached, excerpt, strict=False) for job in pair]
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from pybreaker import CircuitClosedState, CircuitHalfOpenState, CircuitOpenState
+
 from worker.errors import CircuitOpenError
 
 __all__ = ["LocalBreaker", "Options", "Outcome", "Reply", "SlowCall", "classify", "rejection"]
@@ -21,6 +23,7 @@ __all__ = ["LocalBreaker", "Options", "Outcome", "Reply", "SlowCall", "classify"
 # Circuit codes, shared with the Lua scripts (the state hash's ``code``).
 CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED = 0, 1, 2, 3, 4
 STATE_NAMES = ("closed", "open", "half-open", "forced_open", "forced_closed")
+PYBREAKER_NAMES = ("closed", "open", "half-open", "open", "closed")  # current_state's
 # Verdicts of an admission; RECORDED answers a recorded outcome.
 ADMIT, PROBE, REJECT_OPEN, REJECT_FORCED, REJECT_PROBE, RECORDED = 0, 1, 2, 3, 4, -1
 REJECTIONS = {  # verdict -> (CircuitOpenError.reason, message)
@@ -28,14 +31,14 @@ REJECTIONS = {  # verdict -> (CircuitOpenError.reason, message)
     REJECT_FORCED: ("circuit_forced_open", "was forced open by an operator"),
     REJECT_PROBE: ("probe_in_flight", "is testing the upstream with one probe call"),
 }
-# Transitions a script can make: code -> (event, reason, old state, new state).
+# Transitions a script can make: code -> (event, reason, pybreaker states before, after).
 T_FAIL_MAX, T_RATE, T_PROBE_FAILED, T_HALF_OPEN, T_CLOSED = 1, 2, 3, 4, 5
 TRANSITIONS = {
-    T_FAIL_MAX: ("opened", "fail_max", "closed", "open"),
-    T_RATE: ("opened", "failure_rate", "closed", "open"),
-    T_PROBE_FAILED: ("opened", "probe_failed", "half-open", "open"),
-    T_HALF_OPEN: ("half_open", "reset_timeout", "open", "half-open"),
-    T_CLOSED: ("closed", "probe_succeeded", "half-open", "closed"),
+    T_FAIL_MAX: ("opened", "fail_max", CircuitClosedState, CircuitOpenState),
+    T_RATE: ("opened", "failure_rate", CircuitClosedState, CircuitOpenState),
+    T_PROBE_FAILED: ("opened", "probe_failed", CircuitHalfOpenState, CircuitOpenState),
+    T_HALF_OPEN: ("half_open", "reset_timeout", CircuitOpenState, CircuitHalfOpenState),
+    T_CLOSED: ("closed", "probe_succeeded", CircuitHalfOpenState, CircuitClosedState),
 }
 OK, FAIL, NEUTRAL = "ok", "fail", "neutral"
 KEY_TTL_MS = 86_400_000  # idle circuits vanish after a day (every write refreshes it)
@@ -176,6 +179,11 @@ class Reply(NamedTuple):  # a tuple: built on every call, and cheaper than a dat
             return (REJECT_OPEN if self.code == OPEN else REJECT_FORCED), left_ms / 1000
         return None
 
+    def quiet(self, gen: int, ttl_s: float) -> bool:
+        """Fresh, closed in ``gen`` and without failures: a success there has nothing to reset."""
+        fresh = time.monotonic() - self.seen_at < ttl_s
+        return fresh and self.code == CLOSED and self.gen == gen and not self.fails
+
 
 class LocalBreaker:
     """One circuit in this process's memory, under the same rules as the Lua scripts."""
@@ -190,11 +198,10 @@ class LocalBreaker:
 
     def seed(self, view: Reply | None) -> None:
         """Start afresh from ``view`` (the last Redis reply), so an open circuit stays open."""
+        view = view or Reply(CLOSED, 0, 0, 0, 0, False, ADMIT, 0, 0, 0.0)
         with self._lock:
-            code = CLOSED if view is None else view.code
-            left = 0 if view is None else max(0, view.until_ms - view.now_ms)
-            self.fails = 0 if view is None else view.fails
-            self._move(OPEN if code == HALF_OPEN else code, 0)
+            self.fails, left = view.fails, max(0, view.until_ms - view.now_ms)
+            self._move(OPEN if view.code == HALF_OPEN else view.code, 0)
             self._until, self._window, self._lease = self._now() + left, left, None
 
     def admit(self, token: str) -> Reply:
@@ -239,18 +246,16 @@ class LocalBreaker:
             self._probe_ok += 1
             return self._close() if self._probe_ok >= self.options.success_threshold else 0
         if outcome == FAIL:
-            return self._open(
-                now, max(self._window * 2, self.options.reset_ms, retry_ms), T_PROBE_FAILED
-            )
+            window = max(self._window * 2, self.options.reset_ms, retry_ms)
+            return self._open(now, window, T_PROBE_FAILED)
         return 0
 
     def _count(self, now: int, failed: bool, retry_ms: int) -> int:
-        if not failed:
+        rate_tripped = self._tally(now, failed=failed)
+        if not failed:  # a success never trips, whatever the rate
             self.fails = 0
-            self._tally(now, failed=False)
             return 0
         self.fails, self._lastfail = self.fails + 1, now
-        rate_tripped = self._tally(now, failed=True)
         window = max(self.options.reset_ms, retry_ms)
         if self.fails >= self.options.fail_max:
             return self._open(now, window, T_FAIL_MAX)
@@ -279,8 +284,7 @@ class LocalBreaker:
         counts[0], counts[1] = counts[0] + 1, counts[1] + int(failed)
         for old in [b for b in self._buckets if b <= bucket - BUCKETS]:
             del self._buckets[old]
-        calls = sum(c[0] for c in self._buckets.values())
-        fails = sum(c[1] for c in self._buckets.values())
+        calls, fails = map(sum, zip(*self._buckets.values(), strict=True))
         rate = self.options.failure_rate_threshold or 1.0
         return calls >= self.options.min_calls and fails / calls >= rate
 
@@ -288,12 +292,8 @@ class LocalBreaker:
         return int(self._clock() * 1000)
 
     def _reply(self, now: int, verdict: int, retry_ms: int = 0, moved: int = 0) -> Reply:
-        window = self.options.window_ms
-        hot = self.fails > 0 or (
-            window > 0 and self._lastfail > 0 and now - self._lastfail < window
-        )
+        window, last = self.options.window_ms, self._lastfail
+        hot = self.fails > 0 or (window > 0 and last > 0 and now - last < window)
         until = now + self.options.reset_ms if self.code == FORCED_OPEN else self._until
-        seen = time.monotonic()
-        return Reply(
-            self.code, self.gen, self.fails, until, now, hot, verdict, retry_ms, moved, seen
-        )
+        state = (self.code, self.gen, self.fails, until, now, hot)
+        return Reply(*state, verdict, retry_ms, moved, time.monotonic())

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from redis import Redis
-from redis.commands.core import Script
 
 from worker import _breaker_rules as rules
 from worker import keys
@@ -106,8 +105,7 @@ ADMIT = (
     + """
 -- ARGV: 2 lease token should this call become the probe, 3 '1' to only read the state
 if ARGV[3] == '1' then return reply(0, 0, 0) end
--- Quiet successes write nothing: admissions register the circuit and keep its keys alive.
-if fresh or now - touched > ttl / 4 then save('gen', gen) end
+if fresh or now - touched > ttl / 4 then save('gen', gen) end  -- quiet successes write nothing
 if code == 0 or code == 4 then return reply(0, 0, 0) end
 if code == 3 then return reply(3, reset_ms, 0) end
 local moved = 0
@@ -214,9 +212,8 @@ class RedisCircuit:
         client = source if isinstance(source, Redis) else source()
         self.name = name
         self.keys = [k.encode() for k in circuit_keys(name)]  # bytes: skips re-encoding
-        self._admit: Script = client.register_script(ADMIT)
-        self._record: Script = client.register_script(RECORD)
-        self._control: Script = client.register_script(CONTROL)
+        registered = map(client.register_script, (ADMIT, RECORD, CONTROL))
+        self._admit, self._record, self._control = registered
 
     def admit(self, head: bytes, token: str, *, peek: bool = False) -> Reply:
         """Run ADMIT; ``head`` is ARGV[1] (see ``breaker_head``)."""

@@ -4,18 +4,15 @@
     text = breaker.call(upstream.generate, request)   # or ``with breaker.calling():``
 
 State lives in Redis and changes only in Lua scripts (``worker._breaker_scripts``
-documents keys and scripts). Each process caches the last script reply, its "view". A
-view younger than ``VIEW_TTL_S``, closed and free of recent failures admits calls locally
-(an older one is refreshed by the next admission: one ADMIT); without ``window_s``, a
-success ending while the view still is so costs no round trip either: nothing to reset.
-Other outcomes cost one RECORD, whose reply refreshes the view: failures, probe outcomes,
-successes while the view shows failures and, with ``window_s``, successes (they count
-toward the rate). While open, calls are rejected locally until the known deadline. So in
-an outage the calls beyond ``fail_max`` that reach the upstream are those in flight when
-the circuit opened plus, per process, those admitted from a healthy view before its first
-failure reply (at most its concurrency). Redis unreachable: a ``LocalBreaker`` seeded
-from the last view takes over (one warning) until Redis answers a retry (one per
-``REDIS_RETRY_S``); pass clients without retries.
+documents keys and scripts). Each process caches the last script reply, its "view".
+While the view is closed, free of recent failures and younger than ``VIEW_TTL_S``, calls
+are admitted locally (otherwise ADMIT asks Redis and refreshes the view), and a success
+that ends while the view still is so costs nothing either: nothing to reset (not so with
+``window_s``: successes count toward the rate). Any other outcome costs one RECORD, whose
+reply refreshes the view. While open, calls are rejected locally until the known
+deadline. So in an outage the calls beyond ``fail_max`` that reach the upstream are
+those in flight when the circuit opened plus, per process, those admitted from a healthy
+view before its first failure reply (at most its concurrency).
 
 Differences from pybreaker:
 
@@ -32,12 +29,11 @@ Differences from pybreaker:
    not ``Exception``s are neutral: they neither count nor reset the failure count, and
    listeners get neither ``success`` nor ``failure`` (pybreaker counts them as successes).
 7. A success resets failures made by other processes only if this process has seen them
-   (its view is at most ``VIEW_TTL_S`` old); with a fresh view showing no failures, a
-   success costs no round trip. In mixed traffic the circuit can therefore open on
-   ``fail_max`` failures interleaved with successes in processes that had not yet seen
-   those failures: earlier than pybreaker would, never later, and only on failures made
-   less than ``VIEW_TTL_S`` before such a success. Likewise a trip or ``force_open`` made
-   elsewhere reaches a process at its next failure, or within ``VIEW_TTL_S``.
+   (its view is at most ``VIEW_TTL_S`` old); from a fresh view showing none it costs no
+   round trip. So in mixed traffic ``fail_max`` failures interleaved with successes in
+   processes that had not yet seen them (so made within ``VIEW_TTL_S``) open the circuit:
+   earlier than pybreaker, never later. Trips and ``force_open`` made elsewhere reach a
+   process at its next failure or refresh.
 8. The open window grows: an exception's ``retry_after`` lengthens it, each failed
    probe doubles it, up to ``max_reset_timeout``. Outcomes of calls admitted before the
    last transition are ignored.
@@ -48,7 +44,9 @@ Differences from pybreaker:
     ``half_open()`` (use ``force_open``/``force_closed``/``reset``), ``state``,
     ``success_counter``, ``call_async`` (Tornado), wrapping generator functions,
     ``throw_new_error_on_trip``, ``remove_listener``, ``add_excluded_exception(s)``.
-12. Redis down never raises to the caller: an in-process breaker takes over.
+12. Redis down never raises to the caller: a ``LocalBreaker`` seeded from the last view
+    takes over (one warning) until Redis answers a retry (one per ``REDIS_RETRY_S``); pass
+    clients without retries.
 13. Added: failure-rate trips (``window_s``), slow calls as failures (``slow_call_s``).
 """
 
@@ -77,14 +75,7 @@ __all__ = ["KINDS", "SharedCircuitBreaker", "SlowCall", "force_closed", "force_o
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
-R = TypeVar("R")
 REDIS_RETRY_S = 1.0  # while Redis is unreachable, it is tried again at most this often
-_PYBREAKER_NAMES = ("closed", "open", "half-open", "open", "closed")  # by circuit code
-_STATES: dict[str, Any] = {
-    "closed": pybreaker.CircuitClosedState,
-    "open": pybreaker.CircuitOpenState,
-    "half-open": pybreaker.CircuitHalfOpenState,
-}
 
 
 def _readonly(attr: str, *, option: bool = False) -> Any:
@@ -104,14 +95,14 @@ class _Ticket(NamedTuple):
 class SharedCircuitBreaker:
     """A pybreaker-compatible circuit breaker whose state every process shares via Redis.
 
-    ``fail_max`` consecutive failures open it for ``reset_timeout`` seconds (longer when
-    a failure carries ``retry_after``, doubling per failed probe up to
-    ``max_reset_timeout``); then one probe, holding a lease of ``probe_lease_s`` (set it
-    above the upstream timeout), may pass; ``success_threshold`` probe successes close
-    it. With ``window_s`` and ``failure_rate_threshold``, a failure rate at or over the
-    threshold among at least ``min_calls`` calls in the last ``window_s`` seconds also
-    opens it; with ``slow_call_s``, slower successes count as failures. Construction
-    does no I/O; ``redis`` may be a client or a factory called on first use.
+    ``fail_max`` consecutive failures open it for ``reset_timeout`` seconds (longer when a
+    failure carries ``retry_after``, doubling per failed probe up to ``max_reset_timeout``);
+    then one probe, holding a lease of ``probe_lease_s`` (set it above the upstream
+    timeout), may pass; ``success_threshold`` probe successes close it. With ``window_s``
+    and ``failure_rate_threshold``, a failure rate at or over the threshold among at least
+    ``min_calls`` calls in the last ``window_s`` seconds also opens it; with
+    ``slow_call_s``, slower successes count as failures. Construction does no I/O; ``redis``
+    may be a client or a factory called on first use.
     """
 
     VIEW_TTL_S: ClassVar[float] = 0.25  # a healthy view admits alone this long; tests: 0
@@ -142,8 +133,7 @@ class SharedCircuitBreaker:
             fail_max, reset_timeout, success_threshold, probe_lease_s, max_reset_timeout,
             window_s, failure_rate_threshold, min_calls, slow_call_s,
         )  # fmt: skip
-        self._listeners = tuple(listeners)
-        self._name, self._source = name, redis
+        self._name, self._source, self._listeners = name, redis, tuple(listeners)
         self._circuit: scripts.RedisCircuit | None = None
         self._cb: Any = self  # listeners are typed for pybreaker.CircuitBreaker, our model
         self._offset_ms, self._head = 0, scripts.breaker_head(0, self._opts, name)
@@ -181,7 +171,7 @@ class SharedCircuitBreaker:
     @property
     def current_state(self) -> str:
         """``closed`` | ``open`` | ``half-open``, as this process knows it."""
-        return _PYBREAKER_NAMES[self._peek()[0]]
+        return rules.PYBREAKER_NAMES[self._peek()[0]]
 
     @property
     def fail_counter(self) -> int:
@@ -226,13 +216,12 @@ class SharedCircuitBreaker:
         if known:
             raise rules.rejection(self._name, *known)
         token = secrets.token_hex(8)
-        reply = self._redis(lambda c: c.admit(self._head, token))
-        local = reply is None
-        reply = reply or self._local.admit(token)
-        self._report(reply, local)
+        remote = self._redis(lambda c: c.admit(self._head, token))
+        reply = remote or self._local.admit(token)
+        self._report(reply, remote is None)
         if reply.verdict in (rules.ADMIT, rules.PROBE):
             probe = token if reply.verdict == rules.PROBE else ""
-            return _Ticket(local, reply.gen, probe, reply.code != rules.FORCED_CLOSED)
+            return _Ticket(remote is None, reply.gen, probe, reply.code != rules.FORCED_CLOSED)
         raise rules.rejection(self._name, reply.verdict, reply.retry_ms / 1000)
 
     def _finish(self, ticket: _Ticket, exc: BaseException | None, elapsed: float) -> None:
@@ -245,8 +234,11 @@ class SharedCircuitBreaker:
                 listener.failure(self._cb, outcome.error)
 
     def _record(self, ticket: _Ticket, out: Outcome) -> None:
-        if not ticket.counted or (not ticket.token and self._changes_nothing(ticket, out)):
-            return  # spare the round trip
+        if not ticket.counted or (out.kind == rules.NEUTRAL and not ticket.token):
+            return  # nothing would change: spare the round trip
+        only_zeroes = out.kind == rules.OK and not (ticket.token or self._opts.window_ms)
+        if only_zeroes and (view := self._view) and view.quiet(ticket.gen, self.VIEW_TTL_S):
+            return  # a success that only zeroes fails (no rate window): none to zero here
         reply = None
         if not ticket.local:
             reply = self._redis(lambda c: c.record(self._head, ticket.gen, ticket.token, out))
@@ -256,16 +248,7 @@ class SharedCircuitBreaker:
             reply = self._local.record(out.kind, gen, ticket.token, out.retry_ms)
         self._report(reply, local)
 
-    def _changes_nothing(self, ticket: _Ticket, out: Outcome) -> bool:
-        """Whether a closed-path outcome leaves Redis as it is, as far as this process knows."""
-        if out.kind != rules.OK or self._opts.window_ms:  # a rate window counts successes
-            return out.kind == rules.NEUTRAL
-        view = self._view  # a success only zeroes fails: skip it while a fresh view shows none
-        if view is None or ticket.local or view.fails or view.gen != ticket.gen:
-            return False
-        return view.code == rules.CLOSED and time.monotonic() - view.seen_at < self.VIEW_TTL_S
-
-    def _redis(self, action: Callable[[scripts.RedisCircuit], R]) -> R | None:
+    def _redis(self, action: Callable[[scripts.RedisCircuit], T]) -> T | None:
         """Run ``action`` on Redis; None (and degraded mode) when Redis does not answer."""
         if self._degraded:
             with self._lock:
@@ -313,4 +296,4 @@ class SharedCircuitBreaker:
         level = logging.WARNING if event == "opened" else logging.INFO
         logger.log(level, f"breaker.{event}", extra=extra)
         for listener in self._listeners:
-            listener.state_change(self._cb, _STATES[old](self, None), _STATES[new](self, None))
+            listener.state_change(self._cb, old(self, None), new(self, None))

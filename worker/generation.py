@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.client import Pipeline
-
 from worker.backoff import RetryPolicy
 from worker.breaker import SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
@@ -44,7 +42,7 @@ from worker.errors import (
     UpstreamRejected,
 )
 from worker.excerpt import build_excerpt
-from worker.records import JobStore, utcnow
+from worker.records import ExtraSet, JobStore, utcnow
 from worker.settings import Settings, get_settings
 from worker.upstream import Generation, UpstreamTarget, generate
 
@@ -131,9 +129,9 @@ class GenerationService:
             usage=generation.usage,
         )
         entry = CachedGeneration(generation.text, generation.model, generation.usage, time.time())
-        # The cache write rides in the pipeline of the job's final write: one round trip.
-        also = functools.partial(self.cache.stage, key=key, generation=entry) if key else None
-        return self._finish(message, result, _attempt("succeeded", None), also)
+        # The cache write rides in the job's final write: one round trip for both.
+        also_set = self.cache.entry(key, entry) if key else None
+        return self._finish(message, result, _attempt("succeeded", None), also_set)
 
     def fail(self, job_id: str, exc: GenqError, *, attempted: bool = True) -> None:
         """Record the job as failed with the error a user may see."""
@@ -187,10 +185,10 @@ class GenerationService:
         message: JobMessage,
         result: JobResult,
         attempt: Attempt | None,
-        also: Callable[[Pipeline], object] | None = None,
+        also_set: ExtraSet | None = None,
     ) -> Outcome:
         self.store.finish(
-            message.job_id, result=result, attempt=attempt, also=also, started_at=utcnow()
+            message.job_id, result=result, attempt=attempt, also_set=also_set, started_at=utcnow()
         )
         if result.degraded:
             log.info(

@@ -12,6 +12,7 @@ is redelivered after its worker died can be run again and recorded again safely.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -20,13 +21,12 @@ from typing import Any, TypeVar
 
 import redis
 from pydantic import BaseModel
-from redis.client import Pipeline
 
 from worker import keys
 from worker.contract import Attempt, JobError, JobResult, JobStatus
 from worker.errors import StorageUnavailable
 
-__all__ = ["JobRecord", "JobStore", "utcnow"]
+__all__ = ["ExtraSet", "JobRecord", "JobStore", "utcnow"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,9 +43,9 @@ return 1
 
 # Writes fields (and appends an attempt) unless the job is missing or already final, in
 # one round trip: the first final answer wins, whichever copy of a job gives it.
-# KEYS: job hash, attempts list. ARGV: ttl, attempt JSON or '', started_at or '' (kept
-# if already set: a job answered without being marked running still gets one), field,
-# value, ...
+# KEYS: job hash, attempts list[, one more key to SET with the answer (the cache's)].
+# ARGV: ttl, attempt JSON or '', started_at or '' (kept if already set: a job answered
+# without being marked running still gets one), extra value, extra ttl, field, value, ...
 _WRITE_UNLESS_FINAL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -55,10 +55,14 @@ if ARGV[2] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
 if ARGV[3] ~= '' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+#: A key, value and TTL (seconds) to write along with a job's final record.
+ExtraSet = tuple[str, bytes, int]
 
 
 def utcnow() -> str:
@@ -141,7 +145,7 @@ class JobStore:
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
         """Back to ``queued`` while a retry waits for its countdown (with the failed attempt)."""
         fields = {"status": JobStatus.QUEUED.value}
-        self._guard(lambda: self._write(self._redis, job_id, fields, attempt, ""))
+        self._guard(lambda: self._write(job_id, fields, attempt, "", None))
 
     def finish(
         self,
@@ -150,16 +154,16 @@ class JobStore:
         result: JobResult | None = None,
         error: JobError | None = None,
         attempt: Attempt | None = None,
-        also: Callable[[Pipeline], object] | None = None,
+        also_set: ExtraSet | None = None,
         started_at: str = "",
         wait_for_redis_s: float = 60.0,
     ) -> bool:
         """Write the final status and the attempt that led to it, in one round trip.
 
-        ``also`` may add writes (the result cache's) to the same pipeline; ``started_at``
-        is recorded unless the job was marked running before. False when the
-        job was already final (another copy answered first) or no longer exists. Retries
-        while Redis is down, so an answer that was paid for is not lost.
+        ``also_set`` rides along (the result cache's entry); ``started_at`` is recorded
+        unless the job was marked running before. False when the job was already final
+        (another copy answered first) or no longer exists. Retries while Redis is down,
+        so an answer that was paid for is not lost.
         """
         status = JobStatus.SUCCEEDED if result is not None else JobStatus.FAILED
         fields: dict[str, str] = {"status": status.value, "finished_at": utcnow()}
@@ -167,30 +171,28 @@ class JobStore:
             fields["result"] = result.model_dump_json(exclude_defaults=True)
         if error is not None:
             fields["error"] = error.model_dump_json(exclude_none=True)
-
-        def write() -> object:
-            pipe = self._redis.pipeline(transaction=False)
-            self._write(pipe, job_id, fields, attempt, started_at)
-            if also is not None:
-                also(pipe)
-            return pipe.execute()[0]
-
+        write = functools.partial(self._write, job_id, fields, attempt, started_at, also_set)
         return _until_redis_answers(write, wait_for_redis_s) == 1
 
     def _write(
         self,
-        client: redis.Redis | Pipeline,
         job_id: str,
         fields: Mapping[str, str],
         attempt: Attempt | None,
         started_at: str,
+        also_set: ExtraSet | None,
     ) -> object:
-        pairs = [item for pair in fields.items() for item in pair]
+        # A direct EVALSHA: a Script inside a redis-py pipeline costs an extra
+        # SCRIPT EXISTS round trip on every execute.
+        job_keys = [keys.job(job_id), keys.job_attempts(job_id)]
+        extra: list[str | bytes | int] = ["", 0]
+        if also_set is not None:
+            job_keys.append(also_set[0])
+            extra = [also_set[1], also_set[2]]
         encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
+        pairs = [item for pair in fields.items() for item in pair]
         return self._write_unless_final(
-            keys=[keys.job(job_id), keys.job_attempts(job_id)],
-            args=[self._ttl_s, encoded, started_at, *pairs],
-            client=client,
+            keys=job_keys, args=[self._ttl_s, encoded, started_at, *extra, *pairs]
         )
 
     @staticmethod

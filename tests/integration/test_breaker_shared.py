@@ -182,6 +182,25 @@ def test_a_success_resets_failures_elsewhere_only_once_its_view_shows_them(
     assert snapshot(r, name)["failure_count"] == 0
 
 
+def test_a_success_ending_with_a_stale_view_is_recorded(
+    counted: redis.Redis, r: redis.Redis, name: str
+) -> None:
+    """A call that outlives VIEW_TTL_S records its success: failures made meanwhile reset."""
+    here = SharedCircuitBreaker(name, counted, fail_max=3)
+    here.VIEW_TTL_S = 0.1  # type: ignore[misc]
+    there = SharedCircuitBreaker(name, r, fail_max=3)
+    here.call(lambda: None)
+    writes = CountingConnection.writes
+
+    def slow() -> None:
+        failing(there, 2)
+        time.sleep(0.1)
+
+    here.call(slow)  # admitted from the fresh view, no round trip
+    assert CountingConnection.writes - writes == 1  # the RECORD
+    assert snapshot(r, name)["failure_count"] == 0
+
+
 def test_with_a_rate_window_every_success_is_recorded(
     counted: redis.Redis, r: redis.Redis, name: str
 ) -> None:

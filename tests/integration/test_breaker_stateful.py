@@ -2,8 +2,10 @@
 
 Three breakers stand for three processes sharing one circuit. Time moves through
 ``shift_clock`` (an offset added to Redis ``TIME`` inside the scripts), so windows pass
-without sleeping. ``VIEW_TTL_S`` is 0 on these instances so every admission asks Redis:
-the test then knows the generation each call was admitted in, and can model the count.
+without sleeping. ``VIEW_TTL_S`` is 0 on these instances so every admission asks Redis
+and every success is recorded (no view is fresh enough to skip one as having nothing to
+reset): the test then knows the generation each call was admitted in, and can model the
+count exactly. test_breaker_shared.py covers the skipped successes of a fresh view.
 """
 
 from __future__ import annotations

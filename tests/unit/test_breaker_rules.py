@@ -256,3 +256,17 @@ def test_seed_keeps_an_open_circuit_open() -> None:
     b.seed(view)
     assert b.admit("y").verdict == REJECT_OPEN
     assert b.record(OK, None, "", 0).verdict == RECORDED
+
+
+def test_only_a_fresh_closed_reply_without_failures_is_quiet() -> None:
+    """A success may skip its record only under a fresh, closed, failure-free reply of its gen."""
+    b, _ = local(fail_max=2, reset_timeout=1.0)
+    closed = b.admit("t")
+    assert closed.quiet(closed.gen, 60.0)
+    assert not closed.quiet(closed.gen + 1, 60.0)  # admitted in another generation
+    assert not closed.quiet(closed.gen, 0.0)  # stale
+    failed = b.record(FAIL, closed.gen, "", 0)
+    assert not failed.quiet(failed.gen, 60.0)  # a failure to reset
+    opened = b.record(FAIL, closed.gen, "", 0)
+    assert opened.code == OPEN
+    assert not opened.quiet(opened.gen, 60.0)
