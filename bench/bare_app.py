@@ -47,8 +47,8 @@ def bare_generate(index: int, prompt: str) -> None:
 
 
 @app.task(name="bench.bare_constant", ignore_result=True)
-def bare_constant(index: int) -> None:
-    """Return a constant answer, recorded the same way (the fallback-drain baseline)."""
+def bare_constant(index: int, job: object) -> None:
+    """Ignore the job it carries and record a constant answer (the fallback-drain baseline)."""
     _, client = _clients(os.getpid())
     now = time.time()
     client.hset(

@@ -168,13 +168,21 @@ def publish_genq(env: Env, n: int, bodies: list[dict[str, object]] | None = None
     return ids
 
 
-def publish_bare(env: Env, n: int, task: str, with_prompt: bool = True) -> list[str]:
+def publish_bare(
+    env: Env, n: int, task: str, payloads: list[dict[str, object]] | None = None
+) -> list[str]:
+    """Publish ``n`` baseline tasks: ``(index, prompt)``, or ``(index, payload)`` so the
+    baseline carries the same message as the genq job it is compared with."""
     app = publisher(env)
     with app.producer_or_acquire() as producer:
         for i in range(n):
-            args: list[object] = [i, f"bench prompt {i}"] if with_prompt else [i]
+            second: object = payloads[i] if payloads else f"bench prompt {i}"
             app.send_task(
-                task, args=args, queue=QUEUE_INTERACTIVE, ignore_result=True, producer=producer
+                task,
+                args=[i, second],
+                queue=QUEUE_INTERACTIVE,
+                ignore_result=True,
+                producer=producer,
             )
     return [str(i) for i in range(n)]
 
