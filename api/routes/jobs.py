@@ -8,10 +8,10 @@ import uuid
 from celery import Celery
 from fastapi import APIRouter, HTTPException, Response, status
 from kombu.exceptions import OperationalError
-from prometheus_client import Counter
 
 from api.auth import Principal
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
+from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobCreate, check_limits
 from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
 from worker.errors import StorageUnavailable
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 #: How soon a client polling an unfinished job should come back, in seconds.
 POLL_AFTER_S = 1
-
-JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API process")
 
 
 def _unavailable(what: str) -> HTTPException:

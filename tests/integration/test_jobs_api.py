@@ -148,4 +148,7 @@ def test_health_routes_need_no_key(api_url: str) -> None:
     ready = requests.get(f"{api_url}/readyz", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["redis"] == "ok"
-    assert requests.get(f"{api_url}/metrics", timeout=5).status_code == 200
+    metrics = requests.get(f"{api_url}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert "genq_redis_up 1.0" in metrics.text
+    assert 'genq_queue_depth{queue="interactive"}' in metrics.text
