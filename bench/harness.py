@@ -31,6 +31,9 @@ from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".run" / "bench"
+#: genq's default worker pool and concurrency (worker/settings.py): what benches compare.
+POOL = str(Settings.model_fields["worker_pool"].default)
+CONCURRENCY = int(Settings.model_fields["worker_concurrency"].default)
 
 
 @dataclass
