@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 from api.routes import circuits, generate, health, jobs
+from worker.logs import configure_logging
+from worker.settings import get_settings
 
 __all__ = ["app", "create_app"]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    configure_logging(get_settings())
+    yield
 
 
 def create_app() -> FastAPI:
     """Build the application; no I/O happens until the first request."""
     application = FastAPI(
+        lifespan=_lifespan,
         title="genq",
         version="0.1.0",
         description="Text-generation jobs that keep answering when the model provider fails.",

@@ -7,11 +7,13 @@ reads it, so importing this module does no I/O and reads no environment.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from worker.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
+from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 
 __all__ = ["app", "celery_config"]
@@ -67,6 +69,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def _lazy_config() -> dict[str, Any]:
     return celery_config(get_settings())
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _format_logs(logger: logging.Logger, **_: Any) -> None:
+    # Celery sets up its handlers; genq gives them its event-with-fields format.
+    configure_logging(get_settings(), handlers=logger.handlers)
 
 
 app = Celery("genq", include=["worker.tasks"])

@@ -115,7 +115,7 @@ class GenerationService:
         except CircuitOpenError as exc:
             return self._degrade(message, key, exc, exc.reason)  # type: ignore[arg-type]
         except UpstreamRejected as exc:
-            return self._fail(message, exc, _attempt("failed", exc))
+            return self.fail(message.job_id, exc, _attempt("failed", exc))
         except UpstreamError as exc:
             if exc.transient and self.retry_policy.allows(retries_done):
                 return self._retry(message, exc, retries_done)
@@ -133,12 +133,12 @@ class GenerationService:
         also_set = self.cache.entry(key, entry) if key else None
         return self._finish(message, result, _attempt("succeeded", None), also_set)
 
-    def fail(self, job_id: str, exc: GenqError, *, attempted: bool = True) -> None:
-        """Record the job as failed with the error a user may see."""
+    def fail(self, job_id: str, exc: GenqError, attempt: Attempt | None = None) -> Outcome:
+        """Record the job as failed with the error a user may see (and its last attempt)."""
         error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
-        attempt = _attempt("failed", exc) if attempted else None
-        self.store.finish(job_id, error=error, attempt=attempt)
+        self.store.finish(job_id, error=error, attempt=attempt, started_at=utcnow())
         log.info("generation.failed", extra={"job_id": job_id, "error_type": exc.type})
+        return Outcome(error=error)
 
     def _degrade(
         self, message: JobMessage, key: str | None, exc: GenqError, reason: FallbackReason
@@ -150,14 +150,14 @@ class GenerationService:
         attempt = _attempt("rejected" if rejected else "failed", exc)
         circuit = exc.circuit if isinstance(exc, CircuitOpenError) else None
         if request.fallback == "none":
-            return self._fail(message, _unavailable(exc, rejected), attempt)
+            return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
         hit = self.cache.get(key) if key else None
         if hit is not None:
             result = _from_cache(hit, reason, circuit, exc.retry_after, started)
             return self._finish(message, result, attempt)
         excerpt = build_excerpt(request.prompt, request.context, self.settings.excerpt_max_chars)
         if excerpt is None:
-            return self._fail(message, _unavailable(exc, rejected), attempt)
+            return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
         result = JobResult(
             text=excerpt.text,
             model=request.model or self.settings.upstream_model,
@@ -200,12 +200,6 @@ class GenerationService:
                 },
             )
         return Outcome(result=result)
-
-    def _fail(self, message: JobMessage, exc: GenqError, attempt: Attempt) -> Outcome:
-        error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
-        self.store.finish(message.job_id, error=error, attempt=attempt, started_at=utcnow())
-        log.info("generation.failed", extra={"job_id": message.job_id, "error_type": exc.type})
-        return Outcome(error=error)
 
 
 def _unavailable(exc: GenqError, rejected: bool) -> GenqError:

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     """A message unacked this long is redelivered: must exceed the hard time limit."""
     unacked_restore_interval_s: PositiveFloat = 10.0
     """How often a worker sweeps unacked messages of dead workers back to the queue."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] | None = None
+    """``json`` (one object per line) or ``text`` (``key=value``); unset: json in production."""
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
     """I/O-bound generation: threads measured ~4x prefork -c 2 at 50 ms (docs/benchmarks.md)."""
     worker_concurrency: PositiveInt = 16

@@ -29,7 +29,7 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> None:
         log.error("task.invalid_payload", extra={"job_id": job_id, "errors": exc.error_count()})
         if isinstance(job_id, str):
             invalid = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
-            service.fail(job_id, invalid, attempted=False)
+            service.fail(job_id, invalid)
         return
     outcome = service.run(message, retries_done=self.request.retries)
     if outcome.retry_in is not None:

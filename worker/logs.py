@@ -1,0 +1,61 @@
+"""Log lines as events with fields: ``fallback.served job_id=… source=cache``.
+
+Every genq module logs an event name as the message and its fields as ``extra``. This
+module makes those fields visible: ``key=value`` after the message in development, one
+JSON object per line in production (python-json-logger). The worker installs it through
+Celery's logging signals, the API at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from worker.settings import Settings
+
+__all__ = ["KeyValueFormatter", "configure_logging", "formatter_for"]
+
+# Attributes every LogRecord has; anything else on a record came in through ``extra``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class KeyValueFormatter(logging.Formatter):
+    """The usual line, then the record's ``extra`` fields as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        if not fields:
+            return line
+        return line + " " + " ".join(f"{k}={_short(v)}" for k, v in fields.items())
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def formatter_for(settings: Settings) -> logging.Formatter:
+    """JSON in production (or when ``GENQ_LOG_FORMAT=json``), ``key=value`` otherwise."""
+    fmt = settings.log_format or ("json" if settings.env == "production" else "text")
+    if fmt == "json":
+        return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    return KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def configure_logging(settings: Settings, handlers: list[logging.Handler] | None = None) -> None:
+    """Give ``handlers`` (default: a stderr handler on the root logger) genq's format."""
+    root = logging.getLogger()
+    if handlers is None:
+        if not root.handlers:
+            root.addHandler(logging.StreamHandler())
+        handlers = root.handlers
+        root.setLevel(settings.log_level)
+    for handler in handlers:
+        handler.setFormatter(formatter_for(settings))
