@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=TASK_GENERATE, bind=True, max_retries=None)
-def generate(self: Task[Any, Any], job: dict[str, Any]) -> None:
-    """Run one generation job; its outcome is written to the job record."""
+def generate(self: Task[Any, Any], job: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one generation job; its outcome is written to the job record.
+
+    Returns the result (Flower shows it; no result backend stores it: the job record is
+    what clients read)."""
     service = get_service()
     try:
         message = JobMessage.model_validate(job)
@@ -30,8 +33,9 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> None:
         if isinstance(job_id, str):
             invalid = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
             service.fail(job_id, invalid)
-        return
+        return None
     outcome = service.run(message, retries_done=self.request.retries)
     if outcome.retry_in is not None:
         # The only retry layer: the slot is freed while the countdown runs.
         raise self.retry(countdown=outcome.retry_in)
+    return outcome.result.model_dump(mode="json") if outcome.result else None
