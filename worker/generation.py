@@ -87,6 +87,11 @@ class GenerationService:
         self.retry_policy = RetryPolicy(
             settings.max_retries, settings.retry_base_s, settings.retry_cap_s
         )
+        # One target per model named by jobs: built once, its circuit name computed once.
+        self._target_for = functools.lru_cache(maxsize=256)(self._make_target)
+
+    def _make_target(self, model: str | None) -> UpstreamTarget:
+        return UpstreamTarget.from_settings(self.settings, model)
 
     def _start_and_call(self, message: JobMessage, target: UpstreamTarget) -> Generation:
         """The guarded call: mark the job running, then call the upstream.
@@ -102,7 +107,7 @@ class GenerationService:
     def run(self, message: JobMessage, retries_done: int = 0) -> Outcome:
         """Run one attempt of the job and record what happened."""
         request = message.request
-        target = UpstreamTarget.from_settings(self.settings, request.model)
+        target = self._target_for(request.model)
         key = cache_key(target.protocol, target.model, request) if request.cache != "off" else None
         started = time.perf_counter()
         if key and request.cache == "prefer" and (hit := self.cache.get(key)):
@@ -136,7 +141,8 @@ class GenerationService:
     def fail(self, job_id: str, exc: GenqError, attempt: Attempt | None = None) -> Outcome:
         """Record the job as failed with the error a user may see (and its last attempt)."""
         error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
-        self.store.finish(job_id, error=error, attempt=attempt, started_at=utcnow())
+        started_at = attempt.at if attempt else utcnow()
+        self.store.finish(job_id, error=error, attempt=attempt, started_at=started_at)
         log.info("generation.failed", extra={"job_id": job_id, "error_type": exc.type})
         return Outcome(error=error)
 
@@ -187,8 +193,10 @@ class GenerationService:
         attempt: Attempt | None,
         also_set: ExtraSet | None = None,
     ) -> Outcome:
+        # A job answered without being marked running started when its attempt did.
+        started_at = attempt.at if attempt else utcnow()
         self.store.finish(
-            message.job_id, result=result, attempt=attempt, also_set=also_set, started_at=utcnow()
+            message.job_id, result=result, attempt=attempt, also_set=also_set, started_at=started_at
         )
         if result.degraded:
             log.info(

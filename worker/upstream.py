@@ -72,7 +72,7 @@ class UpstreamTarget:
     connect_timeout_s: float
     read_timeout_s: float
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """The circuit name, ``<protocol>~<host[:port][path]>~<model>``.
 
