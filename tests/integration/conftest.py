@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 import requests
 from celery import Celery
 
@@ -26,6 +28,20 @@ from worker.settings import Settings, get_settings
 API_KEY = "integration-key-0123456789"
 OTHER_KEY = "integration-other-key-0123456"
 ADMIN_KEY = "integration-admin-key-012345"
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A decoded client of the session's redis-server."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def name() -> str:
+    """A circuit name no other test uses."""
+    return f"test-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pybreaker
 import pytest
 import redis
 
+from tests.integration.breaker_support import boom, failing
 from worker.breaker import (
     SharedCircuitBreaker,
     force_closed,
@@ -22,28 +21,6 @@ from worker.breaker import (
 from worker.errors import CircuitOpenError, UpstreamUnavailable
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def name() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}"
-
-
-def boom(message: str = "upstream down") -> None:
-    raise UpstreamUnavailable(message, status=503)
-
-
-def failing(breaker: SharedCircuitBreaker, times: int, fn: Callable[[], None] = boom) -> None:
-    for _ in range(times):
-        with pytest.raises(UpstreamUnavailable):
-            breaker.call(fn)
 
 
 def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:

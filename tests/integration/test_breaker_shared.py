@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pybreaker
 import pytest
 import redis
 
+from tests.integration.breaker_support import boom, failing
 from worker import _breaker_scripts as scripts
 from worker.breaker import (
     SharedCircuitBreaker,
@@ -22,7 +22,6 @@ from worker.errors import (
     CircuitOpenError,
     UpstreamRateLimited,
     UpstreamRejected,
-    UpstreamUnavailable,
 )
 
 pytestmark = pytest.mark.integration
@@ -39,13 +38,6 @@ class CountingConnection(redis.Connection):
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def counted(redis_url: str) -> Iterator[redis.Redis]:
     pool = redis.ConnectionPool.from_url(
         redis_url, connection_class=CountingConnection, decode_responses=True
@@ -53,21 +45,6 @@ def counted(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis(connection_pool=pool)
     yield client
     client.close()
-
-
-@pytest.fixture
-def name() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}"
-
-
-def boom(message: str = "upstream down") -> None:
-    raise UpstreamUnavailable(message, status=503)
-
-
-def failing(breaker: SharedCircuitBreaker, times: int, fn: Callable[[], None] = boom) -> None:
-    for _ in range(times):
-        with pytest.raises(UpstreamUnavailable):
-            breaker.call(fn)
 
 
 def evalsha_calls(client: redis.Redis) -> int:
