@@ -43,6 +43,8 @@ class DevSettings(BaseSettings):
 
 def _port_or_free(port: int) -> int:
     with socket.socket() as sock:
+        # As servers bind: a port left in TIME_WAIT by the last run is free, a listener not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
