@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from prometheus_client import make_asgi_app
 
+from api import metrics
 from api.routes import circuits, generate, health, jobs
 from worker.logs import configure_logging
 from worker.settings import get_settings
@@ -33,7 +33,7 @@ def create_app() -> FastAPI:
     application.include_router(jobs.router)
     application.include_router(generate.router)
     application.include_router(circuits.router)
-    application.mount("/metrics", make_asgi_app())
+    application.include_router(metrics.router)
     return application
 
 

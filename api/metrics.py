@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import REGISTRY, Counter
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,7 +20,7 @@ from worker import breaker
 from worker.app import QUEUES
 from worker.connections import get_redis
 
-__all__ = ["JOBS_SUBMITTED", "ClusterCollector"]
+__all__ = ["JOBS_SUBMITTED", "ClusterCollector", "router"]
 
 JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API process")
 
@@ -28,6 +29,10 @@ _STATES = ("closed", "open", "half-open", "forced_open", "forced_closed")
 
 class ClusterCollector(Collector):
     """Circuit states and transitions, and queue depths, read from Redis per scrape."""
+
+    def describe(self) -> Iterator[Metric]:
+        # Registration would otherwise call collect(): Redis I/O at import time.
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("genq_redis_up", "Whether Redis answered this scrape")
@@ -64,3 +69,11 @@ class ClusterCollector(Collector):
 
 
 REGISTRY.register(ClusterCollector())
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    """Prometheus text format; no key needed."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -60,5 +60,15 @@ def check_limits(body: GenerateRequest, settings: Settings) -> None:
                 f"{settings.max_context_docs} (GENQ_MAX_CONTEXT_DOCS)",
             )
         )
+    allowed = settings.allowed_models
+    if body.model and allowed and body.model not in {*allowed, settings.upstream_model}:
+        errors.append(
+            {
+                "type": "value_error",
+                "loc": ("body", "model"),
+                "msg": f"model {body.model!r} is not served here (GENQ_ALLOWED_MODELS)",
+                "input": None,
+            }
+        )
     if errors:
         raise RequestValidationError(errors)

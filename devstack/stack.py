@@ -59,6 +59,8 @@ class Stack:
     processes: dict[str, str]
     env: dict[str, str]
     api_key: str
+    """The key clients of this stack use: generated for this run, or the first given."""
+    generated: bool = True
     urls: dict[str, str] = field(default_factory=dict)
 
 
@@ -69,7 +71,8 @@ def plan_stack(say: object = print) -> Stack:
         name: _port_or_free(getattr(dev, f"{name}_port"))
         for name in ("redis", "simulator", "api", "flower")
     }
-    api_key = os.environ.get("GENQ_API_KEYS", "").split(",")[0] or secrets.token_urlsafe(24)
+    given = os.environ.get("GENQ_API_KEYS")
+    api_key = secrets.token_urlsafe(24)  # used, and shown, only when no keys are given
     upstream = dev.upstream_url or os.environ.get("GENQ_UPSTREAM_URL")
     env = {
         **os.environ,
@@ -78,8 +81,10 @@ def plan_stack(say: object = print) -> Stack:
         "GENQ_DEV_REDIS_SERVER": ensure_redis_server(say),
         "GENQ_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
         "GENQ_UPSTREAM_URL": upstream or f"http://127.0.0.1:{ports['simulator']}",
-        "GENQ_API_KEYS": os.environ.get("GENQ_API_KEYS") or api_key,
-        "GENQ_ADMIN_API_KEYS": os.environ.get("GENQ_ADMIN_API_KEYS") or api_key,
+        "GENQ_API_KEYS": given or api_key,
+        # The generated dev key may also steer circuits; a key the user gave never is
+        # promoted to admin behind their back.
+        "GENQ_ADMIN_API_KEYS": os.environ.get("GENQ_ADMIN_API_KEYS") or ("" if given else api_key),
         **{f"GENQ_DEV_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     processes = dict(parse_procfile((ROOT / "Procfile").read_text()).processes)
@@ -91,7 +96,8 @@ def plan_stack(say: object = print) -> Stack:
         "flower": f"http://127.0.0.1:{ports['flower']}",
         "upstream": env["GENQ_UPSTREAM_URL"] + ("" if upstream else "  (the simulator)"),
     }
-    return Stack(processes=processes, env=env, api_key=api_key, urls=urls)
+    key = given.split(",")[0].strip() if given else api_key
+    return Stack(processes=processes, env=env, api_key=key, generated=not given, urls=urls)
 
 
 def wait_ready(api_url: str, timeout_s: float = 60.0) -> bool:
@@ -111,13 +117,16 @@ def _banner(stack: Stack) -> str:
     api = stack.urls["api"]
     lines = ["", "genq is up (Ctrl-C stops everything):"]
     lines += [f"  {name:<9}{url}" for name, url in stack.urls.items()]
+    # A key the user gave is theirs to know; only a generated dev key is printed.
+    key = stack.api_key if stack.generated else "$KEY"
     lines += [
-        f"  api key  {stack.api_key}   (dev only, generated for this run)",
+        f"  api key  {key}   "
+        + ("(dev only, generated for this run)" if stack.generated else "(one of GENQ_API_KEYS)"),
         "",
         "Try it:",
-        f"  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {stack.api_key}' \\",
+        f"  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {key}' \\",
         "       -H 'Content-Type: application/json' -d '{\"prompt\": \"Say hello to genq\"}'",
-        f"  curl -s {api}/v1/jobs/<id> -H 'Authorization: Bearer {stack.api_key}'",
+        f"  curl -s {api}/v1/jobs/<id> -H 'Authorization: Bearer {key}'",
         "",
     ]
     return "\n".join(lines)

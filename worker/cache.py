@@ -161,7 +161,7 @@ class ResultCache:
         except redis.RedisError as exc:
             _log_redis_error("get", exc)
         except (ValueError, RecursionError) as exc:  # JSON, UTF-8 (client-side too), fields
-            log.warning("cache.corrupt key=%s error=%s", key, exc)
+            log.warning("cache.corrupt", extra={"key": key, "error": type(exc).__name__})
         return None
 
     def put(self, key: str, generation: CachedGeneration) -> bool:
@@ -187,7 +187,8 @@ class ResultCache:
         if len(value) <= self._max_entry_bytes:
             return value
         log.info(
-            "cache.entry_too_large key=%s bytes=%d max=%d", key, len(value), self._max_entry_bytes
+            "cache.entry_too_large",
+            extra={"key": key, "bytes": len(value), "max": self._max_entry_bytes},
         )
         return None
 
@@ -196,4 +197,4 @@ def _log_redis_error(op: str, exc: redis.RedisError) -> None:
     """Redis down or slow is ``cache.unavailable``; anything else (WRONGTYPE…) ``cache.failed``."""
     down = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
     event = "cache.unavailable" if down else "cache.failed"
-    log.warning("%s op=%s error=%s", event, op, type(exc).__name__)
+    log.warning(event, extra={"op": op, "error": type(exc).__name__})

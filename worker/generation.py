@@ -254,7 +254,7 @@ def _attempt(outcome: str, exc: GenqError | None) -> Attempt:
 def breaker_factory(settings: Settings) -> Callable[[UpstreamTarget], SharedCircuitBreaker]:
     """One shared-breaker handle per upstream target, made on first use."""
 
-    @functools.cache
+    @functools.lru_cache(maxsize=256)
     def breaker_for(name: str) -> SharedCircuitBreaker:
         return SharedCircuitBreaker(
             name,

@@ -25,6 +25,10 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+#: The packages whose loggers GENQ_LOG_LEVEL governs.
+GENQ_LOGGERS = ("worker", "api")
+
+
 class KeyValueFormatter(logging.Formatter):
     """The usual line, then the record's ``extra`` fields as ``key=value``."""
 
@@ -50,12 +54,14 @@ def formatter_for(settings: Settings) -> logging.Formatter:
 
 
 def configure_logging(settings: Settings, handlers: list[logging.Handler] | None = None) -> None:
-    """Give ``handlers`` (default: a stderr handler on the root logger) genq's format."""
+    """Give ``handlers`` (default: a stderr handler on the root logger) genq's format, and
+    genq's own loggers (``worker``, ``api``) the level ``GENQ_LOG_LEVEL``."""
     root = logging.getLogger()
     if handlers is None:
         if not root.handlers:
             root.addHandler(logging.StreamHandler())
         handlers = root.handlers
-        root.setLevel(settings.log_level)
     for handler in handlers:
         handler.setFormatter(formatter_for(settings))
+    for name in GENQ_LOGGERS:
+        logging.getLogger(name).setLevel(settings.log_level)

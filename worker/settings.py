@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     """Base URL of the model endpoint (HF Inference API, TGI server, OpenAI-compatible)."""
     upstream_protocol: Protocol = "hf"
     upstream_model: str = Field(default="simulator/echo-1", min_length=1)
+    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated models a job may name (besides the default); empty: any model.
+    Each model has its own circuit, so an open list lets clients create circuits."""
     upstream_token: SecretStr | None = None
     """Bearer token sent upstream; never logged, never stored in a result."""
     upstream_timeout_s: PositiveFloat = 30.0
@@ -111,7 +114,7 @@ class Settings(BaseSettings):
     """I/O-bound generation: threads measured ~4x prefork -c 2 at 50 ms (docs/benchmarks.md)."""
     worker_concurrency: PositiveInt = 16
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "allowed_models", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
         return _split_keys(value)
@@ -125,6 +128,12 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s <= self.task_time_limit_s:
             # A shorter visibility timeout redelivers a job that is still running.
             raise ValueError("GENQ_VISIBILITY_TIMEOUT_S must exceed GENQ_TASK_TIME_LIMIT_S")
+        if self.retry_base_s > self.retry_cap_s:
+            raise ValueError("GENQ_RETRY_BASE_S must not exceed GENQ_RETRY_CAP_S")
+        if self.breaker_max_reset_timeout_s < self.breaker_reset_timeout_s:
+            raise ValueError(
+                "GENQ_BREAKER_MAX_RESET_TIMEOUT_S must be at least GENQ_BREAKER_RESET_TIMEOUT_S"
+            )
         if (self.breaker_window_s is None) != (self.breaker_failure_rate is None):
             raise ValueError("set GENQ_BREAKER_WINDOW_S and GENQ_BREAKER_FAILURE_RATE together")
         if self.retry_cap_s >= self.visibility_timeout_s:

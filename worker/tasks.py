@@ -10,12 +10,15 @@ from pydantic import ValidationError
 
 from worker.app import app
 from worker.contract import TASK_GENERATE, JobMessage
-from worker.errors import InvalidJob
+from worker.errors import GenqError, InvalidJob, StorageUnavailable
 from worker.generation import get_service
 
 __all__ = ["generate"]
 
 log = logging.getLogger(__name__)
+
+#: Countdown before a job retries when the job store (Redis) could not be reached.
+REDIS_RETRY_S = 5.0
 
 
 @app.task(name=TASK_GENERATE, bind=True, max_retries=None)
@@ -35,7 +38,15 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> dict[str, Any] | None
             invalid = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
             service.fail(job_id, invalid)
         return None
-    outcome = service.run(message, retries_done=self.request.retries)
+    try:
+        outcome = service.run(message, retries_done=self.request.retries)
+    except StorageUnavailable as exc:
+        # Redis (the job store) is down: try again later rather than lose the job.
+        raise self.retry(countdown=REDIS_RETRY_S) from exc
+    except Exception as exc:
+        # Never leave a record "running" forever: say it failed, then let Celery log it.
+        service.fail(message.job_id, GenqError(f"internal error ({type(exc).__name__})"))
+        raise
     if outcome.retry_in is not None:
         # The only retry layer: the slot is freed while the countdown runs.
         raise self.retry(countdown=outcome.retry_in)

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.routes.jobs import POLL_AFTER_S, enqueue
 from api.schemas import Job, JobCreate
+from worker.errors import StorageUnavailable
 from worker.records import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -50,7 +51,10 @@ async def generate(
 
 
 def _reload(store: StoreDep, record: JobRecord) -> JobRecord:
-    return store.get(record.id) or record
+    try:
+        return store.get(record.id) or record
+    except StorageUnavailable:
+        return record  # answered as still running (202 + Location) if it stays so
 
 
 def _answer(record: JobRecord) -> Response:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
+import redis
 from celery import Celery
 from fastapi import APIRouter, HTTPException, Response, status
 from kombu.exceptions import OperationalError
@@ -52,8 +54,9 @@ def enqueue(
             queue=QUEUE_INTERACTIVE,
             ignore_result=True,
         )
-    except (OperationalError, OSError) as exc:
-        store.delete(job_id)
+    except (OperationalError, OSError, redis.RedisError) as exc:
+        with contextlib.suppress(StorageUnavailable):  # the same Redis may be down
+            store.delete(job_id)
         log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": type(exc).__name__})
         raise _unavailable("the broker") from exc
     JOBS_SUBMITTED.inc()

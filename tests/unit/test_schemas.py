@@ -64,3 +64,14 @@ def test_authentication_matches_configured_keys_only() -> None:
     assert admin is not None and admin.admin
     assert authenticate("user-ke", settings) is None
     assert "user-key" not in owner_of("user-key")
+
+
+def test_only_allowed_models_may_be_named() -> None:
+    """With GENQ_ALLOWED_MODELS set, another model is a 422 at body.model; the default passes."""
+    settings = Settings(allowed_models="org/a", upstream_model="org/default")  # type: ignore[arg-type]
+    with pytest.raises(RequestValidationError) as info:
+        check_limits(GenerateRequest(prompt="x", model="org/other"), settings)
+    assert info.value.errors()[0]["loc"] == ("body", "model")
+    check_limits(GenerateRequest(prompt="x", model="org/a"), settings)
+    check_limits(GenerateRequest(prompt="x", model="org/default"), settings)
+    check_limits(GenerateRequest(prompt="x", model="anything"), Settings())

@@ -52,6 +52,9 @@ def test_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"TASK_SOFT_TIME_LIMIT_S": "95"}, "SOFT_TIME_LIMIT"),
         ({"UPSTREAM_TIMEOUT_S": "61"}, "UPSTREAM_TIMEOUT"),
         ({"BREAKER_FAIL_MAX": "-1"}, "breaker_fail_max"),
+        ({"RETRY_BASE_S": "40"}, "RETRY_BASE_S"),
+        ({"BREAKER_MAX_RESET_TIMEOUT_S": "10"}, "MAX_RESET_TIMEOUT"),
+        ({"BREAKER_WINDOW_S": "10"}, "together"),
     ],
 )
 def test_bad_values_fail_at_start_up(
