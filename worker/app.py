@@ -73,9 +73,10 @@ def _lazy_config() -> dict[str, Any]:
 
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
-def _format_logs(logger: logging.Logger, **_: Any) -> None:
-    # Celery sets up its handlers; genq gives them its event-with-fields format.
-    configure_logging(get_settings(), handlers=logger.handlers)
+def _format_logs(logger: logging.Logger, loglevel: int | None = None, **_: Any) -> None:
+    # Celery sets up its handlers; genq gives them its event-with-fields format, and its
+    # own loggers the worker's --loglevel unless GENQ_LOG_LEVEL says otherwise.
+    configure_logging(get_settings(), handlers=logger.handlers, level=loglevel)
 
 
 app = Celery("genq", include=["worker.tasks"])

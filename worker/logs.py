@@ -53,9 +53,12 @@ def formatter_for(settings: Settings) -> logging.Formatter:
     return KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def configure_logging(settings: Settings, handlers: list[logging.Handler] | None = None) -> None:
+def configure_logging(
+    settings: Settings, handlers: list[logging.Handler] | None = None, level: int | None = None
+) -> None:
     """Give ``handlers`` (default: a stderr handler on the root logger) genq's format, and
-    genq's own loggers (``worker``, ``api``) the level ``GENQ_LOG_LEVEL``."""
+    genq's own loggers (``worker``, ``api``) their level: ``GENQ_LOG_LEVEL`` when set, else
+    ``level`` (the worker's ``--loglevel``), else INFO."""
     root = logging.getLogger()
     if handlers is None:
         if not root.handlers:
@@ -63,5 +66,7 @@ def configure_logging(settings: Settings, handlers: list[logging.Handler] | None
         handlers = root.handlers
     for handler in handlers:
         handler.setFormatter(formatter_for(settings))
+    explicit = "log_level" in settings.model_fields_set
+    chosen: int | str = settings.log_level if explicit or level is None else level
     for name in GENQ_LOGGERS:
-        logging.getLogger(name).setLevel(settings.log_level)
+        logging.getLogger(name).setLevel(chosen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from worker.logs import KeyValueFormatter, formatter_for
+from worker.logs import KeyValueFormatter, configure_logging, formatter_for
 from worker.settings import Settings
 
 
@@ -35,3 +35,13 @@ def test_production_logs_one_json_object_with_the_fields() -> None:
 def test_development_defaults_to_text() -> None:
     """Without GENQ_LOG_FORMAT, development gets key=value text."""
     assert isinstance(formatter_for(Settings(env="development")), KeyValueFormatter)
+
+
+def test_genq_loggers_follow_the_worker_level_unless_set() -> None:
+    """Unset GENQ_LOG_LEVEL: the worker's --loglevel wins; set: the setting wins."""
+    configure_logging(Settings(), handlers=[], level=logging.WARNING)
+    assert logging.getLogger("worker").level == logging.WARNING
+    configure_logging(Settings(log_level="DEBUG"), handlers=[], level=logging.WARNING)
+    assert logging.getLogger("worker").level == logging.DEBUG
+    configure_logging(Settings(), handlers=[], level=None)
+    assert logging.getLogger("worker").level == logging.INFO
