@@ -41,15 +41,19 @@ def _redis() -> redis.Redis:
 RedisDep = Annotated[redis.Redis, Depends(_redis)]
 
 
+def _unreachable(what: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"breaker state is unreachable (Redis); {what}",
+        headers={"Retry-After": "5"},
+    )
+
+
 def _circuits(client: redis.Redis) -> list[Circuit]:
     try:
         return [Circuit.model_validate(c) for c in breaker.list_circuits(client)]
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="breaker state is unreachable (Redis); try again shortly",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise _unreachable("try again shortly") from exc
 
 
 @router.get("/v1/circuits", response_model=list[Circuit])
@@ -94,8 +98,4 @@ def control_circuit(
         _ACTIONS[action](client, name)
         return Circuit.model_validate(breaker.snapshot(client, name))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="breaker state is unreachable (Redis); nothing was changed",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise _unreachable("nothing was changed") from exc
