@@ -24,7 +24,7 @@ from bench.harness import (
 from bench.report import machine, write_section
 
 CASES = [(0, 800), (50, 800)]  # (simulator latency ms, jobs per run)
-REPEATS = 3  # genq and bare alternate; the table shows medians
+REPEATS = 5  # genq and bare alternate; the table shows medians
 POOLS = [("threads", 8, 1000), ("threads", 16, 1000), ("threads", 32, 1000), ("prefork", 2, 300)]
 
 
