@@ -3,6 +3,10 @@
 Same broker settings as genq (``worker.app.celery_config``), same pool and concurrency;
 the task body is what a hand-written Celery task would do: POST to the upstream with a
 pooled ``requests.Session`` and write its answer to Redis. Run by bench/throughput_bench.py.
+
+Transport: kombu's own Redis transport, as a bare Celery app has, unless
+``BENCH_BARE_TRANSPORT=genq`` gives it genq's (worker/transport.py) — the benches run
+both, so genq's task overhead and its transport's saving are reported apart.
 """
 
 from __future__ import annotations
@@ -18,8 +22,16 @@ from celery import Celery
 from worker.app import celery_config
 from worker.settings import get_settings
 
+
+def _config() -> dict[str, object]:
+    config = celery_config(get_settings())
+    if os.environ.get("BENCH_BARE_TRANSPORT", "stock") != "genq":
+        config["broker_transport"] = None  # kombu's, chosen by the URL's scheme
+    return config
+
+
 app = Celery("genq-bench-bare")
-app.add_defaults(lambda: celery_config(get_settings()))
+app.add_defaults(_config)
 
 
 @functools.cache

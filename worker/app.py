@@ -35,6 +35,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": url,
+        # kombu's Redis transport minus a client construction per delivery and per ack
+        # (worker/transport.py); settings accept redis:// and rediss:// URLs only.
+        "broker_transport": "worker.transport:Transport",
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"socket_timeout": settings.redis_socket_timeout_s},
