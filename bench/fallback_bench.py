@@ -48,7 +48,7 @@ from worker.upstream import UpstreamTarget
 # corpus as bench/fallback_micro_bench.py): what a retrieval-augmented job carries.
 _DOCS, _VOCAB = corpus()
 CONTEXT = [doc.model_dump(exclude_none=True) for doc in _DOCS[:5]]
-OPEN_REPEATS = 3
+OPEN_REPEATS = 5
 
 
 def _requests(n: int) -> list[dict[str, object]]:
