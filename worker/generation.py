@@ -42,7 +42,7 @@ from worker.errors import (
     UpstreamRejected,
 )
 from worker.excerpt import build_excerpt
-from worker.records import ExtraSet, JobStore, utcnow
+from worker.records import CacheMiss, ExtraSet, JobStore, utcnow
 from worker.settings import Settings, get_settings
 from worker.upstream import Generation, UpstreamTarget, generate
 
@@ -110,8 +110,10 @@ class GenerationService:
         target = self._target_for(request.model)
         key = cache_key(target.protocol, target.model, request) if request.cache != "off" else None
         started = time.perf_counter()
-        if key and request.cache == "prefer" and (hit := self.cache.get(key)):
-            return self._finish(message, _from_cache(hit, None, None, None, started), None)
+        if key and request.cache == "prefer":
+            answered = self._answer_from_cache(message, key, None, None, started)
+            if answered is not None:
+                return answered
         try:
             generation = self._breaker_for(target).call(self._start_and_call, message, target)
         except JobFinished:
@@ -157,10 +159,11 @@ class GenerationService:
         circuit = exc.circuit if isinstance(exc, CircuitOpenError) else None
         if request.fallback == "none":
             return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
-        hit = self.cache.get(key) if key else None
-        if hit is not None:
-            result = _from_cache(hit, reason, circuit, exc.retry_after, started)
-            return self._finish(message, result, attempt)
+        if key:
+            why = (reason, circuit, exc.retry_after)
+            answered = self._answer_from_cache(message, key, attempt, why, started)
+            if answered is not None:
+                return answered
         excerpt = build_excerpt(request.prompt, request.context, self.settings.excerpt_max_chars)
         if excerpt is None:
             return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
@@ -176,6 +179,40 @@ class GenerationService:
             citations=excerpt.citations,
         )
         return self._finish(message, result, attempt)
+
+    def _answer_from_cache(
+        self,
+        message: JobMessage,
+        key: str,
+        attempt: Attempt | None,
+        why: tuple[FallbackReason, str | None, float | None] | None,
+        started: float,
+    ) -> Outcome | None:
+        """Answer from the cache entry under ``key``, if any: looked up and recorded in one
+        round trip (``latency_ms`` is the time before it). None on a miss."""
+        reason, circuit, retry_after = why or (None, None, None)
+        fields = JobResult(
+            text="",
+            model="",
+            source="cache",
+            degraded=True,
+            latency_ms=_ms_since(started),
+            fallback_reason=reason,
+            circuit=circuit,
+            retry_after=retry_after,
+        )
+        started_at = attempt.at if attempt else utcnow()
+        recorded = self.store.finish_from_cache(message.job_id, key, fields, attempt, started_at)
+        if isinstance(recorded, JobResult):
+            _log_served(message.job_id, recorded)
+            return Outcome(result=recorded)
+        if recorded is CacheMiss.JOB_FINAL:
+            log.info("generation.already_final", extra={"job_id": message.job_id})
+            return Outcome()
+        if recorded is CacheMiss.UNREADABLE:
+            # Not an entry genq wrote, or text with a lone surrogate (no result can hold it).
+            log.warning("cache.corrupt", extra={"key": key})
+        return None
 
     def _retry(self, message: JobMessage, exc: UpstreamError, retries_done: int) -> Outcome:
         delay = self.retry_policy.delay(retries_done, exc.retry_after)
@@ -199,15 +236,15 @@ class GenerationService:
             message.job_id, result=result, attempt=attempt, also_set=also_set, started_at=started_at
         )
         if result.degraded:
-            log.info(
-                "fallback.served",
-                extra={
-                    "job_id": message.job_id,
-                    "source": result.source,
-                    "reason": result.fallback_reason,
-                },
-            )
+            _log_served(message.job_id, result)
         return Outcome(result=result)
+
+
+def _log_served(job_id: str, result: JobResult) -> None:
+    log.info(
+        "fallback.served",
+        extra={"job_id": job_id, "source": result.source, "reason": result.fallback_reason},
+    )
 
 
 def _unavailable(exc: GenqError, rejected: bool) -> GenqError:
@@ -218,26 +255,6 @@ def _unavailable(exc: GenqError, rejected: bool) -> GenqError:
         f"the upstream is unavailable ({exc.message}) and this job has no fallback; "
         "retry after the time given",
         retry_after=exc.retry_after,
-    )
-
-
-def _from_cache(
-    hit: CachedGeneration,
-    reason: FallbackReason | None,
-    circuit: str | None,
-    retry_after: float | None,
-    started: float,
-) -> JobResult:
-    return JobResult(
-        text=hit.text,
-        model=hit.model,
-        source="cache",
-        degraded=True,
-        latency_ms=_ms_since(started),
-        usage=hit.usage,
-        fallback_reason=reason,
-        circuit=circuit,
-        retry_after=retry_after,
     )
 
 

@@ -12,6 +12,7 @@ is redelivered after its worker died can be run again and recorded again safely.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import time
@@ -23,46 +24,33 @@ import redis
 from pydantic import BaseModel
 
 from worker import keys
+from worker._records_scripts import FINISH_FROM_CACHE, MARK_RUNNING, WRITE_UNLESS_FINAL
 from worker.contract import Attempt, JobError, JobResult, JobStatus
 from worker.errors import StorageUnavailable
 
-__all__ = ["ExtraSet", "JobRecord", "JobStore", "utcnow"]
+__all__ = ["CacheMiss", "ExtraSet", "JobRecord", "JobStore", "utcnow"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Moves a job to ``running`` unless it is missing or already final: a redelivered copy
-# of a job that did finish must not reopen it.
-_MARK_RUNNING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# Writes fields (and appends an attempt) unless the job is missing or already final, in
-# one round trip: the first final answer wins, whichever copy of a job gives it.
-# KEYS: job hash, attempts list[, one more key to SET with the answer (the cache's)].
-# ARGV: ttl, attempt JSON or '', started_at or '' (kept if already set: a job answered
-# without being marked running still gets one), extra value, extra ttl, field, value, ...
-_WRITE_UNLESS_FINAL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status == 'succeeded' or status == 'failed' then return 0 end
-if ARGV[2] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-if ARGV[3] ~= '' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
 #: A key, value and TTL (seconds) to write along with a job's final record.
 ExtraSet = tuple[str, bytes, int]
+
+
+class CacheMiss(enum.Enum):
+    """Why :meth:`JobStore.finish_from_cache` recorded nothing."""
+
+    NO_ENTRY = "no_entry"
+    UNREADABLE = "unreadable"
+    JOB_FINAL = "job_final"
+
+
+_CACHE_REPLIES = {
+    -1: CacheMiss.JOB_FINAL,
+    0: CacheMiss.JOB_FINAL,
+    -2: CacheMiss.NO_ENTRY,
+    -3: CacheMiss.UNREADABLE,
+}
 
 
 def utcnow() -> str:
@@ -90,8 +78,9 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self._mark_running = client.register_script(_MARK_RUNNING)
-        self._write_unless_final = client.register_script(_WRITE_UNLESS_FINAL)
+        self._mark_running = client.register_script(MARK_RUNNING)
+        self._write_unless_final = client.register_script(WRITE_UNLESS_FINAL)
+        self._finish_from_cache = client.register_script(FINISH_FROM_CACHE)
 
     def create(self, job_id: str, owner: str) -> JobRecord:
         """Write a new ``queued`` record; raises StorageUnavailable if Redis is down."""
@@ -173,6 +162,35 @@ class JobStore:
             fields["error"] = error.model_dump_json(exclude_none=True)
         write = functools.partial(self._write, job_id, fields, attempt, started_at, also_set)
         return _until_redis_answers(write, wait_for_redis_s) == 1
+
+    def finish_from_cache(
+        self,
+        job_id: str,
+        cache_key: str,
+        fields: JobResult,
+        attempt: Attempt | None,
+        started_at: str,
+    ) -> JobResult | CacheMiss:
+        """Record the answer cached under ``cache_key``, in the round trip that reads it.
+
+        ``fields`` gives everything but text, model and usage, which come from the entry.
+        Returns the result recorded, or why nothing was: no entry (or Redis unreachable:
+        the caller's own final write waits for it), an unreadable entry, or a job that is
+        gone or already final.
+        """
+        tail = fields.model_dump_json(exclude_defaults=True, exclude={"text", "model", "usage"})
+        encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
+        job_keys = [keys.job(job_id), keys.job_attempts(job_id), cache_key]
+        try:
+            reply = self._finish_from_cache(
+                keys=job_keys, args=[self._ttl_s, encoded, started_at, utcnow(), tail]
+            )
+        except redis.RedisError as exc:
+            log.warning("cache.unavailable", extra={"op": "get", "error": type(exc).__name__})
+            return CacheMiss.NO_ENTRY
+        if isinstance(reply, str):
+            return JobResult.model_validate_json(reply)
+        return _CACHE_REPLIES[int(reply)]
 
     def _write(
         self,

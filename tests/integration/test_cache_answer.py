@@ -1,0 +1,187 @@
+"""A cached answer looked up and recorded in one Lua round trip (JobStore.finish_from_cache):
+the record reads exactly as the Python path would have written it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker import breaker
+from worker.cache import CachedGeneration, ResultCache, cache_key
+from worker.contract import (
+    Attempt,
+    ContextDoc,
+    GenerateRequest,
+    JobMessage,
+    JobResult,
+    JobStatus,
+)
+from worker.generation import GenerationService, breaker_factory
+from worker.records import CacheMiss, JobStore, utcnow
+from worker.settings import Settings
+from worker.upstream import UpstreamTarget
+
+pytestmark = pytest.mark.integration
+
+TRICKY_TEXTS = [
+    "plain",
+    "",
+    'quotes " and \\ backslashes / slashes',
+    "lines\nand\ttabs\r\nand \x01 controls",
+    "ünïcødé, 中文, emoji 🙂, combining é",
+    "x" * 20_000,
+]
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> JobStore:
+    return JobStore(client, ttl_s=60)
+
+
+@pytest.fixture
+def cache(client: redis.Redis) -> ResultCache:
+    return ResultCache(client, ttl_s=60, max_entry_bytes=1 << 20)
+
+
+@pytest.fixture
+def job_id(store: JobStore) -> str:
+    job_id = uuid.uuid4().hex
+    store.create(job_id, owner="o")
+    return job_id
+
+
+@pytest.fixture
+def key() -> str:
+    return f"genq:test:cache:{uuid.uuid4().hex}"
+
+
+def fields(**extra: object) -> JobResult:
+    """What the service passes: everything but text, model and usage."""
+    values: dict[str, object] = {
+        "text": "",
+        "model": "",
+        "source": "cache",
+        "degraded": True,
+        "latency_ms": 0.25,
+        "fallback_reason": "circuit_open",
+        "circuit": "hf~sim/models/m~m",
+        "retry_after": 1.5,
+        **extra,
+    }
+    return JobResult.model_validate(values)
+
+
+def rejected() -> Attempt:
+    return Attempt.model_validate({"at": utcnow(), "outcome": "rejected", "error_type": "x"})
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+@pytest.mark.parametrize("usage", [None, {}, {"prompt_tokens": 3, "completion_tokens": 40}])
+def test_the_record_holds_the_entry_and_the_given_fields(
+    store: JobStore,
+    cache: ResultCache,
+    job_id: str,
+    key: str,
+    text: str,
+    usage: dict[str, int] | None,
+) -> None:
+    cache.put(key, CachedGeneration(text, "model-a", usage, 1_700_000_000.5))
+    attempt = rejected()
+    recorded = store.finish_from_cache(job_id, key, fields(), attempt, attempt.at)
+    expected = fields(text=text, model="model-a", usage=usage)
+    assert recorded == expected
+    record = store.get(job_id)
+    assert record is not None
+    assert record.status == JobStatus.SUCCEEDED
+    assert record.result == expected
+    assert record.attempts == [attempt]
+    assert record.started_at == attempt.at
+    assert record.finished_at is not None
+
+
+def test_no_entry_records_nothing(store: JobStore, job_id: str, key: str) -> None:
+    assert store.finish_from_cache(job_id, key, fields(), rejected(), utcnow()) is (
+        CacheMiss.NO_ENTRY
+    )
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.attempts) == (JobStatus.QUEUED, [])
+
+
+def test_a_final_or_missing_job_is_left_alone(
+    store: JobStore, cache: ResultCache, job_id: str, key: str
+) -> None:
+    cache.put(key, CachedGeneration("cached", "m", None, 1.0))
+    first = JobResult(text="first", model="m", source="upstream", degraded=False, latency_ms=1)
+    store.finish(job_id, result=first)
+    assert store.finish_from_cache(job_id, key, fields(), None, utcnow()) is CacheMiss.JOB_FINAL
+    assert store.get(job_id).result == first  # type: ignore[union-attr]
+    gone = uuid.uuid4().hex
+    assert store.finish_from_cache(gone, key, fields(), None, utcnow()) is CacheMiss.JOB_FINAL
+    assert store.get(gone) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not json",
+        '["a list"]',
+        '{"text": 1, "model": "m", "created_at": 1}',
+        '{"text": "t", "model": "m"}',
+        '{"text": "t", "model": "m", "created_at": 1, "usage": {"n": 1.5}}',
+        '{"text": "t", "model": "m", "created_at": 1, "usage": "many"}',
+        # Valid JSON that Lua's decoder refuses: a lone surrogate (no result can hold it).
+        '{"created_at":1,"model":"m","text":"\\ud800 half a pair","usage":null}',
+    ],
+)
+def test_an_entry_lua_cannot_read_is_left_to_python(
+    store: JobStore, client: redis.Redis, job_id: str, key: str, raw: str
+) -> None:
+    client.set(key, raw)
+    assert store.finish_from_cache(job_id, key, fields(), rejected(), utcnow()) is (
+        CacheMiss.UNREADABLE
+    )
+    assert store.get(job_id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+
+
+def test_unreachable_redis_is_a_miss(job_id: str) -> None:
+    down = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    store = JobStore(down, ttl_s=60)
+    assert store.finish_from_cache(job_id, "k", fields(), None, utcnow()) is CacheMiss.NO_ENTRY
+
+
+def test_the_service_answers_past_an_unreadable_entry(
+    genq_settings: Settings,
+    client: redis.Redis,
+    store: JobStore,
+    cache: ResultCache,
+    job_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Circuit open, the cache entry is not one genq wrote: the excerpt answers."""
+    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
+    doc = ContextDoc(id="d1", text="Redis keeps the cache. The excerpt quotes documents.")
+    request = GenerateRequest(prompt=f"where is the cache {job_id}", context=[doc])
+    target = UpstreamTarget.from_settings(genq_settings)
+    client.set(cache_key(target.protocol, target.model, request), "not an entry")
+    breaker.force_open(client, target.name)
+    try:
+        outcome = service.run(JobMessage(job_id=job_id, request=request))
+    finally:
+        breaker.reset(client, target.name)
+    assert outcome.result is not None
+    assert outcome.result.source == "excerpt"
+    assert store.get(job_id).result == outcome.result  # type: ignore[union-attr]
+    assert "cache.corrupt" in caplog.text
