@@ -219,23 +219,44 @@ def _rows(env: Env, keys: list[str], *fields: str) -> list[list[str | None]]:
     return pipe.execute()  # type: ignore[no-any-return]
 
 
-def drain_rate_genq(env: Env, ids: list[str], timeout_s: float = 300) -> float:
-    """Jobs/s between the first job's start and the last job's finish."""
-    wait_drained(env, timeout_s)
+def genq_times(env: Env, ids: list[str]) -> tuple[list[float], list[float]]:
+    """Start and finish epochs of finished genq jobs (their records' timestamps)."""
     done = _rows(env, [f"genq:job:{i}" for i in ids], "status", "started_at", "finished_at")
     if not all(row[0] in ("succeeded", "failed") for row in done):
         raise RuntimeError("the queue drained but some genq jobs are not final")
-    starts = [_epoch(r[1]) for r in done if r[1]]
-    ends = [_epoch(r[2]) for r in done if r[2]]
+    return [_epoch(r[1]) for r in done if r[1]], [_epoch(r[2]) for r in done if r[2]]
+
+
+def bare_times(env: Env, ids: list[str]) -> tuple[list[float], list[float]]:
+    """Start and finish epochs the baseline tasks recorded."""
+    done = _rows(env, [f"bench:bare:{i}" for i in ids], "started", "finished")
+    if not all(row[1] for row in done):
+        raise RuntimeError("the queue drained but some bare jobs did not record")
+    return [float(r[0]) for r in done if r[0]], [float(r[1]) for r in done if r[1]]
+
+
+def drain_rate_genq(env: Env, ids: list[str], timeout_s: float = 300) -> float:
+    """Jobs/s between the first job's start and the last job's finish."""
+    wait_drained(env, timeout_s)
+    starts, ends = genq_times(env, ids)
     return len(ids) / (max(ends) - min(starts))
 
 
 def drain_rate_bare(env: Env, ids: list[str], timeout_s: float = 300) -> float:
     wait_drained(env, timeout_s)
-    done = _rows(env, [f"bench:bare:{i}" for i in ids], "started", "finished")
-    if not all(row[1] for row in done):
-        raise RuntimeError("the queue drained but some bare jobs did not record")
-    return len(ids) / (max(float(r[1]) for r in done) - min(float(r[0]) for r in done))  # type: ignore[arg-type]
+    starts, ends = bare_times(env, ids)
+    return len(ids) / (max(ends) - min(starts))
+
+
+def overlap_rates(*runs: tuple[list[float], list[float]]) -> list[float]:
+    """Each run's jobs/s over the window all of them were draining at once: jobs
+    finished inside it / its length. Two workers started together finish apart; the
+    slower one's tail, run alone, must not count."""
+    begin = max(min(starts) for starts, _ in runs)
+    end = min(max(ends) for _, ends in runs)
+    if end <= begin:
+        raise RuntimeError("the runs did not overlap")
+    return [sum(begin <= t <= end for t in ends) / (end - begin) for _, ends in runs]
 
 
 def reset(env: Env) -> None:
