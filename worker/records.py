@@ -188,7 +188,7 @@ class JobStore:
         except redis.RedisError as exc:
             log.warning("cache.unavailable", extra={"op": "get", "error": type(exc).__name__})
             return CacheMiss.NO_ENTRY
-        if isinstance(reply, str):
+        if isinstance(reply, str | bytes):  # the result JSON written (str or bytes client)
             return JobResult.model_validate_json(reply)
         return _CACHE_REPLIES[int(reply)]
 

@@ -185,3 +185,15 @@ def test_the_service_answers_past_an_unreadable_entry(
     assert outcome.result.source == "excerpt"
     assert store.get(job_id).result == outcome.result  # type: ignore[union-attr]
     assert "cache.corrupt" in caplog.text
+
+
+def test_a_bytes_client_reads_the_result_too(
+    redis_url: str, cache: ResultCache, job_id: str, key: str
+) -> None:
+    raw_client = redis.Redis.from_url(redis_url)  # replies as bytes
+    cache.put(key, CachedGeneration("cached", "m", None, 1.0))
+    recorded = JobStore(raw_client, ttl_s=60).finish_from_cache(
+        job_id, key, fields(), None, utcnow()
+    )
+    assert recorded == fields(text="cached", model="m")
+    raw_client.close()
