@@ -191,12 +191,15 @@ def main(n: int = 10_000, closed_n: int = 1_000) -> None:
         "rates over the window both were draining; the VM's drift hits both alike. "
         f"genq / bare in {PAIRED_REPEATS} runs: "
         + ", ".join(f"{p:.2f}" for p in paired)
-        + f" (median {statistics.median(paired):.2f}; target ≥ 0.8: "
-        f"{ok(statistics.median(paired) >= 0.8)}).",
+        + f" (median {statistics.median(paired):.2f}). Supporting evidence: two workers, "
+        "two redis-servers and two simulators share the 2 cores here, so this is not the "
+        "single-worker setting of the table, where the target is judged.",
         "",
         f"Worker-side fallback latency over {degraded} degraded answers in the "
-        f"{OPEN_REPEATS} genq runs (cache lookup or excerpt build): p50 {p50:.2f} ms, p99 "
-        f"{p99:.2f} ms (target p99 < 5 ms: {ok(p99 < 5)}).",
+        f"{OPEN_REPEATS} genq runs (each result's `latency_ms`: the worker's time before the "
+        "round trip that records the answer; for a cache answer that round trip is also "
+        "the lookup, an excerpt answer includes its cache-miss lookup): p50 "
+        f"{p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms: {ok(p99 < 5)}).",
     ]
     write_section("fallback", "\n".join(lines))
 

@@ -41,13 +41,42 @@ return 1
 # result's other fields as JSON ('{"source":"cache",...}'). The entry is checked as
 # CachedGeneration.decode checks it; text, model and usage are spliced into the result.
 # Returns the result JSON written, or -1 (no job), 0 (job final), -2 (no entry),
-# -3 (not an entry genq wrote, or one with a lone surrogate, which no result can hold).
+# -3 (not an entry genq wrote: not UTF-8, not the fields CachedGeneration has, or text
+# with a lone surrogate, which no result can hold).
 FINISH_FROM_CACHE = """
+-- cjson passes bytes through: text that is not UTF-8 would make an unreadable record.
+local function utf8_ok(s)
+  if not string.find(s, '[\\128-\\255]') then return true end
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    local len, lo, hi = 1, 0x80, 0xBF
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    else return false end
+    if i + len - 1 > n then return false end
+    for j = i + 1, i + len - 1 do
+      local b = string.byte(s, j)
+      if j == i + 1 then
+        if b < lo or b > hi then return false end
+      elseif b < 0x80 or b > 0xBF then return false end
+    end
+    i = i + len
+  end
+  return true
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'succeeded' or status == 'failed' then return 0 end
 local raw = redis.call('GET', KEYS[3])
 if not raw then return -2 end
+if not utf8_ok(raw) then return -3 end
 local ok, entry = pcall(cjson.decode, raw)
 if not ok or type(entry) ~= 'table' or type(entry.text) ~= 'string'
   or type(entry.model) ~= 'string' or type(entry.created_at) ~= 'number' then return -3 end

@@ -33,11 +33,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
     }
+    tls = url.startswith("rediss://")
     return {
         "broker_url": url,
         # kombu's Redis transport minus a client construction per delivery and per ack
-        # (worker/transport.py); settings accept redis:// and rediss:// URLs only.
-        "broker_transport": "worker.transport:Transport",
+        # (worker/transport.py). Not for rediss://: kombu turns TLS on from the scheme,
+        # which a transport named here would hide.
+        "broker_transport": None if tls else "worker.transport:Transport",
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"socket_timeout": settings.redis_socket_timeout_s},

@@ -186,7 +186,9 @@ class JobStore:
                 keys=job_keys, args=[self._ttl_s, encoded, started_at, utcnow(), tail]
             )
         except redis.RedisError as exc:
-            log.warning("cache.unavailable", extra={"op": "get", "error": type(exc).__name__})
+            down = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+            event = "cache.unavailable" if down else "cache.failed"
+            log.warning(event, extra={"op": "finish_from_cache", "error": type(exc).__name__})
             return CacheMiss.NO_ENTRY
         if isinstance(reply, str | bytes):  # the result JSON written (str or bytes client)
             return JobResult.model_validate_json(reply)

@@ -8,7 +8,8 @@ queue of fast jobs (docs/benchmarks.md). A ``redis.Redis`` is safe to share betw
 threads (each command borrows a connection from the pool), so this channel keeps one
 for as long as its connection pool lives; everything else is kombu's.
 
-Selected by ``worker.app.celery_config`` (``broker_transport``) for genq's Redis broker.
+Selected by ``worker.app.celery_config`` (``broker_transport``) for ``redis://`` brokers;
+``rediss://`` keeps kombu's own, which turns TLS on from the URL's scheme.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Channel(kombu_redis.Channel):
             yield client
             return
         shared = self._shared_client
-        if shared is None:
-            # Two threads may both build one here; either is valid, one is kept.
+        if shared is None or shared.connection_pool is not self._pool:  # type: ignore[attr-defined]
+            # First use, or the pool was replaced (close, fork, reconnect) after this
+            # client was made. Two threads may both build one; either is valid.
             shared = self._shared_client = self._create_client()  # type: ignore[attr-defined]
         yield shared
 

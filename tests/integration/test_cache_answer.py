@@ -156,6 +156,23 @@ def test_an_entry_lua_cannot_read_is_left_to_python(
     assert store.get(job_id).status == JobStatus.QUEUED  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    "text_bytes",
+    [b"\xff bad byte", b"\xed\xa0\x80 encoded surrogate", b"\xc0\xaf overlong", b"cut \xe2\x82"],
+)
+def test_an_entry_that_is_not_utf8_is_unreadable(
+    store: JobStore, redis_url: str, job_id: str, key: str, text_bytes: bytes
+) -> None:
+    """cjson would copy the bytes into the record, which no client could then read."""
+    raw_client = redis.Redis.from_url(redis_url)
+    raw_client.set(key, b'{"created_at":1,"model":"m","text":"' + text_bytes + b'"}')
+    raw_client.close()
+    assert store.finish_from_cache(job_id, key, fields(), rejected(), utcnow()) is (
+        CacheMiss.UNREADABLE
+    )
+    assert store.get(job_id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+
+
 def test_unreachable_redis_is_a_miss(job_id: str) -> None:
     down = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     store = JobStore(down, ttl_s=60)

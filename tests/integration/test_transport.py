@@ -24,13 +24,24 @@ def connection(redis_url: str) -> Iterator[Connection]:
 
 
 def test_genq_celery_apps_use_it(redis_url: str) -> None:
-    for url in (redis_url, "rediss://localhost:6380/0"):
-        config = celery_config(Settings(redis_url=url))
-        assert config["broker_transport"] == "worker.transport:Transport"
+    assert celery_config(Settings(redis_url=redis_url))["broker_transport"] == (
+        "worker.transport:Transport"
+    )
     app = Celery("genq-transport-test", set_as_current=False)
     app.conf.update(celery_config(Settings(redis_url=redis_url)))
     with app.connection_for_write() as conn:
         assert isinstance(conn.default_channel, Channel)
+
+
+def test_a_tls_broker_keeps_kombus_transport_and_its_tls() -> None:
+    """kombu turns TLS on from the rediss:// scheme; a named transport would hide it."""
+    settings = Settings(redis_url="rediss://localhost:6380/0?ssl_cert_reqs=required")
+    config = celery_config(settings)
+    assert config["broker_transport"] is None
+    app = Celery("genq-tls-test", set_as_current=False)
+    app.conf.update(config)
+    with app.connection_for_write() as conn:
+        assert conn.ssl
 
 
 def test_a_channel_reuses_one_client_until_its_pools_go(connection: Connection) -> None:
@@ -44,6 +55,11 @@ def test_a_channel_reuses_one_client_until_its_pools_go(connection: Connection) 
     channel._disconnect_pools()  # what kombu does after a fork and on close
     with channel.conn_or_acquire() as third:
         assert third is not first
+    # A client cached just before its pool was dropped is not reused.
+    channel._shared_client = first
+    with channel.conn_or_acquire() as fourth:
+        assert fourth is not first
+        assert fourth.connection_pool is channel._pool
 
 
 def test_messages_are_delivered_tracked_unacked_and_acked(
