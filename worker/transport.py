@@ -40,11 +40,6 @@ class Channel(kombu_redis.Channel):
             shared = self._shared_client = self._create_client()  # type: ignore[attr-defined]
         yield shared
 
-    def _disconnect_pools(self) -> None:
-        # The client belongs to the pool being dropped (close, fork, reconnect).
-        self._shared_client = None
-        super()._disconnect_pools()  # type: ignore[misc]
-
 
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`."""

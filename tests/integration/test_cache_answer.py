@@ -4,7 +4,6 @@ the record reads exactly as the Python path would have written it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -39,10 +38,9 @@ TRICKY_TEXTS = [
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
+def client(r: redis.Redis) -> redis.Redis:
+    """The session's redis-server (conftest's decoded client)."""
+    return r
 
 
 @pytest.fixture
