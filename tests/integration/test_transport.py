@@ -3,13 +3,16 @@ kombu's delivery, ack and unacked bookkeeping."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Queue
+from kombu import Connection, Consumer, Queue
 
+from worker import transport
 from worker.app import celery_config
 from worker.settings import Settings
 from worker.transport import Channel
@@ -80,6 +83,62 @@ def test_messages_are_delivered_tracked_unacked_and_acked(
             assert not r.hexists("unacked", message.delivery_tag)
     assert received == [0, 1, 2]
     assert r.llen(queue_name) == 0
+    assert r.zcard("unacked_index") == 0
+
+
+def test_a_rejected_message_is_forgotten_or_requeued(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for i in range(2):
+            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    with connection.SimpleQueue(queue) as simple:
+        dropped = simple.get(timeout=5)
+        dropped.reject()
+        assert not r.hexists("unacked", dropped.delivery_tag)
+        assert r.zscore("unacked_index", dropped.delivery_tag) is None
+        kept = simple.get(timeout=5)
+        kept.reject(requeue=True)
+        assert simple.get(timeout=5).payload == {"n": 1}
+
+
+def test_kombus_restore_reads_what_it_records(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    """A worker that dies holding a message: kombu's restore puts it back on its queue."""
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        producer.publish({"n": 7}, routing_key=queue_name, declare=[queue])
+    channel = connection.channel()
+    message = channel.basic_get(queue_name)
+    assert message is not None
+    tag = message.delivery_tag
+    assert r.zscore("unacked_index", tag) is not None
+    channel.qos.restore_by_tag(tag)
+    assert not r.hexists("unacked", tag)
+    with connection.SimpleQueue(queue) as simple:
+        assert simple.get(timeout=5).payload == {"n": 7}
+
+
+def test_with_a_key_prefix_kombus_pipelines_keep_the_books(
+    redis_url: str, r: redis.Redis, queue_name: str
+) -> None:
+    """kombu prefixes only an EVALSHA's first key, so a prefixed channel keeps kombu's."""
+    options = {"global_keyprefix": "genq-test:"}
+    with Connection(
+        redis_url, transport="worker.transport:Transport", transport_options=options
+    ) as conn:
+        queue = Queue(queue_name)
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+        with conn.SimpleQueue(queue) as simple:
+            message = simple.get(timeout=5)
+            assert r.hexists("genq-test:unacked", message.delivery_tag)
+            assert not r.exists("unacked")
+            message.ack()
+            assert not r.hexists("genq-test:unacked", message.delivery_tag)
+    r.delete("genq-test:unacked", "genq-test:unacked_index", f"genq-test:{queue_name}")
 
 
 @pytest.fixture
@@ -88,3 +147,67 @@ def queue_name(r: redis.Redis) -> Iterator[str]:
     r.delete(name)
     yield name
     r.delete(name)
+
+
+def _consume(connection: Connection, queue: Queue, prefetch: int) -> tuple[Any, list[Any]]:
+    channel = connection.channel()
+    channel.basic_qos(0, prefetch, False)
+    got: list[Any] = []
+    consumer = Consumer(channel, [queue], callbacks=[lambda _, m: got.append(m)])
+    consumer.consume()
+    return consumer, got
+
+
+def test_after_a_brpop_finds_work_one_script_call_fetches_up_to_the_prefetch_limit(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for i in range(6):
+            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    consumer, got = _consume(connection, queue, prefetch=3)
+    connection.drain_events(timeout=5)  # a BRPOP: one message
+    assert len(got) == 1
+    connection.drain_events(timeout=5)  # the script: the two the prefetch limit allows
+    assert [m.payload["n"] for m in got] == [0, 1, 2]
+    assert r.llen(queue_name) == 3
+    # Each was recorded as unacked, in kombu's format, before it left the queue.
+    assert r.hlen("unacked") == 3
+    for message in got:
+        stored = json.loads(r.hget("unacked", message.delivery_tag) or "")
+        assert stored[0]["properties"]["delivery_tag"] == message.delivery_tag
+        assert stored[1:] == ["", queue_name]
+    got[0].ack()
+    assert not r.hexists("unacked", got[0].delivery_tag)
+    connection.drain_events(timeout=5)  # one slot freed: one more
+    assert [m.payload["n"] for m in got] == [0, 1, 2, 3]
+    consumer.cancel()
+
+
+def test_a_fetched_message_that_is_never_acked_is_restored_by_kombu(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for i in range(2):
+            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    consumer, got = _consume(connection, queue, prefetch=2)
+    connection.drain_events(timeout=5)
+    connection.drain_events(timeout=5)
+    assert len(got) == 2 and r.llen(queue_name) == 0
+    fetched = got[1]  # the script's
+    got[0].channel.qos.restore_by_tag(fetched.delivery_tag)  # what a dead worker gets
+    assert not r.hexists("unacked", fetched.delivery_tag)
+    assert r.llen(queue_name) == 1
+    consumer.cancel()
+
+
+def test_the_fetch_script_leaves_a_message_it_cannot_read_for_kombu(
+    r: redis.Redis, queue_name: str
+) -> None:
+    r.rpush(queue_name, "not kombu's message")
+    script = r.register_script(transport._FETCH)
+    reply = script(keys=[queue_name, "unacked_index", "unacked"], args=[5, 1.0])
+    assert reply == [1]
+    assert r.lrange(queue_name, 0, -1) == ["not kombu's message"]
+    assert r.hlen("unacked") == 0
