@@ -102,9 +102,8 @@ class QoS(kombu_redis.QoS):
     _forget: Script | None = None
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag in self.channel.recorded:
-            # Fetched by the script, which recorded it already.
-            self.channel.recorded.discard(delivery_tag)
+        if delivery_tag == self.channel.recorded:
+            # Being delivered by the fetch script, which recorded it already.
             virtual.QoS.append(self, message, delivery_tag)
             return
         if self.channel.global_keyprefix:
@@ -157,13 +156,11 @@ class Channel(kombu_redis.Channel):
     _fetch_next = False
     #: The poll in flight is the fetch script.
     _fetch_sent = False
-    #: False once the server refused the script (no Lua): BRPOP only from then on.
-    _fetch_works = True
+    #: The delivery tag of the fetched message being delivered (recorded already).
+    recorded: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Delivery tags the fetch script recorded as unacked, until QoS.append sees them.
-        self.recorded: set[str] = set()
         #: Queues consumed without acks: the channel then polls with kombu's BRPOP only.
         self.no_ack_queues: set[str] = set()
 
@@ -174,7 +171,7 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        fetch = self._fetch_next and self._fetch_works and not self.no_ack_queues
+        fetch = self._fetch_next and not self.no_ack_queues
         if not fetch or self.global_keyprefix:
             super()._brpop_start(timeout)  # type: ignore[misc]
             return
@@ -211,9 +208,11 @@ class Channel(kombu_redis.Channel):
                 self.client.connection.disconnect()
                 raise
             except redis.ResponseError as exc:
-                # No Lua here (or it is refused): nothing was popped; BRPOP from now on.
-                log.warning("transport.fetch_refused", extra={"error": str(exc)})
-                self._fetch_works = False
+                # Refused (out of memory, say): the next poll is a BRPOP. Nothing is lost:
+                # a message leaves its queue only once it is in the unacked hash, where
+                # kombu's restore finds whatever was popped but not delivered.
+                log.warning("transport.fetch_failed", extra={"error": str(exc)})
+                self._fetch_next = False
                 raise Empty() from exc
             stop, *pairs = reply
             if stop or not pairs:
@@ -224,8 +223,11 @@ class Channel(kombu_redis.Channel):
                 dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
                 self._queue_cycle.rotate(dest)
                 message = loads(bytes_to_str(raw))
-                self.recorded.add(message["properties"]["delivery_tag"])
-                self.connection._deliver(message, dest)
+                self.recorded = message["properties"]["delivery_tag"]
+                try:
+                    self.connection._deliver(message, dest)
+                finally:
+                    self.recorded = None
             return True
         finally:
             self._in_poll = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from queue import Empty
 from typing import Any
 
 import pytest
@@ -211,3 +212,26 @@ def test_the_fetch_script_leaves_a_message_it_cannot_read_for_kombu(
     assert reply == [1]
     assert r.lrange(queue_name, 0, -1) == ["not kombu's message"]
     assert r.hlen("unacked") == 0
+
+
+def test_a_refused_fetch_pops_nothing_and_the_next_poll_is_a_brpop(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+    consumer, got = _consume(connection, queue, prefetch=4)
+    channel = consumer.channel
+    channel._fetch_next = True
+    r.config_set("maxmemory", 1)  # noeviction: every write that needs memory is refused
+    try:
+        connection.transport.cycle._register_BRPOP(channel)  # sends the poll
+        with pytest.raises(Empty):
+            channel._brpop_read()
+    finally:
+        r.config_set("maxmemory", 0)
+    assert r.llen(queue_name) == 1 and r.hlen("unacked") == 0 and not got
+    assert channel._fetch_next is False
+    connection.drain_events(timeout=5)
+    assert [m.payload["n"] for m in got] == [1]
+    consumer.cancel()
