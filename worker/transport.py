@@ -1,6 +1,6 @@
 """kombu's Redis transport, minus the per-message costs that bound a worker on fast jobs.
 
-Two changes, both measured on a queue of open-circuit jobs (docs/benchmarks.md):
+Three changes, measured on a queue of open-circuit jobs (docs/benchmarks.md):
 
 - **One client per channel.** kombu's Redis channel builds a new ``redis.Redis`` for
   every synchronous command (``Channel.conn_or_acquire``): when a message is delivered
@@ -8,17 +8,22 @@ Two changes, both measured on a queue of open-circuit jobs (docs/benchmarks.md):
   construction copies the ~150-entry response-callback table. A ``redis.Redis`` is safe
   to share between threads (each command borrows a connection from the pool), so this
   channel keeps one for as long as its connection pool lives.
-- **Fetch and bookkeeping in one round trip while the queue has work.** kombu pops a
-  message (BRPOP), then records it as unacked (ZADD to the unacked index, HSET of the
-  message) in a MULTI/EXEC pipeline, and forgets it on ack (ZREM, HDEL) in another: three
-  round trips and eight commands packed per message, in the consumer's one thread. Here,
-  after a BRPOP found work, the consumer sends one script instead, which pops as many
-  messages as the prefetch limit allows and records each as unacked before popping it
-  (so no message is ever out of both the queue and the unacked hash). When it finds the
-  queues empty the consumer goes back to a blocking BRPOP. Recording after a BRPOP and
-  forgetting on ack are one script call each.
-  With a ``global_keyprefix`` (which kombu applies to a script's first key only) all of
-  kombu's own paths stay.
+- **Fetch in batches while there is work.** kombu pops one message per BRPOP, then
+  records it as unacked (ZADD to the unacked index, HSET of the message) in a MULTI/EXEC
+  pipeline: two round trips per message in the consumer's one thread. Here, once a
+  BRPOP has found work, the next poll is a script (``_transport_scripts.FETCH``) that
+  takes as many messages as the prefetch limit leaves room for, writing each one's
+  unacked entry *before* popping it, so a message is never out of both the queue and
+  the unacked hash. When the queues are empty, or the next message is one the script
+  cannot read, the poll after is kombu's BRPOP again. If Redis refuses a write (out of
+  memory), the channel waits ``HOLD_S`` and fetches again: a BRPOP would pop a message
+  whose record could then fail. While a consumer that does not ack is active (Celery's
+  startup mingle), the channel polls with BRPOP only.
+- **Unacked bookkeeping in one call.** Recording a BRPOP'd message and forgetting an
+  acked one are one script call each instead of a MULTI/EXEC pipeline.
+
+With a ``global_keyprefix`` (which kombu applies to a script's first key only) all of
+kombu's own paths stay.
 
 Everything else is kombu's: the same keys and values, so kombu's restore of unacked
 messages (visibility timeout, shutdown) reads what this writes.
@@ -43,55 +48,16 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.commands.core import Script
 
+from worker._transport_scripts import FETCH, FORGET, RECORD
+
 __all__ = ["Channel", "QoS", "Transport"]
 
 log = logging.getLogger(__name__)
 
 #: Most messages one fetch takes when the prefetch limit is off (prefetch_count 0).
 UNLIMITED_FETCH = 16
-
-# KEYS: unacked index (zset), unacked messages (hash). ARGV: delivery tag, time, message.
-_RECORD = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-"""
-# KEYS: as above. ARGV: delivery tag.
-_FORGET = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-"""
-
-# Pops up to ARGV[1] messages from the queue keys, in order (kombu's priority order), and
-# records each as unacked (kombu's index and hash, kombu's value: [message, exchange,
-# routing key]) before popping it. KEYS: queue keys..., unacked index, unacked hash.
-# ARGV: most messages, time. Returns {stop, key, message, key, message, ...}: stop is 1
-# when the next message is one this script cannot read (left in place for BRPOP).
-_FETCH = """
-local nq = #KEYS - 2
-local most = tonumber(ARGV[1])
-local out = {0}
-for i = 1, nq do
-  while (#out - 1) / 2 < most do
-    local raw = redis.call('LINDEX', KEYS[i], -1)
-    if not raw then break end
-    local ok, m = pcall(cjson.decode, raw)
-    local p = ok and type(m) == 'table' and m.properties
-    local info = type(p) == 'table' and p.delivery_info
-    if type(info) ~= 'table' or type(p.delivery_tag) ~= 'string'
-      or type(info.exchange) ~= 'string' or type(info.routing_key) ~= 'string' then
-      out[1] = 1
-      return out
-    end
-    redis.call('ZADD', KEYS[nq + 1], ARGV[2], p.delivery_tag)
-    redis.call('HSET', KEYS[nq + 2], p.delivery_tag, '[' .. raw .. ',' ..
-      cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
-    redis.call('RPOP', KEYS[i])
-    out[#out + 1] = KEYS[i]
-    out[#out + 1] = raw
-  end
-end
-return out
-"""
+#: Seconds a channel waits before fetching again after Redis refused a write.
+HOLD_S = 1.0
 
 
 class QoS(kombu_redis.QoS):
@@ -113,7 +79,7 @@ class QoS(kombu_redis.QoS):
         stored = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self.channel.conn_or_acquire() as client:
             if self._record is None:
-                self._record = Script(client, _RECORD)
+                self._record = Script(client, RECORD)
             keys = [self.unacked_index_key, self.unacked_key]
             self._record(keys, [delivery_tag, time.time(), stored], client)
         virtual.QoS.append(self, message, delivery_tag)
@@ -135,7 +101,7 @@ class QoS(kombu_redis.QoS):
     def _forget_tag(self, delivery_tag: str) -> None:
         with self.channel.conn_or_acquire() as client:
             if self._forget is None:
-                self._forget = Script(client, _FORGET)
+                self._forget = Script(client, FORGET)
             self._forget([self.unacked_index_key, self.unacked_key], [delivery_tag], client)
 
 
@@ -149,51 +115,70 @@ class Channel(kombu_redis.Channel):
     _queue_cycle: Any
     _q_for_pri: Any
     _flush_brpop_reauth: Any
+    _fanout_queues: Any
     connection_errors: Any
+    qos: Any
 
     _shared_client: Any = None
-    #: Next poll: the fetch script (the last poll found work) or a blocking BRPOP.
+    #: Next poll: the fetch script (the last poll found work) or kombu's BRPOP.
     _fetch_next = False
-    #: The poll in flight is the fetch script.
+    #: The poll in flight is the fetch script's.
     _fetch_sent = False
+    #: After a refused write, no poll before this (monotonic) time.
+    _hold_until = 0.0
     #: The delivery tag of the fetched message being delivered (recorded already).
     recorded: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Queues consumed without acks: the channel then polls with kombu's BRPOP only.
-        self.no_ack_queues: set[str] = set()
+        #: Consumers that do not ack (Celery's mingle, say): while any is active the
+        #: channel polls with kombu's BRPOP, since nothing would ack what FETCH records.
+        self.no_ack_consumers: set[str] = set()
 
-    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
-        if no_ack:
-            # Nothing would ever ack what the script records for this consumer.
-            self.no_ack_queues.add(queue)
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
+    def basic_consume(
+        self,
+        queue: str,
+        no_ack: bool = False,
+        callback: Any = None,
+        consumer_tag: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if no_ack and queue not in self._fanout_queues:
+            self.no_ack_consumers.add(consumer_tag)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: Any) -> Any:
+        self.no_ack_consumers.discard(consumer_tag)
+        return super()._basic_cancel(consumer_tag)  # type: ignore[misc]
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        fetch = self._fetch_next and not self.no_ack_queues
-        if not fetch or self.global_keyprefix:
+        most = self.qos.can_consume_max_estimate()
+        self._fetch_sent = False
+        if not self._fetch_next or self.no_ack_consumers or most == 0 or self.global_keyprefix:
             super()._brpop_start(timeout)  # type: ignore[misc]
+            return
+        if time.monotonic() < self._hold_until:
+            # Not a BRPOP either: it would pop a message its record could not follow.
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
         keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
-        most = self.qos.can_consume_max_estimate()
-        most = UNLIMITED_FETCH if most is None else max(most, 1)
+        most = UNLIMITED_FETCH if most is None else most
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        self._fetch_sent = True
         self.client.connection.send_command(
             "EVAL",
-            _FETCH,
+            FETCH,
             len(keys) + 2,
             *keys,
             self.unacked_index_key,
             self.unacked_key,
             most,
             time.time(),
+            len(queues),
         )
+        self._fetch_sent = True
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._fetch_sent:
@@ -202,36 +187,47 @@ class Channel(kombu_redis.Channel):
             return delivered
         self._fetch_sent = False
         try:
-            try:
-                reply = self.client.parse_response(self.client.connection, "EVAL", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            except redis.ResponseError as exc:
-                # Refused (out of memory, say): the next poll is a BRPOP. Nothing is lost:
-                # a message leaves its queue only once it is in the unacked hash, where
-                # kombu's restore finds whatever was popped but not delivered.
-                log.warning("transport.fetch_failed", extra={"error": str(exc)})
-                self._fetch_next = False
-                raise Empty() from exc
-            stop, *pairs = reply
-            if stop or not pairs:
-                self._fetch_next = False  # empty, or a message only kombu's path can read
-            if not pairs:
-                raise Empty()
-            for key, raw in zip(pairs[::2], pairs[1::2], strict=True):
-                dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
-                self._queue_cycle.rotate(dest)
-                message = loads(bytes_to_str(raw))
-                self.recorded = message["properties"]["delivery_tag"]
-                try:
-                    self.connection._deliver(message, dest)
-                finally:
-                    self.recorded = None
-            return True
+            reply = self.client.parse_response(self.client.connection, "EVAL", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        except redis.ResponseError as exc:
+            self._hold(str(exc))
+            raise Empty() from exc
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+        status, *fetched = reply
+        if status == 2:
+            self._hold("a write was refused")
+        elif status or not fetched:
+            self._fetch_next = False  # empty, or a message only kombu's path can read
+        if not fetched:
+            raise Empty()
+        self._deliver_fetched(list(zip(fetched[::3], fetched[1::3], fetched[2::3], strict=True)))
+        return True
+
+    def _hold(self, why: str) -> None:
+        """Poll again in HOLD_S, with the script: nothing it popped lacks its record."""
+        log.warning("transport.fetch_refused", extra={"error": why, "retry_in_s": HOLD_S})
+        self._hold_until = time.monotonic() + HOLD_S
+
+    def _deliver_fetched(self, batch: list[tuple[Any, Any, Any]]) -> None:
+        for at, (key, tag, raw) in enumerate(batch):
+            dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
+            self.recorded = bytes_to_str(tag)
+            try:
+                self._queue_cycle.rotate(dest)
+                self.connection._deliver(loads(bytes_to_str(raw)), dest)
+            except BaseException:
+                # The rest of the batch goes back on its queue now, not after the
+                # visibility timeout. This one is kombu's case: the error propagates,
+                # and its unacked entry brings it back if nothing acks it.
+                for _, later, _ in batch[at + 1 :]:
+                    self.qos.restore_by_tag(bytes_to_str(later))
+                raise
+            finally:
+                self.recorded = None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -3,7 +3,9 @@ kombu's delivery, ack and unacked bookkeeping."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Iterator
 from queue import Empty
 from typing import Any
@@ -145,9 +147,9 @@ def test_with_a_key_prefix_kombus_pipelines_keep_the_books(
 @pytest.fixture
 def queue_name(r: redis.Redis) -> Iterator[str]:
     name = "genq-test-transport"
-    r.delete(name)
+    r.delete(name, "unacked", "unacked_index")
     yield name
-    r.delete(name)
+    r.delete(name, "unacked", "unacked_index")
 
 
 def _consume(connection: Connection, queue: Queue, prefetch: int) -> tuple[Any, list[Any]]:
@@ -203,20 +205,24 @@ def test_a_fetched_message_that_is_never_acked_is_restored_by_kombu(
     consumer.cancel()
 
 
-def test_the_fetch_script_leaves_a_message_it_cannot_read_for_kombu(
-    r: redis.Redis, queue_name: str
-) -> None:
-    r.rpush(queue_name, "not kombu's message")
-    script = r.register_script(transport._FETCH)
-    reply = script(keys=[queue_name, "unacked_index", "unacked"], args=[5, 1.0])
-    assert reply == [1]
-    assert r.lrange(queue_name, 0, -1) == ["not kombu's message"]
-    assert r.hlen("unacked") == 0
-
-
-def test_a_refused_fetch_pops_nothing_and_the_next_poll_is_a_brpop(
+def test_the_fetch_script_stops_at_a_message_it_cannot_read_and_leaves_it_for_kombu(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+    r.lpush(queue_name, "not kombu's message")  # queued behind the first
+    script = r.register_script(transport.FETCH)
+    status, key, tag, raw = script(keys=[queue_name, "unacked_index", "unacked"], args=[5, 1, 1])
+    assert (status, key) == (1, queue_name)
+    assert json.loads(raw)["properties"]["delivery_tag"] == tag and r.hexists("unacked", tag)
+    assert r.lrange(queue_name, 0, -1) == ["not kombu's message"]
+
+
+def test_a_refused_fetch_pops_nothing_and_the_channel_fetches_again_later(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    """Not a BRPOP: it would pop a message whose unacked record could then be refused."""
     queue = Queue(queue_name)
     with connection.Producer() as producer:
         producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
@@ -225,13 +231,109 @@ def test_a_refused_fetch_pops_nothing_and_the_next_poll_is_a_brpop(
     channel._fetch_next = True
     r.config_set("maxmemory", 1)  # noeviction: every write that needs memory is refused
     try:
-        connection.transport.cycle._register_BRPOP(channel)  # sends the poll
+        connection.transport.cycle._register_BRPOP(channel)  # sends the fetch
         with pytest.raises(Empty):
             channel._brpop_read()
+        assert r.llen(queue_name) == 1 and r.hlen("unacked") == 0 and not got
+        r.config_resetstat()
+        connection.transport.cycle._register_BRPOP(channel)  # held: no poll at all
+        assert not channel._in_poll
+        assert "cmdstat_brpop" not in r.info("commandstats")
     finally:
         r.config_set("maxmemory", 0)
-    assert r.llen(queue_name) == 1 and r.hlen("unacked") == 0 and not got
-    assert channel._fetch_next is False
-    connection.drain_events(timeout=5)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.3)  # after HOLD_S, the script again
     assert [m.payload["n"] for m in got] == [1]
+    assert r.hexists("unacked", got[0].delivery_tag)
+    consumer.cancel()
+
+
+def test_a_fetched_message_is_recorded_by_the_script_alone(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for i in range(3):
+            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    consumer, got = _consume(connection, queue, prefetch=3)
+    connection.drain_events(timeout=5)  # BRPOP, then RECORD: one EVALSHA
+    r.config_resetstat()
+    connection.drain_events(timeout=5)  # the script: two messages, no RECORD call
+    assert len(got) == 3
+    stats = r.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 1 and "cmdstat_evalsha" not in stats
+    consumer.cancel()
+
+
+def test_queues_take_turns_within_a_fetch(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    other = f"{queue_name}-other"
+    r.delete(other)
+    queues = [Queue(queue_name), Queue(other)]
+    with connection.Producer() as producer:
+        for i in range(4):
+            for queue in queues:
+                producer.publish({"q": queue.name, "n": i}, routing_key=queue.name, declare=[queue])
+    channel = connection.channel()
+    channel.basic_qos(0, 5, False)
+    got: list[Any] = []
+    consumer = Consumer(channel, queues, callbacks=[lambda _, m: got.append(m)])
+    consumer.consume()
+    connection.drain_events(timeout=5)  # BRPOP: one
+    connection.drain_events(timeout=5)  # the script: four, two from each queue
+    assert sorted(m.payload["q"] for m in got[1:]) == sorted([queue_name, other] * 2)
+    consumer.cancel()
+    r.delete(other)
+
+
+def test_while_a_consumer_does_not_ack_the_channel_polls_with_brpop(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    """Celery's startup mingle consumes without acks on the task channel, then cancels."""
+    replies = f"{queue_name}-replies"
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for i in range(4):
+            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    consumer, got = _consume(connection, queue, prefetch=4)
+    channel = consumer.channel
+    no_ack = Consumer(channel, [Queue(replies)], no_ack=True)
+    no_ack.consume()
+    connection.drain_events(timeout=5)
+    connection.drain_events(timeout=5)
+    assert len(got) == 2  # one per BRPOP
+    no_ack.cancel()
+    connection.drain_events(timeout=5)
+    assert len(got) == 4  # the last BRPOP found work: the script took the other two
+    consumer.cancel()
+    r.delete(replies)
+
+
+def test_after_a_delivery_fails_the_rest_of_the_batch_goes_back_at_once(
+    connection: Connection, r: redis.Redis, queue_name: str
+) -> None:
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for i in range(4):
+            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    channel = connection.channel()
+    channel.basic_qos(0, 4, False)
+    got: list[Any] = []
+
+    def take(_: object, message: Any) -> None:
+        got.append(message)
+        if message.payload["n"] == 1:
+            raise RuntimeError("the consumer fails on this one")
+
+    consumer = Consumer(channel, [queue], callbacks=[take])
+    consumer.consume()
+    connection.drain_events(timeout=5)  # BRPOP: n=0
+    with pytest.raises(RuntimeError):
+        connection.drain_events(timeout=5)  # the script took 1, 2 and 3; 1 fails
+    assert [m.payload["n"] for m in got] == [0, 1]
+    assert r.llen(queue_name) == 2  # 2 and 3, back without waiting for a restore
+    assert sorted(r.hkeys("unacked")) == sorted(m.delivery_tag for m in got)
     consumer.cancel()
