@@ -36,13 +36,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# A cached answer, looked up and recorded in one round trip. KEYS: job hash, attempts
-# list, cache entry. ARGV: ttl, attempt JSON or '', started_at, finished_at, and the
-# result's other fields as JSON ('{"source":"cache",...}'). The entry is checked as
-# CachedGeneration.decode checks it; text, model and usage are spliced into the result.
-# Returns the result JSON written, or -1 (no job), 0 (job final), -2 (no entry),
-# -3 (not an entry genq wrote: not UTF-8, not the fields CachedGeneration has, or text
-# with a lone surrogate, which no result can hold).
+# A cached answer, looked up and recorded in one round trip, else (optionally) the answer
+# the worker prepared instead. KEYS: job hash, attempts list, cache entry. ARGV: ttl,
+# attempt JSON or '', started_at, finished_at, the result's other fields as JSON
+# ('{"source":"cache",...}'), and the result JSON to record when the cache has no
+# readable entry, or ''. The entry is checked as CachedGeneration.decode checks it; text,
+# model and usage are spliced into the result. Returns the cached result JSON written,
+# or -1 (no job), 0 (job final), -2 (no entry), -3 (not an entry genq wrote: not UTF-8,
+# not the fields CachedGeneration has, or text with a lone surrogate, which no result
+# can hold); -4 and -5 are -2 and -3 with the other answer recorded.
 FINISH_FROM_CACHE = """
 -- cjson passes bytes through: text that is not UTF-8 would make an unreadable record.
 local function utf8_ok(s)
@@ -71,32 +73,44 @@ local function utf8_ok(s)
   end
   return true
 end
+local function record(result)
+  if ARGV[2] ~= '' then
+    redis.call('RPUSH', KEYS[2], ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[1])
+  end
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+  redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[4], 'result', result)
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+local function miss(code)
+  if ARGV[6] == '' then return code end
+  record(ARGV[6])
+  return code - 2
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'succeeded' or status == 'failed' then return 0 end
 local raw = redis.call('GET', KEYS[3])
-if not raw then return -2 end
-if not utf8_ok(raw) then return -3 end
+if not raw then return miss(-2) end
+if not utf8_ok(raw) then return miss(-3) end
 local ok, entry = pcall(cjson.decode, raw)
 if not ok or type(entry) ~= 'table' or type(entry.text) ~= 'string'
-  or type(entry.model) ~= 'string' or type(entry.created_at) ~= 'number' then return -3 end
+  or type(entry.model) ~= 'string' or type(entry.created_at) ~= 'number' then
+  return miss(-3)
+end
 local parts = {'{"text":', cjson.encode(entry.text), ',"model":', cjson.encode(entry.model)}
 if type(entry.usage) == 'table' then
   for k, v in pairs(entry.usage) do
-    if type(k) ~= 'string' or type(v) ~= 'number' or v ~= math.floor(v) then return -3 end
+    if type(k) ~= 'string' or type(v) ~= 'number' or v ~= math.floor(v) then
+      return miss(-3)
+    end
   end
   table.insert(parts, ',"usage":')
   table.insert(parts, cjson.encode(entry.usage))
-elseif entry.usage ~= nil and entry.usage ~= cjson.null then return -3 end
+elseif entry.usage ~= nil and entry.usage ~= cjson.null then return miss(-3) end
 table.insert(parts, ',')
 table.insert(parts, string.sub(ARGV[5], 2))
 local result = table.concat(parts)
-if ARGV[2] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[4], 'result', result)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+record(result)
 return result
 """

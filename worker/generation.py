@@ -159,25 +159,29 @@ class GenerationService:
         circuit = exc.circuit if isinstance(exc, CircuitOpenError) else None
         if request.fallback == "none":
             return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
+        # The excerpt is built before the cache is read, so that one round trip records
+        # the cached answer if there is one, else this: no answer waits on a lookup.
+        excerpt = build_excerpt(request.prompt, request.context, self.settings.excerpt_max_chars)
+        result = None
+        if excerpt is not None:
+            result = JobResult(
+                text=excerpt.text,
+                model=request.model or self.settings.upstream_model,
+                source="excerpt",
+                degraded=True,
+                latency_ms=_ms_since(started),
+                fallback_reason=reason,
+                circuit=circuit,
+                retry_after=exc.retry_after,
+                citations=excerpt.citations,
+            )
         if key:
             why = (reason, circuit, exc.retry_after)
-            answered = self._answer_from_cache(message, key, attempt, why, started)
+            answered = self._answer_from_cache(message, key, attempt, why, started, result)
             if answered is not None:
                 return answered
-        excerpt = build_excerpt(request.prompt, request.context, self.settings.excerpt_max_chars)
-        if excerpt is None:
+        if result is None:
             return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
-        result = JobResult(
-            text=excerpt.text,
-            model=request.model or self.settings.upstream_model,
-            source="excerpt",
-            degraded=True,
-            latency_ms=_ms_since(started),
-            fallback_reason=reason,
-            circuit=circuit,
-            retry_after=exc.retry_after,
-            citations=excerpt.citations,
-        )
         return self._finish(message, result, attempt)
 
     def _answer_from_cache(
@@ -187,9 +191,11 @@ class GenerationService:
         attempt: Attempt | None,
         why: tuple[FallbackReason, str | None, float | None] | None,
         started: float,
+        otherwise: JobResult | None = None,
     ) -> Outcome | None:
-        """Answer from the cache entry under ``key``, if any: looked up and recorded in one
-        round trip (``latency_ms`` is the time before it). None on a miss."""
+        """Answer from the cache entry under ``key``, if any, else with ``otherwise`` (if
+        given): looked up and recorded in one round trip (``latency_ms`` is the time
+        before it). None when neither was recorded."""
         reason, circuit, retry_after = why or (None, None, None)
         fields = JobResult(
             text="",
@@ -202,16 +208,15 @@ class GenerationService:
             retry_after=retry_after,
         )
         started_at = attempt.at if attempt else utcnow()
-        recorded = self.store.finish_from_cache(message.job_id, key, fields, attempt, started_at)
+        recorded = self.store.finish_from_cache(
+            message.job_id, key, fields, attempt, started_at, otherwise
+        )
         if isinstance(recorded, JobResult):
             _log_served(message.job_id, recorded)
             return Outcome(result=recorded)
         if recorded is CacheMiss.JOB_FINAL:
             log.info("generation.already_final", extra={"job_id": message.job_id})
             return Outcome()
-        if recorded is CacheMiss.UNREADABLE:
-            # Not an entry genq wrote, or text with a lone surrogate (no result can hold it).
-            log.warning("cache.corrupt", extra={"key": key})
         return None
 
     def _retry(self, message: JobMessage, exc: UpstreamError, retries_done: int) -> Outcome:

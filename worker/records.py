@@ -38,7 +38,7 @@ ExtraSet = tuple[str, bytes, int]
 
 
 class CacheMiss(enum.Enum):
-    """Why :meth:`JobStore.finish_from_cache` recorded nothing."""
+    """Why :meth:`JobStore.finish_from_cache` recorded no answer."""
 
     NO_ENTRY = "no_entry"
     UNREADABLE = "unreadable"
@@ -170,20 +170,23 @@ class JobStore:
         fields: JobResult,
         attempt: Attempt | None,
         started_at: str,
+        otherwise: JobResult | None = None,
     ) -> JobResult | CacheMiss:
-        """Record the answer cached under ``cache_key``, in the round trip that reads it.
+        """Record the answer cached under ``cache_key``, in the round trip that reads it;
+        with no readable entry, record ``otherwise`` (if given) in that same round trip.
 
         ``fields`` gives everything but text, model and usage, which come from the entry.
-        Returns the result recorded, or why nothing was: no entry (or Redis unreachable:
-        the caller's own final write waits for it), an unreadable entry, or a job that is
-        gone or already final.
+        Returns the result recorded (``otherwise`` itself when that was), or why nothing
+        was: no entry (or Redis unreachable: the caller's own final write waits for it),
+        an unreadable entry (logged ``cache.corrupt``), or a job gone or already final.
         """
         tail = fields.model_dump_json(exclude_defaults=True, exclude={"text", "model", "usage"})
         encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
+        other = otherwise.model_dump_json(exclude_defaults=True) if otherwise else ""
         job_keys = [keys.job(job_id), keys.job_attempts(job_id), cache_key]
         try:
             reply = self._finish_from_cache(
-                keys=job_keys, args=[self._ttl_s, encoded, started_at, utcnow(), tail]
+                keys=job_keys, args=[self._ttl_s, encoded, started_at, utcnow(), tail, other]
             )
         except redis.RedisError as exc:
             down = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
@@ -192,7 +195,13 @@ class JobStore:
             return CacheMiss.NO_ENTRY
         if isinstance(reply, str | bytes):  # the result JSON written (str or bytes client)
             return JobResult.model_validate_json(reply)
-        return _CACHE_REPLIES[int(reply)]
+        code = int(reply)
+        if code in (-3, -5):
+            # Not an entry genq wrote, or text with a lone surrogate (no result can hold it).
+            log.warning("cache.corrupt", extra={"key": cache_key})
+        if code < -3 and otherwise is not None:
+            return otherwise
+        return _CACHE_REPLIES[code]
 
     def _write(
         self,

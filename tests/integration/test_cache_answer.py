@@ -1,5 +1,6 @@
 """A cached answer looked up and recorded in one Lua round trip (JobStore.finish_from_cache):
-the record reads exactly as the Python path would have written it."""
+the record reads exactly as the Python path would have written it. Without a readable
+entry, the answer the worker prepared instead (an excerpt) is recorded in that round trip."""
 
 from __future__ import annotations
 
@@ -129,6 +130,69 @@ def test_a_final_or_missing_job_is_left_alone(
     gone = uuid.uuid4().hex
     assert store.finish_from_cache(gone, key, fields(), None, utcnow()) is CacheMiss.JOB_FINAL
     assert store.get(gone) is None
+
+
+def excerpt_answer() -> JobResult:
+    return JobResult.model_validate(
+        {
+            "text": "an excerpt",
+            "model": "m",
+            "source": "excerpt",
+            "degraded": True,
+            "latency_ms": 0.5,
+            "fallback_reason": "circuit_open",
+            "citations": [{"id": "d1", "title": "T"}],
+        }
+    )
+
+
+def test_no_entry_records_the_other_answer_in_the_same_call(
+    store: JobStore, client: redis.Redis, job_id: str, key: str
+) -> None:
+    other, attempt = excerpt_answer(), rejected()
+    client.config_resetstat()
+    recorded = store.finish_from_cache(job_id, key, fields(), attempt, attempt.at, other)
+    assert recorded is other
+    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+    record = store.get(job_id)
+    assert record is not None
+    assert (record.status, record.result, record.attempts) == (
+        JobStatus.SUCCEEDED,
+        other,
+        [attempt],
+    )
+    assert record.started_at == attempt.at and record.finished_at is not None
+
+
+def test_a_readable_entry_wins_over_the_other_answer(
+    store: JobStore, cache: ResultCache, job_id: str, key: str
+) -> None:
+    cache.put(key, CachedGeneration("cached", "m", None, 1.0))
+    recorded = store.finish_from_cache(job_id, key, fields(), None, utcnow(), excerpt_answer())
+    assert recorded == fields(text="cached", model="m")
+    assert store.get(job_id).result == recorded  # type: ignore[union-attr]
+
+
+def test_an_unreadable_entry_is_logged_and_the_other_answer_recorded(
+    store: JobStore,
+    client: redis.Redis,
+    job_id: str,
+    key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client.set(key, "not an entry")
+    other = excerpt_answer()
+    assert store.finish_from_cache(job_id, key, fields(), None, utcnow(), other) is other
+    assert store.get(job_id).result == other  # type: ignore[union-attr]
+    assert "cache.corrupt" in caplog.text
+
+
+def test_a_final_job_takes_no_other_answer(store: JobStore, job_id: str, key: str) -> None:
+    first = JobResult(text="first", model="m", source="upstream", degraded=False, latency_ms=1)
+    store.finish(job_id, result=first)
+    recorded = store.finish_from_cache(job_id, key, fields(), None, utcnow(), excerpt_answer())
+    assert recorded is CacheMiss.JOB_FINAL
+    assert store.get(job_id).result == first  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
