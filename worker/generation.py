@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 CallUpstream = Callable[[UpstreamTarget, str, GenerationParams], Generation]
 
 
+#: Context up to this many characters is excerpted before the cache is read, so one
+#: round trip records either answer; a job whose prompt turns out to be cached wastes that
+#: excerpt, ~0.5 ms of CPU at this size (docs/benchmarks.md). Above it, the cache is read
+#: first and the excerpt built only on a miss: two round trips, no waste.
+EXCERPT_FIRST_MAX_CHARS = 20_000
+
+
 class ServiceUnavailable(GenqError):
     """Raised (recorded) when the upstream cannot be used and no fallback exists."""
 
@@ -159,8 +166,16 @@ class GenerationService:
         circuit = exc.circuit if isinstance(exc, CircuitOpenError) else None
         if request.fallback == "none":
             return self.fail(message.job_id, _unavailable(exc, rejected), attempt)
-        # The excerpt is built before the cache is read, so that one round trip records
-        # the cached answer if there is one, else this: no answer waits on a lookup.
+        why = (reason, circuit, exc.retry_after)
+        if key and sum(len(doc.text) for doc in request.context) > EXCERPT_FIRST_MAX_CHARS:
+            # An excerpt of this much context costs more than a wasted one should: read
+            # the cache first, and build the excerpt only on a miss.
+            answered = self._answer_from_cache(message, key, attempt, why, started)
+            if answered is not None:
+                return answered
+            key = None
+        # Small context is excerpted before the cache is read, so that one round trip
+        # records the cached answer if there is one, else this: nothing waits on a lookup.
         excerpt = build_excerpt(request.prompt, request.context, self.settings.excerpt_max_chars)
         result = None
         if excerpt is not None:
@@ -176,7 +191,6 @@ class GenerationService:
                 citations=excerpt.citations,
             )
         if key:
-            why = (reason, circuit, exc.retry_after)
             answered = self._answer_from_cache(message, key, attempt, why, started, result)
             if answered is not None:
                 return answered

@@ -11,7 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker import breaker
+from worker import breaker, generation
+from worker._records_scripts import FINISH_FROM_CACHE
 from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.contract import (
     Attempt,
@@ -150,6 +151,7 @@ def test_no_entry_records_the_other_answer_in_the_same_call(
     store: JobStore, client: redis.Redis, job_id: str, key: str
 ) -> None:
     other, attempt = excerpt_answer(), rejected()
+    client.script_load(FINISH_FROM_CACHE)  # a fresh server would count a NOSCRIPT first
     client.config_resetstat()
     recorded = store.finish_from_cache(job_id, key, fields(), attempt, attempt.at, other)
     assert recorded is other
@@ -233,12 +235,20 @@ def test_an_entry_that_is_not_utf8_is_unreadable(
         CacheMiss.UNREADABLE
     )
     assert store.get(job_id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+    other = excerpt_answer()
+    assert store.finish_from_cache(job_id, key, fields(), None, utcnow(), other) is other
+    assert store.get(job_id).result == other  # type: ignore[union-attr]
 
 
 def test_unreachable_redis_is_a_miss(job_id: str) -> None:
     down = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     store = JobStore(down, ttl_s=60)
     assert store.finish_from_cache(job_id, "k", fields(), None, utcnow()) is CacheMiss.NO_ENTRY
+    # The other answer was not recorded either: the service's retrying write must.
+    other = excerpt_answer()
+    assert store.finish_from_cache(job_id, "k", fields(), None, utcnow(), other) is (
+        CacheMiss.NO_ENTRY
+    )
 
 
 def test_the_service_answers_past_an_unreadable_entry(
@@ -276,3 +286,55 @@ def test_a_bytes_client_reads_the_result_too(
     )
     assert recorded == fields(text="cached", model="m")
     raw_client.close()
+
+
+@pytest.mark.parametrize(
+    ("doc_chars", "cached", "source", "excerpts_built"),
+    [
+        (2_000, True, "cache", 1),  # small context: excerpted first, the cache wins
+        (2_000, False, "excerpt", 1),
+        (30_000, True, "cache", 0),  # large context: the cache is read first
+        (30_000, False, "excerpt", 1),
+    ],
+)
+def test_small_context_is_excerpted_before_the_lookup_large_context_after(
+    genq_settings: Settings,
+    client: redis.Redis,
+    store: JobStore,
+    cache: ResultCache,
+    job_id: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    doc_chars: int,
+    cached: bool,
+    source: str,
+    excerpts_built: int,
+) -> None:
+    built: list[int] = []
+
+    def counting_build_excerpt(*args: object, **kwargs: object) -> object:
+        built.append(1)
+        return generation_build_excerpt(*args, **kwargs)  # type: ignore[arg-type]
+
+    generation_build_excerpt = generation.build_excerpt
+    monkeypatch.setattr(generation, "build_excerpt", counting_build_excerpt)
+    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
+    text = ("Redis keeps the cache. " * (doc_chars // 23 + 1))[:doc_chars]
+    request = GenerateRequest(
+        prompt=f"where is the cache {job_id}", context=[ContextDoc(id="d1", text=text)]
+    )
+    target = UpstreamTarget.from_settings(genq_settings)
+    if cached:
+        key = cache_key(target.protocol, target.model, request)
+        cache.put(key, CachedGeneration("cached", target.model, None, 1.0))
+    breaker.force_open(client, target.name)
+    caplog.set_level("INFO", logger="worker.generation")
+    try:
+        outcome = service.run(JobMessage(job_id=job_id, request=request))
+    finally:
+        breaker.reset(client, target.name)
+    assert outcome.result is not None and outcome.result.source == source
+    assert store.get(job_id).result == outcome.result  # type: ignore[union-attr]
+    assert len(built) == excerpts_built
+    served = [r for r in caplog.records if r.getMessage() == "fallback.served"]
+    assert len(served) == 1
