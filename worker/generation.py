@@ -251,9 +251,13 @@ class GenerationService:
     ) -> Outcome:
         # A job answered without being marked running started when its attempt did.
         started_at = attempt.at if attempt else utcnow()
-        self.store.finish(
+        recorded = self.store.finish(
             message.job_id, result=result, attempt=attempt, also_set=also_set, started_at=started_at
         )
+        if not recorded:
+            # Another copy of the job answered first (or the record expired): its answer stands.
+            log.info("generation.already_final", extra={"job_id": message.job_id})
+            return Outcome()
         if result.degraded:
             _log_served(message.job_id, result)
         return Outcome(result=result)

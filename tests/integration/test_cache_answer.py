@@ -338,3 +338,22 @@ def test_small_context_is_excerpted_before_the_lookup_large_context_after(
     assert len(built) == excerpts_built
     served = [r for r in caplog.records if r.getMessage() == "fallback.served"]
     assert len(served) == 1
+
+
+def test_an_answer_for_a_job_already_final_is_not_claimed(
+    genq_settings: Settings, client: redis.Redis, store: JobStore, cache: ResultCache, job_id: str
+) -> None:
+    """Another copy of the job answered first: its answer stands, and this run says none."""
+    first = JobResult(text="first", model="m", source="upstream", degraded=False, latency_ms=1)
+    store.finish(job_id, result=first)
+    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
+    doc = ContextDoc(id="d1", text="Redis keeps the cache.")
+    request = GenerateRequest(prompt="where is the cache", context=[doc], cache="off")
+    target = UpstreamTarget.from_settings(genq_settings)
+    breaker.force_open(client, target.name)
+    try:
+        outcome = service.run(JobMessage(job_id=job_id, request=request))
+    finally:
+        breaker.reset(client, target.name)
+    assert outcome.result is None and outcome.error is None
+    assert store.get(job_id).result == first  # type: ignore[union-attr]
