@@ -78,6 +78,18 @@ def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+def settings_for(env: dict[str, str]) -> Settings:
+    """The Settings a process started with ``env`` (GENQ_* variables) reads."""
+    return Settings.model_validate({k[5:].lower(): v for k, v in env.items()})
+
+
+def publisher_for(settings: Settings) -> Celery:
+    """A Celery app that publishes as genq's API does, for a worker started elsewhere."""
+    app = Celery("genq-test-publisher", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
 @pytest.fixture(scope="session")
 def genq_settings(redis_url: str, simulator: SimulatorServer) -> Iterator[Settings]:
     """This process's genq settings, pointing at the test Redis and the simulator."""

@@ -22,7 +22,7 @@ from worker.contract import (
     JobResult,
     JobStatus,
 )
-from worker.generation import GenerationService, breaker_factory
+from worker.generation import GenerationService, Outcome, breaker_factory
 from worker.records import CacheMiss, JobStore, utcnow
 from worker.settings import Settings
 from worker.upstream import UpstreamTarget
@@ -81,6 +81,24 @@ def fields(**extra: object) -> JobResult:
         **extra,
     }
     return JobResult.model_validate(values)
+
+
+def run_with_circuit_open(
+    settings: Settings,
+    client: redis.Redis,
+    store: JobStore,
+    cache: ResultCache,
+    job_id: str,
+    request: GenerateRequest,
+) -> Outcome:
+    """One run of the job by the service, with its target's circuit forced open."""
+    service = GenerationService(settings, store, cache, breaker_factory(settings))
+    target = UpstreamTarget.from_settings(settings)
+    breaker.force_open(client, target.name)
+    try:
+        return service.run(JobMessage(job_id=job_id, request=request))
+    finally:
+        breaker.reset(client, target.name)
 
 
 def rejected() -> Attempt:
@@ -260,16 +278,11 @@ def test_the_service_answers_past_an_unreadable_entry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Circuit open, the cache entry is not one genq wrote: the excerpt answers."""
-    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
     doc = ContextDoc(id="d1", text="Redis keeps the cache. The excerpt quotes documents.")
     request = GenerateRequest(prompt=f"where is the cache {job_id}", context=[doc])
     target = UpstreamTarget.from_settings(genq_settings)
     client.set(cache_key(target.protocol, target.model, request), "not an entry")
-    breaker.force_open(client, target.name)
-    try:
-        outcome = service.run(JobMessage(job_id=job_id, request=request))
-    finally:
-        breaker.reset(client, target.name)
+    outcome = run_with_circuit_open(genq_settings, client, store, cache, job_id, request)
     assert outcome.result is not None
     assert outcome.result.source == "excerpt"
     assert store.get(job_id).result == outcome.result  # type: ignore[union-attr]
@@ -318,7 +331,6 @@ def test_small_context_is_excerpted_before_the_lookup_large_context_after(
 
     generation_build_excerpt = generation.build_excerpt
     monkeypatch.setattr(generation, "build_excerpt", counting_build_excerpt)
-    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
     text = ("Redis keeps the cache. " * (doc_chars // 23 + 1))[:doc_chars]
     request = GenerateRequest(
         prompt=f"where is the cache {job_id}", context=[ContextDoc(id="d1", text=text)]
@@ -327,12 +339,8 @@ def test_small_context_is_excerpted_before_the_lookup_large_context_after(
     if cached:
         key = cache_key(target.protocol, target.model, request)
         cache.put(key, CachedGeneration("cached", target.model, None, 1.0))
-    breaker.force_open(client, target.name)
     caplog.set_level("INFO", logger="worker.generation")
-    try:
-        outcome = service.run(JobMessage(job_id=job_id, request=request))
-    finally:
-        breaker.reset(client, target.name)
+    outcome = run_with_circuit_open(genq_settings, client, store, cache, job_id, request)
     assert outcome.result is not None and outcome.result.source == source
     assert store.get(job_id).result == outcome.result  # type: ignore[union-attr]
     assert len(built) == excerpts_built
@@ -346,14 +354,8 @@ def test_an_answer_for_a_job_already_final_is_not_claimed(
     """Another copy of the job answered first: its answer stands, and this run says none."""
     first = JobResult(text="first", model="m", source="upstream", degraded=False, latency_ms=1)
     store.finish(job_id, result=first)
-    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
     doc = ContextDoc(id="d1", text="Redis keeps the cache.")
     request = GenerateRequest(prompt="where is the cache", context=[doc], cache="off")
-    target = UpstreamTarget.from_settings(genq_settings)
-    breaker.force_open(client, target.name)
-    try:
-        outcome = service.run(JobMessage(job_id=job_id, request=request))
-    finally:
-        breaker.reset(client, target.name)
+    outcome = run_with_circuit_open(genq_settings, client, store, cache, job_id, request)
     assert outcome.result is None and outcome.error is None
     assert store.get(job_id).result == first  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from queue import Empty
 from typing import Any
 
@@ -71,10 +71,7 @@ def test_a_channel_reuses_one_client_until_its_pools_go(connection: Connection) 
 def test_messages_are_delivered_tracked_unacked_and_acked(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(3):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(3))
     received = []
     with connection.SimpleQueue(queue) as simple:
         for _ in range(3):
@@ -92,10 +89,7 @@ def test_messages_are_delivered_tracked_unacked_and_acked(
 def test_a_rejected_message_is_forgotten_or_requeued(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(2):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(2))
     with connection.SimpleQueue(queue) as simple:
         dropped = simple.get(timeout=5)
         dropped.reject()
@@ -110,9 +104,7 @@ def test_kombus_restore_reads_what_it_records(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
     """A worker that dies holding a message: kombu's restore puts it back on its queue."""
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        producer.publish({"n": 7}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, [7])
     channel = connection.channel()
     message = channel.basic_get(queue_name)
     assert message is not None
@@ -132,9 +124,7 @@ def test_with_a_key_prefix_kombus_pipelines_keep_the_books(
     with Connection(
         redis_url, transport="worker.transport:Transport", transport_options=options
     ) as conn:
-        queue = Queue(queue_name)
-        with conn.Producer() as producer:
-            producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+        queue = _publish(conn, queue_name, [1])
         with conn.SimpleQueue(queue) as simple:
             message = simple.get(timeout=5)
             assert r.hexists("genq-test:unacked", message.delivery_tag)
@@ -152,6 +142,15 @@ def queue_name(r: redis.Redis) -> Iterator[str]:
     r.delete(name, "unacked", "unacked_index")
 
 
+def _publish(connection: Connection, queue_name: str, numbers: Iterable[int]) -> Queue:
+    """Publish ``{"n": n}`` for each number to ``queue_name``; returns the queue."""
+    queue = Queue(queue_name)
+    with connection.Producer() as producer:
+        for n in numbers:
+            producer.publish({"n": n}, routing_key=queue_name, declare=[queue])
+    return queue
+
+
 def _consume(connection: Connection, queue: Queue, prefetch: int) -> tuple[Any, list[Any]]:
     channel = connection.channel()
     channel.basic_qos(0, prefetch, False)
@@ -164,10 +163,7 @@ def _consume(connection: Connection, queue: Queue, prefetch: int) -> tuple[Any, 
 def test_after_a_brpop_finds_work_one_script_call_fetches_up_to_the_prefetch_limit(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(6):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(6))
     consumer, got = _consume(connection, queue, prefetch=3)
     connection.drain_events(timeout=5)  # a BRPOP: one message
     assert len(got) == 1
@@ -190,10 +186,7 @@ def test_after_a_brpop_finds_work_one_script_call_fetches_up_to_the_prefetch_lim
 def test_a_fetched_message_that_is_never_acked_is_restored_by_kombu(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(2):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(2))
     consumer, got = _consume(connection, queue, prefetch=2)
     connection.drain_events(timeout=5)
     connection.drain_events(timeout=5)
@@ -208,9 +201,7 @@ def test_a_fetched_message_that_is_never_acked_is_restored_by_kombu(
 def test_the_fetch_script_stops_at_a_message_it_cannot_read_and_leaves_it_for_kombu(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+    _publish(connection, queue_name, [1])
     r.lpush(queue_name, "not kombu's message")  # queued behind the first
     script = r.register_script(transport.FETCH)
     status, key, tag, raw = script(keys=[queue_name, "unacked_index", "unacked"], args=[5, 1, 1])
@@ -223,9 +214,7 @@ def test_a_refused_fetch_pops_nothing_and_the_channel_fetches_again_later(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
     """Not a BRPOP: it would pop a message whose unacked record could then be refused."""
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, [1])
     consumer, got = _consume(connection, queue, prefetch=4)
     channel = consumer.channel
     channel._fetch_next = True
@@ -253,10 +242,7 @@ def test_a_refused_fetch_pops_nothing_and_the_channel_fetches_again_later(
 def test_a_fetched_message_is_recorded_by_the_script_alone(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(3):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(3))
     consumer, got = _consume(connection, queue, prefetch=3)
     connection.drain_events(timeout=5)  # BRPOP, then RECORD: one EVALSHA
     r.config_resetstat()
@@ -294,10 +280,7 @@ def test_while_a_consumer_does_not_ack_the_channel_polls_with_brpop(
 ) -> None:
     """Celery's startup mingle consumes without acks on the task channel, then cancels."""
     replies = f"{queue_name}-replies"
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(4):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(4))
     consumer, got = _consume(connection, queue, prefetch=4)
     channel = consumer.channel
     no_ack = Consumer(channel, [Queue(replies)], no_ack=True)
@@ -315,10 +298,7 @@ def test_while_a_consumer_does_not_ack_the_channel_polls_with_brpop(
 def test_after_a_delivery_fails_the_rest_of_the_batch_goes_back_at_once(
     connection: Connection, r: redis.Redis, queue_name: str
 ) -> None:
-    queue = Queue(queue_name)
-    with connection.Producer() as producer:
-        for i in range(4):
-            producer.publish({"n": i}, routing_key=queue_name, declare=[queue])
+    queue = _publish(connection, queue_name, range(4))
     channel = connection.channel()
     channel.basic_qos(0, 4, False)
     got: list[Any] = []

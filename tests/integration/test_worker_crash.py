@@ -8,15 +8,12 @@ import time
 import uuid
 
 import redis
-from celery import Celery
 
 from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer, simulated_text
-from tests.integration.conftest import genq_env, start_process
-from worker.app import celery_config
+from tests.integration.conftest import genq_env, publisher_for, settings_for, start_process
 from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
 from worker.records import JobStore
-from worker.settings import Settings
 
 # upstream timeout < soft limit < hard limit < visibility timeout, as settings require;
 # small so that redelivery happens within the test.
@@ -64,12 +61,11 @@ def test_killed_worker_job_is_redelivered_and_completed(redis_proc: RedisProcess
     with SimulatorServer() as sim:
         sim.configure(latency_ms=2500)
         env = genq_env(redis_url, sim.url, **CRASH_ENV)
-        settings = Settings.model_validate({k[5:].lower(): v for k, v in env.items()})
+        settings = settings_for(env)
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         client.flushdb()
         store = JobStore(client, settings.job_ttl_s)
-        publisher = Celery("crash-test", set_as_current=False)
-        publisher.conf.update(celery_config(settings))
+        publisher = publisher_for(settings)
 
         job_id = uuid.uuid4().hex
         store.create(job_id, owner="crash-test")

@@ -8,15 +8,12 @@ import time
 import uuid
 
 import redis
-from celery import Celery
 
 from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer
-from tests.integration.conftest import genq_env, start_process
-from worker.app import celery_config
+from tests.integration.conftest import genq_env, publisher_for, settings_for, start_process
 from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
 from worker.records import JobStore
-from worker.settings import Settings
 
 JOBS = 100
 
@@ -25,12 +22,11 @@ def test_a_procfile_worker_drains_a_burst_with_few_brpops(redis_proc: RedisProce
     redis_url = redis_proc.url.rsplit("/", 1)[0] + "/2"  # own database: own broker queues
     with SimulatorServer() as sim:
         env = genq_env(redis_url, sim.url)
-        settings = Settings.model_validate({k[5:].lower(): v for k, v in env.items()})
+        settings = settings_for(env)
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         client.flushdb()
         store = JobStore(client, settings.job_ttl_s)
-        publisher = Celery("fetch-test", set_as_current=False)
-        publisher.conf.update(celery_config(settings))
+        publisher = publisher_for(settings)
         ids = [uuid.uuid4().hex for _ in range(JOBS)]
         for i, job_id in enumerate(ids):
             store.create(job_id, owner="fetch-test")
