@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from worker.settings import Settings
+from core.settings import Settings
 
 __all__ = ["Principal", "authenticate", "owner_of"]
 

@@ -10,10 +10,10 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Principal, authenticate
+from core.connections import get_redis
+from core.records import JobStore
+from core.settings import Settings, get_settings
 from worker.app import app as celery_app
-from worker.connections import get_redis
-from worker.records import JobStore
-from worker.settings import Settings, get_settings
 
 __all__ = ["CeleryDep", "PrincipalDep", "SettingsDep", "StoreDep"]
 

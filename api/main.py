@@ -9,8 +9,8 @@ from fastapi import FastAPI
 
 from api import metrics
 from api.routes import circuits, generate, health, jobs
-from worker.logs import configure_logging
-from worker.settings import get_settings
+from core.logs import configure_logging
+from core.settings import get_settings
 
 __all__ = ["app", "create_app"]
 

@@ -16,9 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.connections import get_redis
 from worker import breaker
 from worker.app import QUEUES
-from worker.connections import get_redis
 
 __all__ = ["JOBS_SUBMITTED", "ClusterCollector", "router"]
 

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from worker.contract import Attempt, GenerateRequest, JobError, JobResult, JobStatus
-from worker.records import JobRecord
-from worker.settings import Settings
+from core.contract import Attempt, GenerateRequest, JobError, JobResult, JobStatus
+from core.records import JobRecord
+from core.settings import Settings
 
 __all__ = ["Job", "JobCreate", "check_limits"]
 

@@ -19,8 +19,8 @@ import redis
 import requests
 from celery import Celery
 
+from core.settings import get_settings
 from worker.app import celery_config
-from worker.settings import get_settings
 
 
 def _config() -> dict[str, object]:

@@ -30,10 +30,10 @@ import redis
 import requests
 
 from bench.report import machine, write_section
+from core.errors import UpstreamUnavailable
 from devstack.redis import RedisProcess, ensure_redis_server
 from simulator.server import SimulatorServer
 from worker.breaker import SharedCircuitBreaker, snapshot
-from worker.errors import UpstreamUnavailable
 
 FAIL_MAX, OUTAGE_S, RESET_S, PROCESSES, THREADS = 5, 10.0, 1.0, 4, 4
 RUN_S, WARMUP_S = 0.5, 0.3  # (a): one timed run; the warm-up spans one VIEW_TTL_S as well

@@ -47,9 +47,9 @@ from bench.harness import (
 )
 from bench.report import machine, write_section
 from bench.throughput_bench import REPEATS, alternate, bare_rate, genq_rate
+from core.contract import GenerateRequest
 from worker import breaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
-from worker.contract import GenerateRequest
 from worker.upstream import UpstreamTarget
 
 # Five English-like documents of 2,000 chars (Zipf-distributed words, the same synthetic

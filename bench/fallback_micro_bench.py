@@ -21,9 +21,9 @@ from collections.abc import Callable
 import redis
 
 from bench.report import machine, write_section
+from core.contract import ContextDoc, GenerateRequest
 from devstack.redis import RedisProcess, ensure_redis_server
 from worker.cache import CachedGeneration, ResultCache, cache_key
-from worker.contract import ContextDoc, GenerateRequest
 from worker.excerpt import build_excerpt
 
 DOCS, DOC_CHARS, MAX_CHARS = 50, 2_000, 1_200

@@ -23,15 +23,15 @@ import redis
 import requests
 from celery import Celery
 
+from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
+from core.records import JobStore
+from core.settings import Settings
 from devstack.redis import RedisProcess, ensure_redis_server, free_port
 from worker.app import celery_config
-from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
-from worker.records import JobStore
-from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".run" / "bench"
-#: genq's default worker pool and concurrency (worker/settings.py): what benches compare.
+#: genq's default worker pool and concurrency (core/settings.py): what benches compare.
 POOL = str(Settings.model_fields["worker_pool"].default)
 CONCURRENCY = int(Settings.model_fields["worker_concurrency"].default)
 

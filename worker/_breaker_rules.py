@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from pybreaker import CircuitClosedState, CircuitHalfOpenState, CircuitOpenState
 
-from worker.errors import CircuitOpenError
+from core.errors import CircuitOpenError
 
 __all__ = ["LocalBreaker", "Options", "Outcome", "Reply", "SlowCall", "classify", "rejection"]
 

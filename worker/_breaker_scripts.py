@@ -1,6 +1,6 @@
 """The shared breaker's Redis state, its Lua scripts and the Redis calls around them.
 
-Keys (``worker.keys``; the circuits set is outside ``{name}``'s slot: one Redis, no cluster):
+Keys (``core.keys``; the circuits set is outside ``{name}``'s slot: one Redis, no cluster):
 
 - ``genq:breaker:{name}:state`` hash: ``code`` (0 closed, 1 open, 2 half-open, 3 forced
   open, 4 forced closed), ``gen`` (+1 on every transition), ``fails`` (consecutive),
@@ -37,8 +37,8 @@ from typing import Any, cast
 
 from redis import Redis
 
+from core import keys
 from worker import _breaker_rules as rules
-from worker import keys
 from worker._breaker_rules import Options, Outcome, Reply
 
 __all__ = ["KINDS", "RedisCircuit", "force_closed", "force_open", "list_circuits", "reset",

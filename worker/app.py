@@ -1,7 +1,7 @@
 """The Celery application and its configuration; nothing else.
 
 Start a worker with ``celery -A worker.app worker -Q interactive,batch``. The
-configuration is computed from :class:`worker.settings.Settings` the first time Celery
+configuration is computed from :class:`core.settings.Settings` the first time Celery
 reads it, so importing this module does no I/O and reads no environment.
 """
 
@@ -11,10 +11,11 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Queue
 
-from worker.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
-from worker.logs import configure_logging
-from worker.settings import Settings, get_settings
+from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
+from core.logs import configure_logging
+from core.settings import Settings, get_settings
 
 __all__ = ["app", "celery_config"]
 
@@ -33,13 +34,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
     }
-    tls = url.startswith("rediss://")
     return {
         "broker_url": url,
-        # kombu's Redis transport minus a client construction per delivery and per ack
-        # (worker/transport.py). Not for rediss://: kombu turns TLS on from the scheme,
-        # which a transport named here would hide.
-        "broker_transport": None if tls else "worker.transport:Transport",
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"socket_timeout": settings.redis_socket_timeout_s},
@@ -58,6 +54,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
+        # Declared, not only created on first use: Flower lists the queues the app
+        # declares, so both show on its Broker page even before a worker runs.
+        "task_queues": [Queue(QUEUE_INTERACTIVE), Queue(QUEUE_BATCH)],
         "task_default_queue": QUEUE_INTERACTIVE,
         "task_routes": {TASK_GENERATE: {"queue": QUEUE_INTERACTIVE}},
         "task_create_missing_queues": True,

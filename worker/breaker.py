@@ -21,7 +21,7 @@ Differences from pybreaker:
 2. No lock is held across the guarded call: N threads run N calls at once.
 3. Half-open lets exactly one probe through cluster-wide; every other call is rejected
    with reason ``probe_in_flight`` (pybreaker lets every caller try).
-4. Rejections raise ``worker.errors.CircuitOpenError`` (a ``CircuitBreakerError``)
+4. Rejections raise ``core.errors.CircuitOpenError`` (a ``CircuitBreakerError``)
    carrying ``retry_after``, ``circuit`` and ``reason``.
 5. The failing call that trips the circuit re-raises its own exception (pybreaker's
    ``throw_new_error_on_trip=False``), so callers keep the upstream error.

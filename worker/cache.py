@@ -39,8 +39,8 @@ from typing import Any
 
 import redis
 
-from worker import keys
-from worker.contract import GenerateRequest
+from core import keys
+from core.contract import GenerateRequest
 
 __all__ = ["KEY_VERSION", "CachedGeneration", "ResultCache", "cache_key"]
 

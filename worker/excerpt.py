@@ -51,7 +51,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.contract import Citation, ContextDoc
+from core.contract import Citation, ContextDoc
 
 __all__ = ["Excerpt", "build_excerpt", "tokenize"]
 

@@ -21,11 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker.backoff import RetryPolicy
-from worker.breaker import SharedCircuitBreaker
-from worker.cache import CachedGeneration, ResultCache, cache_key
-from worker.connections import get_redis
-from worker.contract import (
+from core.connections import get_redis
+from core.contract import (
     Attempt,
     FallbackReason,
     GenerationParams,
@@ -33,7 +30,7 @@ from worker.contract import (
     JobMessage,
     JobResult,
 )
-from worker.errors import (
+from core.errors import (
     CircuitOpenError,
     GenqError,
     JobFinished,
@@ -41,9 +38,12 @@ from worker.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from core.records import CacheMiss, ExtraSet, JobStore, utcnow
+from core.settings import Settings, get_settings
+from worker.backoff import RetryPolicy
+from worker.breaker import SharedCircuitBreaker
+from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.excerpt import build_excerpt
-from worker.records import CacheMiss, ExtraSet, JobStore, utcnow
-from worker.settings import Settings, get_settings
 from worker.upstream import Generation, UpstreamTarget, generate
 
 __all__ = ["GenerationService", "Outcome", "get_service"]

@@ -8,9 +8,9 @@ from typing import Any
 from celery import Task
 from pydantic import ValidationError
 
+from core.contract import TASK_GENERATE, JobMessage, JobResult
+from core.errors import GenqError, InvalidJob, StorageUnavailable
 from worker.app import app
-from worker.contract import TASK_GENERATE, JobMessage, JobResult
-from worker.errors import GenqError, InvalidJob, StorageUnavailable
 from worker.generation import get_service
 
 __all__ = ["generate"]

@@ -1,7 +1,7 @@
 """The model endpoint over HTTP: one request per generation, failures as typed errors.
 
 The only module in genq that imports ``requests``: it speaks ``hf`` (Inference API),
-``tgi`` and ``openai`` (chat completions) and raises ``worker.errors.UpstreamError``. It
+``tgi`` and ``openai`` (chat completions) and raises ``core.errors.UpstreamError``. It
 never retries nor follows redirects (Celery's retry, fed by ``worker.backoff``, is the
 one retry layer). No message holds request headers or the token: quoted text is scrubbed.
 """
@@ -27,8 +27,8 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
-from worker.contract import GenerationParams
-from worker.errors import (
+from core.contract import GenerationParams
+from core.errors import (
     UpstreamError,
     UpstreamMalformed,
     UpstreamRateLimited,
@@ -36,7 +36,7 @@ from worker.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from worker.settings import Protocol, Settings
+from core.settings import Protocol, Settings
 
 __all__ = [
     "Generation",

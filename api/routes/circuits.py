@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.deps import PrincipalDep
+from core.connections import get_redis
 from worker import breaker
-from worker.connections import get_redis
 
 router = APIRouter(tags=["circuits"])
 

@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.routes.jobs import POLL_AFTER_S, enqueue
 from api.schemas import Job, JobCreate
-from worker.errors import StorageUnavailable
-from worker.records import JobRecord
+from core.errors import StorageUnavailable
+from core.records import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

@@ -6,7 +6,7 @@ import redis
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
-from worker.connections import get_redis
+from core.connections import get_redis
 
 router = APIRouter(tags=["health"])
 

@@ -15,10 +15,10 @@ from api.auth import Principal
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobCreate, check_limits
-from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
-from worker.errors import StorageUnavailable
-from worker.records import JobRecord, JobStore
-from worker.settings import Settings
+from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
+from core.errors import StorageUnavailable
+from core.records import JobRecord, JobStore
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
+from core.errors import UpstreamUnavailable
 from worker.breaker import SharedCircuitBreaker
-from worker.errors import UpstreamUnavailable
 
 
 def boom(message: str = "upstream down") -> None:

@@ -17,13 +17,14 @@ import redis
 import requests
 from celery import Celery
 
+from core import connections
+from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE
+from core.settings import Settings, get_settings
 from devstack.redis import free_port
 from simulator.server import SimulatorServer
-from worker import connections, generation
+from worker import generation
 from worker.app import app as genq_app
 from worker.app import celery_config
-from worker.contract import QUEUE_BATCH, QUEUE_INTERACTIVE
-from worker.settings import Settings, get_settings
 
 API_KEY = "integration-key-0123456789"
 OTHER_KEY = "integration-other-key-0123456"

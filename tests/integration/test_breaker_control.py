@@ -9,6 +9,7 @@ import pybreaker
 import pytest
 import redis
 
+from core.errors import CircuitOpenError, UpstreamUnavailable
 from tests.integration.breaker_support import boom, failing
 from worker.breaker import (
     SharedCircuitBreaker,
@@ -18,7 +19,6 @@ from worker.breaker import (
     reset,
     snapshot,
 )
-from worker.errors import CircuitOpenError, UpstreamUnavailable
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ import pytest
 import redis
 import requests
 
+from core.errors import CircuitOpenError, UpstreamUnavailable
 from simulator.server import SimulatorServer
 from worker.breaker import SharedCircuitBreaker, snapshot
-from worker.errors import CircuitOpenError, UpstreamUnavailable
 
 pytestmark = pytest.mark.integration
 PROCESSES, THREADS = 4, 2

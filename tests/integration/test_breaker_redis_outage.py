@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from core.errors import CircuitOpenError, UpstreamUnavailable
 from devstack.redis import RedisProcess, ensure_redis_server, free_port
 from worker.breaker import REDIS_RETRY_S, SharedCircuitBreaker
-from worker.errors import CircuitOpenError, UpstreamUnavailable
 
 pytestmark = pytest.mark.integration
 

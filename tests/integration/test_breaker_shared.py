@@ -11,17 +11,17 @@ import pybreaker
 import pytest
 import redis
 
+from core.errors import (
+    CircuitOpenError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
 from tests.integration.breaker_support import boom, failing
 from worker import _breaker_scripts as scripts
 from worker.breaker import (
     SharedCircuitBreaker,
     reset,
     snapshot,
-)
-from worker.errors import (
-    CircuitOpenError,
-    UpstreamRateLimited,
-    UpstreamRejected,
 )
 
 pytestmark = pytest.mark.integration

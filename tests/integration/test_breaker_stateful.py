@@ -27,8 +27,8 @@ from hypothesis.stateful import (
     rule,
 )  # fmt: skip
 
+from core.errors import CircuitOpenError, UpstreamUnavailable
 from worker.breaker import SharedCircuitBreaker, snapshot
-from worker.errors import CircuitOpenError, UpstreamUnavailable
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from core import keys
 from devstack.redis import free_port
-from worker import keys
 from worker.cache import CachedGeneration, ResultCache
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker import breaker, generation
-from worker._records_scripts import FINISH_FROM_CACHE
-from worker.cache import CachedGeneration, ResultCache, cache_key
-from worker.contract import (
+from core._records_scripts import FINISH_FROM_CACHE
+from core.contract import (
     Attempt,
     ContextDoc,
     GenerateRequest,
@@ -22,9 +20,11 @@ from worker.contract import (
     JobResult,
     JobStatus,
 )
+from core.records import CacheMiss, JobStore, utcnow
+from core.settings import Settings
+from worker import breaker, generation
+from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.generation import GenerationService, Outcome, breaker_factory
-from worker.records import CacheMiss, JobStore, utcnow
-from worker.settings import Settings
 from worker.upstream import UpstreamTarget
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import requests
 
+from core.settings import Settings
 from simulator.server import SimulatorServer
 from tests.integration.conftest import ADMIN_KEY, auth, wait_final
-from worker.settings import Settings
 from worker.upstream import UpstreamTarget
 
 pytestmark = pytest.mark.usefixtures("celery_session_worker")

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis
 
-from worker.contract import Attempt, JobError, JobResult, JobStatus
-from worker.records import JobStore, utcnow
+from core.contract import Attempt, JobError, JobResult, JobStatus
+from core.records import JobStore, utcnow
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import uuid
 
 import redis
 
+from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
+from core.records import JobStore
 from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer, simulated_text
 from tests.integration.conftest import genq_env, publisher_for, settings_for, start_process
-from worker.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
-from worker.records import JobStore
 
 # upstream timeout < soft limit < hard limit < visibility timeout, as settings require;
 # small so that redelivery happens within the test.

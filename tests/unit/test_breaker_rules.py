@@ -7,6 +7,7 @@ import math
 import pytest
 import redis
 
+from core.errors import UpstreamRateLimited, UpstreamRejected, UpstreamUnavailable
 from worker._breaker_rules import (
     ADMIT,
     CLOSED,
@@ -30,7 +31,6 @@ from worker._breaker_rules import (
     classify,
 )  # fmt: skip
 from worker.breaker import SharedCircuitBreaker
-from worker.errors import UpstreamRateLimited, UpstreamRejected, UpstreamUnavailable
 
 
 class Clock:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from core.contract import GenerateRequest
 from worker.cache import cache_key
-from worker.contract import GenerateRequest
 
 PARAMS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"]}
 DOC: dict[str, Any] = {

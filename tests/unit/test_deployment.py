@@ -10,7 +10,7 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
-from worker.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

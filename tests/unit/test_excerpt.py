@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.contract import Citation, ContextDoc
 from worker import excerpt
-from worker.contract import Citation, ContextDoc
 from worker.excerpt import ELLIPSIS, build_excerpt, tokenize
 
 REDIS = (

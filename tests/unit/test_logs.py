@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from worker.logs import KeyValueFormatter, configure_logging, formatter_for
-from worker.settings import Settings
+from core.logs import KeyValueFormatter, configure_logging, formatter_for
+from core.settings import Settings
 
 
 def record(**extra: object) -> logging.LogRecord:

@@ -8,8 +8,8 @@ from pydantic import ValidationError
 
 from api.auth import authenticate, owner_of
 from api.schemas import check_limits
-from worker.contract import GenerateRequest, JobMessage, JobStatus
-from worker.settings import Settings
+from core.contract import GenerateRequest, JobMessage, JobStatus
+from core.settings import Settings
 
 
 def test_minimal_request_gets_default_params() -> None:

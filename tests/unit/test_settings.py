@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from worker.settings import Settings
+from core.settings import Settings
 
 
 def make(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:

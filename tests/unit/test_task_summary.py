@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.contract import JobResult
+from core.contract import JobResult
 from worker.tasks import summary
 
 

@@ -17,15 +17,15 @@ from pydantic import SecretStr
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from worker.contract import GenerationParams
-from worker.errors import (
+from core.contract import GenerationParams
+from core.errors import (
     UpstreamMalformed,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from worker.settings import Protocol, Settings
+from core.settings import Protocol, Settings
 from worker.upstream import (
     UpstreamTarget,
     build_request,

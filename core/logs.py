@@ -13,7 +13,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from worker.settings import Settings
+from core.settings import Settings
 
 __all__ = ["KeyValueFormatter", "configure_logging", "formatter_for"]
 

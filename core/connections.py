@@ -11,7 +11,7 @@ import os
 
 import redis
 
-from worker.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 __all__ = ["get_redis", "redis_from_settings"]
 

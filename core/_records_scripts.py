@@ -1,4 +1,4 @@
-"""The Lua scripts behind :mod:`worker.records`: each is one atomic round trip.
+"""The Lua scripts behind :mod:`core.records`: each is one atomic round trip.
 
 Every worker write goes through one of them, so a job's record, its attempts and (on
 success) its cache entry change together, and the first final answer wins.

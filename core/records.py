@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel
 
-from worker import keys
-from worker._records_scripts import FINISH_FROM_CACHE, MARK_RUNNING, WRITE_UNLESS_FINAL
-from worker.contract import Attempt, JobError, JobResult, JobStatus
-from worker.errors import StorageUnavailable
+from core import keys
+from core._records_scripts import FINISH_FROM_CACHE, MARK_RUNNING, WRITE_UNLESS_FINAL
+from core.contract import Attempt, JobError, JobResult, JobStatus
+from core.errors import StorageUnavailable
 
 __all__ = ["CacheMiss", "ExtraSet", "JobRecord", "JobStore", "utcnow"]
 
