@@ -16,15 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
-from worker import breaker
 from worker.app import QUEUES
 
 __all__ = ["JOBS_SUBMITTED", "ClusterCollector", "router"]
 
 JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API process")
-
-_STATES = ("closed", "open", "half-open", "forced_open", "forced_closed")
+STATE_LABELS = tuple(code.label for code in CircuitState)
 
 
 class ClusterCollector(Collector):
@@ -38,7 +37,7 @@ class ClusterCollector(Collector):
         up = GaugeMetricFamily("genq_redis_up", "Whether Redis answered this scrape")
         try:
             client = get_redis()
-            circuits = breaker.list_circuits(client)
+            circuits = list_circuits(client)
             depths = [(queue, int(client.llen(queue))) for queue in QUEUES]
         except (redis.ConnectionError, redis.TimeoutError):
             up.add_metric([], 0)
@@ -57,7 +56,7 @@ class ClusterCollector(Collector):
         )
         for circuit in circuits:
             name = circuit["name"]
-            for option in _STATES:
+            for option in STATE_LABELS:
                 state.add_metric([name, option], float(circuit["state"] == option))
             retry.add_metric([name], float(circuit["retry_after"]))
             for kind, count in circuit["transitions"].items():

@@ -6,6 +6,7 @@ worker's code can change without the API noticing. Everything here is JSON-safe.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -19,6 +20,7 @@ __all__ = [
     "CachePolicy",
     "Citation",
     "ContextDoc",
+    "ErrorType",
     "FallbackPolicy",
     "FallbackReason",
     "GenerateRequest",
@@ -27,7 +29,9 @@ __all__ = [
     "JobMessage",
     "JobResult",
     "JobStatus",
+    "RefusalReason",
     "Source",
+    "utcnow",
 ]
 
 TASK_GENERATE = "genq.generate"
@@ -50,12 +54,42 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+class ErrorType(StrEnum):
+    """A job's ``error.type`` (and an attempt's ``error_type``): what went wrong, for machines.
+
+    Each is the ``type`` of one class of the error tree in ``core.errors``.
+    """
+
+    INTERNAL_ERROR = "internal_error"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
+    UPSTREAM_MALFORMED = "upstream_malformed"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    CIRCUIT_OPEN = "circuit_open"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    INVALID_JOB = "invalid_job"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+
+    @property
+    def is_client_error(self) -> bool:
+        """The request itself was wrong: retrying it unchanged will not help."""
+        return self in (ErrorType.UPSTREAM_REJECTED, ErrorType.INVALID_JOB)
+
+
+def utcnow() -> str:
+    """Now, as the ISO-8601 UTC string (milliseconds, ``Z``) every record uses."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 Source = Literal["upstream", "cache", "excerpt"]
 CachePolicy = Literal["fallback", "prefer", "off"]
 FallbackPolicy = Literal["auto", "none"]
-FallbackReason = Literal[
-    "circuit_open", "circuit_forced_open", "probe_in_flight", "upstream_failed"
-]
+RefusalReason = Literal["circuit_open", "circuit_forced_open", "probe_in_flight"]
+"""Why the shared breaker refused a call."""
+FallbackReason = Literal[RefusalReason, "upstream_failed"]
+"""Why a result is degraded: the breaker refused, or the upstream's retries ran out."""
 
 
 class _Strict(BaseModel):
@@ -131,7 +165,7 @@ class JobResult(_Strict):
 class JobError(_Strict):
     """Why a job failed: a machine-readable ``type`` and a message for a person."""
 
-    type: str
+    type: ErrorType
     message: str
     retry_after: float | None = None
 
@@ -141,4 +175,13 @@ class Attempt(_Strict):
 
     at: str
     outcome: Literal["succeeded", "failed", "rejected"]
-    error_type: str | None = None
+    error_type: ErrorType | None = None
+
+    @classmethod
+    def now(
+        cls,
+        outcome: Literal["succeeded", "failed", "rejected"],
+        error_type: ErrorType | None = None,
+    ) -> Attempt:
+        """An attempt that ended just now."""
+        return cls(at=utcnow(), outcome=outcome, error_type=error_type)

@@ -1,32 +1,34 @@
-"""genq's one error tree.
+"""genq's one error tree; each class's ``type`` is a ``core.contract.ErrorType``.
 
-    GenqError
+    GenqError                         internal_error
     ├── UpstreamError                 a call to the model endpoint did not give a generation
-    │   ├── UpstreamTimeout           no answer within the read/connect timeout  (transient)
+    │   ├── UpstreamTimeout           no answer within the read/connect timeout   (transient)
     │   ├── UpstreamUnavailable       5xx, refused/reset connection, 503 "loading" (transient)
-    │   ├── UpstreamRateLimited       429; ``retry_after`` says when to come back   (transient)
-    │   ├── UpstreamMalformed         2xx whose body is not the protocol's shape    (transient)
-    │   └── UpstreamRejected          400/401/403/404/422: the request itself is wrong (final)
+    │   ├── UpstreamRateLimited       429; ``retry_after`` says when to come back  (transient)
+    │   ├── UpstreamMalformed         2xx whose body is not the protocol's shape   (transient)
+    │   └── UpstreamRejected          400/401/403/404/422: the request is wrong    (final)
     ├── CircuitOpenError              the shared breaker refused the call (also a pybreaker
     │                                 ``CircuitBreakerError``); carries ``retry_after``
-    ├── InvalidJob                    a task payload that does not validate (final)
-    ├── JobFinished                   a redelivered job is already final: nothing to do
-    └── StorageUnavailable            Redis could not be reached for a job record
+    ├── ServiceUnavailable            the upstream cannot be used and the job has no fallback
+    ├── InvalidJob                    a task payload that does not validate        (final)
+    └── StorageUnavailable            Redis could not be reached for a job record  (transient)
 
-``transient`` errors are worth retrying while the circuit is closed and count as breaker
-failures; final ones are not retried and never touch the breaker. Messages never
-contain the upstream token: the upstream client scrubs bodies before raising.
+``transient`` errors are worth retrying later. Upstream failures count against the
+circuit, rejections never do. Messages never contain the upstream token: the upstream
+client scrubs bodies before raising.
 """
 
 from __future__ import annotations
 
 import pybreaker
 
+from core.contract import ErrorType, RefusalReason
+
 __all__ = [
     "CircuitOpenError",
     "GenqError",
     "InvalidJob",
-    "JobFinished",
+    "ServiceUnavailable",
     "StorageUnavailable",
     "UpstreamError",
     "UpstreamMalformed",
@@ -40,8 +42,8 @@ __all__ = [
 class GenqError(Exception):
     """Root of every error genq raises on purpose."""
 
-    #: Short machine-readable name, as stored in a job's ``error.type``.
-    type: str = "internal_error"
+    #: Machine-readable kind, as stored in a job's ``error.type``.
+    type: ErrorType = ErrorType.INTERNAL_ERROR
     #: Whether trying again later may succeed.
     transient: bool = False
 
@@ -54,7 +56,7 @@ class GenqError(Exception):
 class UpstreamError(GenqError):
     """Raised when the model endpoint did not return a usable generation."""
 
-    type = "upstream_error"
+    type = ErrorType.UPSTREAM_ERROR
 
     def __init__(
         self, message: str, *, status: int | None = None, retry_after: float | None = None
@@ -66,65 +68,69 @@ class UpstreamError(GenqError):
 class UpstreamTimeout(UpstreamError):
     """Raised when the upstream did not connect or answer within its timeout."""
 
-    type = "upstream_timeout"
+    type = ErrorType.UPSTREAM_TIMEOUT
     transient = True
 
 
 class UpstreamUnavailable(UpstreamError):
     """Raised on 5xx, a refused or reset connection, or a 503 while the model loads."""
 
-    type = "upstream_unavailable"
+    type = ErrorType.UPSTREAM_UNAVAILABLE
     transient = True
 
 
 class UpstreamRateLimited(UpstreamError):
     """Raised on 429; ``retry_after`` holds the upstream's ``Retry-After`` in seconds."""
 
-    type = "upstream_rate_limited"
+    type = ErrorType.UPSTREAM_RATE_LIMITED
     transient = True
 
 
 class UpstreamMalformed(UpstreamError):
     """Raised when a 2xx body is not the shape the protocol promises."""
 
-    type = "upstream_malformed"
+    type = ErrorType.UPSTREAM_MALFORMED
     transient = True
 
 
 class UpstreamRejected(UpstreamError):
     """Raised on 400/401/403/404/422: the request is wrong and retrying will not help."""
 
-    type = "upstream_rejected"
+    type = ErrorType.UPSTREAM_REJECTED
 
 
 class CircuitOpenError(GenqError, pybreaker.CircuitBreakerError):
     """Raised by the shared breaker instead of calling the upstream; see ``reason``."""
 
-    type = "circuit_open"
+    type = ErrorType.CIRCUIT_OPEN
 
     def __init__(
-        self, message: str, *, circuit: str, reason: str, retry_after: float | None
+        self,
+        message: str,
+        *,
+        circuit: str,
+        reason: RefusalReason,
+        retry_after: float | None,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.circuit = circuit
-        #: ``circuit_open`` | ``circuit_forced_open`` | ``probe_in_flight``
-        self.reason = reason
+        self.reason: RefusalReason = reason
+
+
+class ServiceUnavailable(GenqError):
+    """Raised (recorded) when the upstream cannot be used and no fallback answer exists."""
+
+    type = ErrorType.SERVICE_UNAVAILABLE
 
 
 class InvalidJob(GenqError):
     """Raised when a task payload does not validate; the job fails without a retry."""
 
-    type = "invalid_job"
-
-
-class JobFinished(GenqError):
-    """Raised when a (redelivered) job is already final or gone; the task just acks it."""
-
-    type = "job_finished"
+    type = ErrorType.INVALID_JOB
 
 
 class StorageUnavailable(GenqError):
     """Raised when Redis cannot be reached to read or write a job record."""
 
-    type = "storage_unavailable"
+    type = ErrorType.STORAGE_UNAVAILABLE
     transient = True

@@ -6,7 +6,7 @@ are not listed; everything genq owns lives under ``genq:``.
 
 from __future__ import annotations
 
-__all__ = ["PREFIX", "breaker", "cache", "circuits", "job", "job_attempts"]
+__all__ = ["PREFIX", "breaker", "cache", "circuit", "circuits", "job", "job_attempts"]
 
 PREFIX = "genq:"
 
@@ -34,3 +34,10 @@ def cache(digest: str) -> str:
 def circuits() -> str:
     """Set of every circuit name that has ever been used (for ``GET /v1/circuits``)."""
     return f"{PREFIX}breaker:circuits"
+
+
+def circuit(name: str) -> list[str]:
+    """The five keys of circuit ``name``, in the order every circuit script takes them:
+    state hash, probe lease, transition counters, the circuits set, rate buckets."""
+    parts = ("state", "probe", "events")
+    return [*(breaker(name, part) for part in parts), circuits(), breaker(name, "rate")]

@@ -13,9 +13,8 @@ and ``fallback`` policies and the upstream's base URL. Entries expire after
 
 A cache never fails a job: Redis errors and corrupt entries read as a miss, and a write
 that cannot be made returns False; both are logged. The worker writes entries with the
-job's final record (:meth:`ResultCache.entry`) and answers from them with
-``JobStore.finish_from_cache``, which reads the entry and records the job in one Lua
-script; :meth:`ResultCache.get` is the plain read (operators, tests, benches).
+job's final record (:meth:`ResultCache.entry`) and reads them with
+:meth:`ResultCache.get`, the one decoder of an entry (``worker.fallback``).
 
 No per-process LRU in front of Redis. ``bench/fallback_micro_bench.py`` measured a hit
 through Redis on loopback at 0.12-0.22 ms (p50; a raw GET: 0.11-0.16 ms) against

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.deps import PrincipalDep
+from api.deps import PrincipalDep, SettingsDep
+from core import circuits
 from core.connections import get_redis
-from worker import breaker
 
 router = APIRouter(tags=["circuits"])
 
@@ -51,7 +51,7 @@ def _unreachable(what: str) -> HTTPException:
 
 def _circuits(client: redis.Redis) -> list[Circuit]:
     try:
-        return [Circuit.model_validate(c) for c in breaker.list_circuits(client)]
+        return [Circuit.model_validate(c) for c in circuits.list_circuits(client)]
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise _unreachable("try again shortly") from exc
 
@@ -65,11 +65,11 @@ def list_circuits(_: PrincipalDep, client: RedisDep) -> list[Circuit]:
 @router.get("/v1/health/circuit-breaker", response_model=None)
 def circuit_health(_: PrincipalDep, client: RedisDep) -> JSONResponse:
     """200 when every circuit is closed; 503 with ``Retry-After`` when one is not."""
-    circuits = _circuits(client)
-    unhealthy = [c for c in circuits if c.state in UNHEALTHY]
+    known = _circuits(client)
+    unhealthy = [c for c in known if c.state in UNHEALTHY]
     body: dict[str, Any] = {
         "status": "degraded" if unhealthy else "ok",
-        "circuits": [c.model_dump() for c in circuits],
+        "circuits": [c.model_dump() for c in known],
     }
     if not unhealthy:
         return JSONResponse(body)
@@ -78,9 +78,9 @@ def circuit_health(_: PrincipalDep, client: RedisDep) -> JSONResponse:
 
 
 _ACTIONS = {
-    "open": breaker.force_open,
-    "close": breaker.force_closed,
-    "reset": breaker.reset,
+    "open": circuits.Control.FORCE_OPEN,
+    "close": circuits.Control.FORCE_CLOSED,
+    "reset": circuits.Control.RESET,
 }
 
 
@@ -90,12 +90,13 @@ def control_circuit(
     action: Literal["open", "close", "reset"],
     principal: PrincipalDep,
     client: RedisDep,
+    settings: SettingsDep,
 ) -> Circuit:
     """Admin: force a circuit open, force it closed (breaker disabled), or reset it."""
     if not principal.admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="an admin key is required")
     try:
-        _ACTIONS[action](client, name)
-        return Circuit.model_validate(breaker.snapshot(client, name))
+        circuits.control(client, name, _ACTIONS[action], settings.breaker_reset_timeout_s)
+        return Circuit.model_validate(circuits.snapshot(client, name))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise _unreachable("nothing was changed") from exc

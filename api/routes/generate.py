@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.routes.jobs import POLL_AFTER_S, enqueue
 from api.schemas import Job, JobCreate
+from core.contract import ErrorType
 from core.errors import StorageUnavailable
 from core.records import JobRecord
 
@@ -20,8 +21,6 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 
 #: How often the route looks at the job record while it waits.
 POLL_INTERVAL_S = 0.02
-#: Error types that are the client's fault rather than the upstream's.
-CLIENT_ERRORS = {"upstream_rejected", "invalid_job"}
 
 
 @router.post(
@@ -65,8 +64,8 @@ def _answer(record: JobRecord) -> Response:
     error = record.error
     if error is None:
         return JSONResponse(job)
-    if error.type == "service_unavailable":
+    if error.type is ErrorType.SERVICE_UNAVAILABLE:
         retry_after = str(max(1, round(error.retry_after or 1)))
         return JSONResponse(job, status_code=503, headers={"Retry-After": retry_after})
-    code = 422 if error.type in CLIENT_ERRORS else status.HTTP_502_BAD_GATEWAY
+    code = 422 if error.type.is_client_error else status.HTTP_502_BAD_GATEWAY
     return JSONResponse(job, status_code=code)

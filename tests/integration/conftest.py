@@ -17,14 +17,13 @@ import redis
 import requests
 from celery import Celery
 
-from core import connections
 from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from devstack.redis import free_port
 from simulator.server import SimulatorServer
-from worker import generation
 from worker.app import app as genq_app
 from worker.app import celery_config
+from worker.testing import configured
 
 API_KEY = "integration-key-0123456789"
 OTHER_KEY = "integration-other-key-0123456"
@@ -94,14 +93,8 @@ def publisher_for(settings: Settings) -> Celery:
 @pytest.fixture(scope="session")
 def genq_settings(redis_url: str, simulator: SimulatorServer) -> Iterator[Settings]:
     """This process's genq settings, pointing at the test Redis and the simulator."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in genq_env(redis_url, simulator.url).items():
-            mp.setenv(name, value)
-        get_settings.cache_clear()
-        connections._client_for.cache_clear()
-        generation._service_for.cache_clear()
-        yield get_settings()
-    get_settings.cache_clear()
+    with configured(genq_env(redis_url, simulator.url)) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

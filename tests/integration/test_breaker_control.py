@@ -9,16 +9,11 @@ import pybreaker
 import pytest
 import redis
 
+from core.circuits import force_closed, force_open, list_circuits, reset, snapshot
 from core.errors import CircuitOpenError, UpstreamUnavailable
 from tests.integration.breaker_support import boom, failing
-from worker.breaker import (
-    SharedCircuitBreaker,
-    force_closed,
-    force_open,
-    list_circuits,
-    reset,
-    snapshot,
-)
+from worker.breaker import DEFAULT_VIEW_TTL_S, SharedCircuitBreaker
+from worker.testing import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +22,8 @@ def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
     """Forced open rejects once views refresh, forced closed counts nothing, reset zeroes."""
     breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=0.2)
     breaker.call(lambda: None)
-    force_open(r, name)
-    time.sleep(SharedCircuitBreaker.VIEW_TTL_S)  # successes alone do not refresh the view
+    force_open(r, name, 0.2)
+    time.sleep(DEFAULT_VIEW_TTL_S)  # successes alone do not refresh the view
     reasons = []
     for _ in range(3):
         try:
@@ -37,13 +32,13 @@ def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
             reasons.append(exc.reason)
     assert reasons == ["circuit_forced_open"] * 3
     assert snapshot(r, name)["state"] == "forced_open"
-    force_closed(r, name)
+    force_closed(r, name, 0.2)
     time.sleep(0.25)  # the forced-open re-check interval (reset_timeout)
     failing(breaker, 5)
     assert snapshot(r, name)["state"] == "forced_closed"
     assert snapshot(r, name)["failure_count"] == 0
-    reset(r, name)
-    time.sleep(SharedCircuitBreaker.VIEW_TTL_S)
+    reset(r, name, 0.2)
+    time.sleep(DEFAULT_VIEW_TTL_S)
     failing(breaker, 1)
     report = snapshot(r, name)
     assert (report["state"], report["failure_count"]) == ("closed", 1)
@@ -83,18 +78,17 @@ def test_admissions_register_a_healthy_circuit_and_keep_its_keys_alive(
     r: redis.Redis, name: str
 ) -> None:
     """Successes write nothing: the admission lists the circuit and refreshes its expiry."""
-    breaker = SharedCircuitBreaker(name, r)
-    breaker.VIEW_TTL_S = 0.05  # type: ignore[misc]
+    clock = ManualClock()
+    breaker = SharedCircuitBreaker(name, r, view_ttl_s=0.05, clock=clock)
     breaker.call(lambda: None)
     state = f"genq:breaker:{{{name}}}:state"
     assert name in [c["name"] for c in list_circuits(r)]
     assert 86_000_000 < r.pttl(state) <= 86_400_000
     r.pexpire(state, 60_000)
-    time.sleep(0.06)
+    clock.advance(0.06)
     breaker.call(lambda: None)
     assert r.pttl(state) <= 60_000  # refreshed at most once per quarter of the expiry
-    breaker.shift_clock(6.1 * 3600)
-    time.sleep(0.06)
+    clock.advance(6.1 * 3600)
     breaker.call(lambda: None)
     assert 86_000_000 < r.pttl(state) <= 86_400_000
 

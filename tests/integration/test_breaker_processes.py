@@ -19,9 +19,10 @@ import pytest
 import redis
 import requests
 
+from core.circuits import snapshot
 from core.errors import CircuitOpenError, UpstreamUnavailable
 from simulator.server import SimulatorServer
-from worker.breaker import SharedCircuitBreaker, snapshot
+from worker.breaker import SharedCircuitBreaker
 
 pytestmark = pytest.mark.integration
 PROCESSES, THREADS = 4, 2

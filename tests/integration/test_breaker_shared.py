@@ -11,18 +11,15 @@ import pybreaker
 import pytest
 import redis
 
+from core.circuits import reset, snapshot
 from core.errors import (
     CircuitOpenError,
     UpstreamRateLimited,
     UpstreamRejected,
 )
 from tests.integration.breaker_support import boom, failing
-from worker import _breaker_scripts as scripts
-from worker.breaker import (
-    SharedCircuitBreaker,
-    reset,
-    snapshot,
-)
+from worker.breaker import SharedCircuitBreaker
+from worker.breaker.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +86,7 @@ def test_closed_successes_from_a_fresh_quiet_view_cost_no_round_trip(
     counted: redis.Redis, r: redis.Redis, name: str
 ) -> None:
     """After a first call (connect, ADMIT), 200 successes from a quiet view cost no EVALSHA."""
-    breaker = SharedCircuitBreaker(name, counted)
-    breaker.VIEW_TTL_S = 60.0  # type: ignore[misc]  # no refresh falls inside the loop
+    breaker = SharedCircuitBreaker(name, counted, view_ttl_s=60.0)
     breaker.call(lambda: None)
     writes, server = CountingConnection.writes, evalsha_calls(r)
     for i in range(200):
@@ -104,15 +100,14 @@ def test_a_stale_view_costs_one_admit_per_view_ttl_not_one_per_call(
 ) -> None:
     """Three bursts of 50 successes, each once the view is stale: 3 ADMITs, no RECORD."""
     records: list[int] = []
-    record = scripts.RedisCircuit.record
+    record = RedisStore.record
 
-    def spy(circuit: scripts.RedisCircuit, *args: Any) -> Any:
+    def spy(store: RedisStore, *args: Any) -> Any:
         records.append(1)
-        return record(circuit, *args)
+        return record(store, *args)
 
-    monkeypatch.setattr(scripts.RedisCircuit, "record", spy)
-    breaker = SharedCircuitBreaker(name, counted)
-    breaker.VIEW_TTL_S = 0.2  # type: ignore[misc]
+    monkeypatch.setattr(RedisStore, "record", spy)
+    breaker = SharedCircuitBreaker(name, counted, view_ttl_s=0.2)
     breaker.call(lambda: None)
     writes, server = CountingConnection.writes, evalsha_calls(r)
     for _ in range(3):
@@ -128,8 +123,7 @@ def test_a_success_after_a_failure_it_has_seen_is_recorded_and_resets_the_count(
     counted: redis.Redis, r: redis.Redis, name: str
 ) -> None:
     """With failures in the view, the next success costs ADMIT + RECORD and zeroes the count."""
-    breaker = SharedCircuitBreaker(name, counted, fail_max=3)
-    breaker.VIEW_TTL_S = 60.0  # type: ignore[misc]
+    breaker = SharedCircuitBreaker(name, counted, fail_max=3, view_ttl_s=60.0)
     failing(breaker, 2)
     assert snapshot(r, name)["failure_count"] == 2
     server = evalsha_calls(r)
@@ -147,8 +141,7 @@ def test_a_success_resets_failures_elsewhere_only_once_its_view_shows_them(
     r: redis.Redis, name: str
 ) -> None:
     """Another process's failure survives this one's success until its view is refreshed."""
-    here = SharedCircuitBreaker(name, r, fail_max=3)
-    here.VIEW_TTL_S = 0.2  # type: ignore[misc]
+    here = SharedCircuitBreaker(name, r, fail_max=3, view_ttl_s=0.2)
     there = SharedCircuitBreaker(name, r, fail_max=3)
     here.call(lambda: None)
     failing(there, 1)
@@ -162,9 +155,8 @@ def test_a_success_resets_failures_elsewhere_only_once_its_view_shows_them(
 def test_a_success_ending_with_a_stale_view_is_recorded(
     counted: redis.Redis, r: redis.Redis, name: str
 ) -> None:
-    """A call that outlives VIEW_TTL_S records its success: failures made meanwhile reset."""
-    here = SharedCircuitBreaker(name, counted, fail_max=3)
-    here.VIEW_TTL_S = 0.1  # type: ignore[misc]
+    """A call that outlives view_ttl_s records its success: failures made meanwhile reset."""
+    here = SharedCircuitBreaker(name, counted, fail_max=3, view_ttl_s=0.1)
     there = SharedCircuitBreaker(name, r, fail_max=3)
     here.call(lambda: None)
     writes = CountingConnection.writes
@@ -183,9 +175,14 @@ def test_with_a_rate_window_every_success_is_recorded(
 ) -> None:
     """With window_s, each of 200 successes costs one EVALSHA and counts toward the rate."""
     breaker = SharedCircuitBreaker(
-        name, counted, fail_max=100, window_s=5.0, failure_rate_threshold=0.5, min_calls=2
+        name,
+        counted,
+        fail_max=100,
+        window_s=5.0,
+        failure_rate_threshold=0.5,
+        min_calls=2,
+        view_ttl_s=60.0,
     )
-    breaker.VIEW_TTL_S = 60.0  # type: ignore[misc]
     breaker.call(lambda: None)
     writes, server = CountingConnection.writes, evalsha_calls(r)
     for i in range(200):
@@ -276,7 +273,7 @@ def test_outcomes_admitted_before_a_transition_are_ignored(r: redis.Redis, name:
     stale_fail.__enter__()
     stale_ok.__enter__()
     failing(fast, 2)
-    reset(r, name)
+    reset(r, name, 60.0)
     failing(SharedCircuitBreaker(name, r), 1)  # ``fast`` still rejects from its cached view
     assert stale_fail.__exit__(RuntimeError, RuntimeError("late"), None) is False
     stale_ok.__exit__(None, None, None)

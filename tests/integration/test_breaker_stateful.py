@@ -1,8 +1,8 @@
 """Random interleavings of admissions, outcomes and clock steps against the real Redis scripts.
 
-Three breakers stand for three processes sharing one circuit. Time moves through
-``shift_clock`` (an offset added to Redis ``TIME`` inside the scripts), so windows pass
-without sleeping. ``VIEW_TTL_S`` is 0 on these instances so every admission asks Redis
+Three breakers stand for three processes sharing one circuit. Time moves through one
+``ManualClock`` they share (it replaces Redis ``TIME`` inside the scripts), so windows
+pass without sleeping. ``view_ttl_s`` is 0 on these instances so every admission asks Redis
 and every success is recorded (no view is fresh enough to skip one as having nothing to
 reset): the test then knows the generation each call was admitted in, and can model the
 count exactly. test_breaker_shared.py covers the skipped successes of a fresh view.
@@ -19,16 +19,12 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)  # fmt: skip
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from core.circuits import snapshot
 from core.errors import CircuitOpenError, UpstreamUnavailable
-from worker.breaker import SharedCircuitBreaker, snapshot
+from worker.breaker import SharedCircuitBreaker
+from worker.testing import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +50,22 @@ class SharedCircuit(RuleBasedStateMachine):
         self.calls: list[Call] = []
         self.consecutive = 0
         self.fail_max = 1
+        self.clock = ManualClock()
 
     @initialize(fail_max=st.integers(1, 3), threshold=st.integers(1, 2))
     def build(self, fail_max: int, threshold: int) -> None:
         self.fail_max = fail_max
         for _ in range(3):
             b = SharedCircuitBreaker(
-                self.name, self.client, fail_max=fail_max, reset_timeout=1.0,
-                max_reset_timeout=4.0, success_threshold=threshold,
-            )  # fmt: skip
-            b.VIEW_TTL_S = 0.0  # type: ignore[misc]
+                self.name,
+                self.client,
+                fail_max=fail_max,
+                reset_timeout=1.0,
+                max_reset_timeout=4.0,
+                success_threshold=threshold,
+                view_ttl_s=0.0,
+                clock=self.clock,
+            )
             self.breakers.append(b)
 
     def state(self) -> dict[str, Any]:
@@ -118,8 +120,7 @@ class SharedCircuit(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.4, 1.0, 2.5]))
     def advance(self, seconds: float) -> None:
-        for b in self.breakers:
-            b.shift_clock(seconds)
+        self.clock.advance(seconds)
 
     @invariant()
     def at_most_one_probe(self) -> None:
@@ -138,7 +139,9 @@ def test_shared_circuit_state_machine(redis_url: str) -> None:
     SharedCircuit.client = redis.Redis.from_url(redis_url, decode_responses=True)
     runner = SharedCircuit.TestCase
     runner.settings = settings(
-        max_examples=30, stateful_step_count=30, deadline=None,
+        max_examples=30,
+        stateful_step_count=30,
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
-    )  # fmt: skip
+    )
     runner().runTest()

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis
 
-from core.contract import Attempt, JobError, JobResult, JobStatus
-from core.records import JobStore, utcnow
+from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
+from core.records import JobStore
 
 
 @pytest.fixture

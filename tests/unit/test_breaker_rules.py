@@ -1,4 +1,4 @@
-"""The breaker's rules without Redis: option validation, outcomes and the in-memory circuit."""
+"""The breaker's rules without Redis: option validation, outcomes and the in-process store."""
 
 from __future__ import annotations
 
@@ -7,30 +7,21 @@ import math
 import pytest
 import redis
 
+from core.circuits import CircuitState
 from core.errors import UpstreamRateLimited, UpstreamRejected, UpstreamUnavailable
-from worker._breaker_rules import (
-    ADMIT,
-    CLOSED,
-    FAIL,
-    HALF_OPEN,
-    NEUTRAL,
-    OK,
-    OPEN,
-    PROBE,
-    RECORDED,
-    REJECT_OPEN,
-    REJECT_PROBE,
-    T_CLOSED,
-    T_FAIL_MAX,
-    T_HALF_OPEN,
-    T_PROBE_FAILED,
-    T_RATE,
-    LocalBreaker,
-    Options,
-    SlowCall,
-    classify,
-)  # fmt: skip
 from worker.breaker import SharedCircuitBreaker
+from worker.breaker.codes import OutcomeKind, Transition, Verdict
+from worker.breaker.local_store import LocalStore
+from worker.breaker.rules import Options, Outcome, SlowCall, classify
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+ADMIT, PROBE, RECORDED = Verdict.ADMIT, Verdict.PROBE, Verdict.RECORDED
+REJECT_OPEN, REJECT_PROBE = Verdict.REJECT_OPEN, Verdict.REJECT_PROBE
+OK, FAIL, NEUTRAL = OutcomeKind.OK, OutcomeKind.FAIL, OutcomeKind.NEUTRAL
+
+
+def out(kind: OutcomeKind, retry_ms: int = 0) -> Outcome:
+    return Outcome(kind, retry_ms=retry_ms)
 
 
 class Clock:
@@ -43,17 +34,17 @@ class Clock:
         return self.now
 
 
-def local(**options: object) -> tuple[LocalBreaker, Clock]:
+def local(**options: object) -> tuple[LocalStore, Clock]:
     clock = Clock()
-    return LocalBreaker(Options(**options), clock), clock  # type: ignore[arg-type]
+    return LocalStore(Options(**options), clock), clock  # type: ignore[arg-type]
 
 
-def fail(b: LocalBreaker, times: int = 1, retry_ms: int = 0) -> int:
+def fail(b: LocalStore, times: int = 1, retry_ms: int = 0) -> int:
     """Admit and fail ``times`` calls; returns the last transition."""
     moved = 0
     for _ in range(times):
         ticket = b.admit("t")
-        moved = b.record(FAIL, ticket.gen, "", retry_ms).transition
+        moved = b.record(ticket.gen, "", out(FAIL, retry_ms)).transition
     return moved
 
 
@@ -142,7 +133,7 @@ def test_opens_after_exactly_fail_max_consecutive_failures() -> None:
     b, _ = local(fail_max=3, reset_timeout=1.0)
     assert fail(b, 2) == 0
     assert b.code == CLOSED
-    assert fail(b, 1) == T_FAIL_MAX
+    assert fail(b, 1) == Transition.FAIL_MAX
     assert b.code == OPEN
     rejected = b.admit("t")
     assert (rejected.verdict, rejected.retry_ms) == (REJECT_OPEN, 1000)
@@ -152,9 +143,9 @@ def test_success_resets_and_neutral_outcomes_do_not() -> None:
     """A success zeroes the count; a neutral outcome neither counts nor resets."""
     b, _ = local(fail_max=3)
     fail(b, 2)
-    b.record(NEUTRAL, b.gen, "", 0)
+    b.record(b.gen, "", out(NEUTRAL))
     assert b.fails == 2
-    b.record(OK, b.gen, "", 0)
+    b.record(b.gen, "", out(OK))
     assert b.fails == 0
 
 
@@ -165,9 +156,9 @@ def test_outcomes_from_an_older_generation_are_ignored() -> None:
     fail(b, 1)
     clock.now += 1.0
     probe = b.admit("p")
-    b.record(OK, probe.gen, "p", 0)
+    b.record(probe.gen, "p", out(OK))
     assert b.code == CLOSED
-    b.record(FAIL, old, "", 0)
+    b.record(old, "", out(FAIL))
     assert (b.code, b.fails) == (CLOSED, 0)
 
 
@@ -177,10 +168,10 @@ def test_half_open_admits_one_probe_and_its_success_closes() -> None:
     fail(b)
     clock.now += 1.0
     probe = b.admit("p1")
-    assert (probe.verdict, probe.transition, probe.code) == (PROBE, T_HALF_OPEN, HALF_OPEN)
+    assert (probe.verdict, probe.transition, probe.code) == (PROBE, Transition.HALF_OPEN, HALF_OPEN)
     assert b.admit("p2").verdict == REJECT_PROBE
-    assert b.record(OK, probe.gen, "p2", 0).transition == 0  # not the lease holder
-    assert b.record(OK, probe.gen, "p1", 0).transition == T_CLOSED
+    assert b.record(probe.gen, "p2", out(OK)).transition == 0  # not the lease holder
+    assert b.record(probe.gen, "p1", out(OK)).transition == Transition.CLOSED
     assert b.admit("x").verdict == ADMIT
 
 
@@ -190,10 +181,10 @@ def test_success_threshold_needs_that_many_probes() -> None:
     fail(b)
     clock.now += 1.0
     first = b.admit("a")
-    assert b.record(OK, first.gen, "a", 0).transition == 0
+    assert b.record(first.gen, "a", out(OK)).transition == 0
     second = b.admit("b")
     assert second.verdict == PROBE
-    assert b.record(OK, second.gen, "b", 0).transition == T_CLOSED
+    assert b.record(second.gen, "b", out(OK)).transition == Transition.CLOSED
 
 
 def test_failed_probes_double_the_window_up_to_the_cap() -> None:
@@ -204,7 +195,7 @@ def test_failed_probes_double_the_window_up_to_the_cap() -> None:
     for _ in range(3):
         clock.now += 10.0
         probe = b.admit("p")
-        assert b.record(FAIL, probe.gen, "p", 0).transition == T_PROBE_FAILED
+        assert b.record(probe.gen, "p", out(FAIL)).transition == Transition.PROBE_FAILED
         windows.append(b.admit("x").retry_ms)
     assert windows == [2000, 3000, 3000]
 
@@ -224,27 +215,27 @@ def test_an_expired_probe_lease_lets_another_probe_go() -> None:
     dead = b.admit("dead")
     clock.now += 2.0
     assert b.admit("next").verdict == PROBE
-    assert b.record(OK, dead.gen, "dead", 0).transition == 0
+    assert b.record(dead.gen, "dead", out(OK)).transition == 0
 
 
 def test_failure_rate_trips_only_with_enough_calls() -> None:
     """The rate rule opens at threshold once min_calls calls are in the window, not before."""
     b, clock = local(fail_max=100, window_s=10.0, failure_rate_threshold=0.5, min_calls=4)
     for outcome in (OK, FAIL, OK):
-        b.record(outcome, b.gen, "", 0)
+        b.record(b.gen, "", out(outcome))
         clock.now += 0.1
     assert b.code == CLOSED
-    assert b.record(FAIL, b.gen, "", 0).transition == T_RATE
+    assert b.record(b.gen, "", out(FAIL)).transition == Transition.RATE
 
 
 def test_failure_rate_forgets_calls_outside_the_window() -> None:
     """Failures older than window_s no longer count toward the rate."""
     b, clock = local(fail_max=100, window_s=1.0, failure_rate_threshold=0.5, min_calls=2)
-    b.record(FAIL, b.gen, "", 0)
+    b.record(b.gen, "", out(FAIL))
     clock.now += 2.0
-    b.record(OK, b.gen, "", 0)
-    assert b.record(OK, b.gen, "", 0).code == CLOSED
-    assert b.record(FAIL, b.gen, "", 0).transition == 0  # 1 of 3 in the window
+    b.record(b.gen, "", out(OK))
+    assert b.record(b.gen, "", out(OK)).code == CLOSED
+    assert b.record(b.gen, "", out(FAIL)).transition == 0  # 1 of 3 in the window
 
 
 def test_seed_keeps_an_open_circuit_open() -> None:
@@ -255,18 +246,18 @@ def test_seed_keeps_an_open_circuit_open() -> None:
     b, _ = local(fail_max=1, reset_timeout=5.0)
     b.seed(view)
     assert b.admit("y").verdict == REJECT_OPEN
-    assert b.record(OK, None, "", 0).verdict == RECORDED
+    assert b.record(None, "", out(OK)).verdict == RECORDED
 
 
 def test_only_a_fresh_closed_reply_without_failures_is_quiet() -> None:
     """A success may skip its record only under a fresh, closed, failure-free reply of its gen."""
-    b, _ = local(fail_max=2, reset_timeout=1.0)
+    b, clock = local(fail_max=2, reset_timeout=1.0)
     closed = b.admit("t")
-    assert closed.quiet(closed.gen, 60.0)
-    assert not closed.quiet(closed.gen + 1, 60.0)  # admitted in another generation
-    assert not closed.quiet(closed.gen, 0.0)  # stale
-    failed = b.record(FAIL, closed.gen, "", 0)
-    assert not failed.quiet(failed.gen, 60.0)  # a failure to reset
-    opened = b.record(FAIL, closed.gen, "", 0)
+    assert closed.quiet(closed.gen, 60.0, clock.now)
+    assert not closed.quiet(closed.gen + 1, 60.0, clock.now)  # admitted in another generation
+    assert not closed.quiet(closed.gen, 0.0, clock.now)  # stale
+    failed = b.record(closed.gen, "", out(FAIL))
+    assert not failed.quiet(failed.gen, 60.0, clock.now)  # a failure to reset
+    opened = b.record(closed.gen, "", out(FAIL))
     assert opened.code == OPEN
-    assert not opened.quiet(opened.gen, 60.0)
+    assert not opened.quiet(opened.gen, 60.0, clock.now)

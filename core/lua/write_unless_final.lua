@@ -1,0 +1,18 @@
+-- Writes fields (and appends an attempt) unless the job is missing or already final, in
+-- one round trip: the first final answer wins, whichever copy of a job gives it.
+-- KEYS: job hash, attempts list[, one more key to SET with the answer (the cache's)].
+-- ARGV: ttl, attempt JSON or '', started_at or '' (kept if already set: a job answered
+-- without being marked running still gets one), extra value, extra ttl, field, value, ...
+-- Returns -1 (no such job), 0 (already final) or 1 (written).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'succeeded' or status == 'failed' then return 0 end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+if ARGV[3] ~= '' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
