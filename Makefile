@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test lint bench clean
+.PHONY: run demo test test-unit lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,17 +18,18 @@ run: $(STAMP)  ## everything on this machine, serving until Ctrl-C
 demo: $(STAMP)  ## the same stack, a sample batch through the HTTP API, a summary, exit
 	$(PY) -m devstack demo
 
-test: $(STAMP)  ## lint, types and every test (what .ci/run calls)
+test: $(STAMP) lint  ## lint, types, import contracts and every test (what .ci/run calls)
 	$(PY) -m devstack ensure-redis
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
-lint: $(STAMP)
+test-unit: $(STAMP)  ## the fast lane: unit tests only (no Redis, no processes)
+	$(VENV)/bin/pytest tests/unit
+
+lint: $(STAMP)  ## ruff, mypy (strict) and the import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)  ## every benchmark; tables go to docs/benchmarks.md
 	$(PY) -m devstack ensure-redis

@@ -4,9 +4,8 @@ Same broker settings as genq (``worker.app.celery_config``), same pool and concu
 the task body is what a hand-written Celery task would do: POST to the upstream with a
 pooled ``requests.Session`` and write its answer to Redis. Run by bench/throughput_bench.py.
 
-Transport: kombu's own Redis transport, as a bare Celery app has, unless
-``BENCH_BARE_TRANSPORT=genq`` gives it genq's (worker/transport.py) — the benches run
-both, so genq's task overhead and its transport's saving are reported apart.
+Same platform as genq: Celery as shipped, kombu's own Redis transport, the same
+``celery_config`` (so the same broker options, pool and prefetch).
 """
 
 from __future__ import annotations
@@ -24,10 +23,7 @@ from worker.app import celery_config
 
 
 def _config() -> dict[str, object]:
-    config = celery_config(get_settings())
-    if os.environ.get("BENCH_BARE_TRANSPORT", "stock") != "genq":
-        config["broker_transport"] = None  # kombu's, chosen by the URL's scheme
-    return config
+    return celery_config(get_settings())
 
 
 app = Celery("genq-bench-bare")
@@ -37,7 +33,7 @@ app.add_defaults(_config)
 @functools.cache
 def _clients(pid: int) -> tuple[requests.Session, redis.Redis]:
     settings = get_settings()
-    return requests.Session(), redis.Redis.from_url(str(settings.redis_url))
+    return requests.Session(), redis.Redis.from_url(settings.redis_url)
 
 
 @app.task(name="bench.bare_generate", ignore_result=True)

@@ -5,7 +5,7 @@
     (open), for genq, pybreaker + CircuitRedisStorage and pybreaker's memory storage.
     Round trips (requests written to the socket: a counting connection) and commands
     (INFO commandstats deltas, with those genq's Lua scripts run) are averaged over the
-    three runs; each lasts at least twice ``VIEW_TTL_S``, so genq's closed figure includes
+    three runs; each lasts at least twice ``DEFAULT_VIEW_TTL_S``, so genq's closed figure includes
     its view refreshes. Also genq's closed path with ``window_s``.
 (b) 16 threads, one breaker per process, a 50 ms guarded ``time.sleep``: throughput of
     genq and of pybreaker + Redis storage against no breaker.
@@ -30,13 +30,14 @@ import redis
 import requests
 
 from bench.report import machine, write_section
+from core.circuits import snapshot
 from core.errors import UpstreamUnavailable
 from devstack.redis import RedisProcess, ensure_redis_server
 from simulator.server import SimulatorServer
-from worker.breaker import SharedCircuitBreaker, snapshot
+from worker.breaker import DEFAULT_VIEW_TTL_S, SharedCircuitBreaker
 
 FAIL_MAX, OUTAGE_S, RESET_S, PROCESSES, THREADS = 5, 10.0, 1.0, 4, 4
-RUN_S, WARMUP_S = 0.5, 0.3  # (a): one timed run; the warm-up spans one VIEW_TTL_S as well
+RUN_S, WARMUP_S = 0.5, 0.3  # (a): one timed run; the warm-up spans one DEFAULT_VIEW_TTL_S as well
 WINDOWED = "genq closed, window_s"  # measured in (a), reported under its table
 
 
@@ -96,15 +97,17 @@ def quietly(call: Callable[..., object]) -> Callable[[], None]:
 
 def single_thread(url: str) -> dict[str, dict[str, float]]:
     """(a): closed and open paths of the three breakers, and genq's closed path with a window."""
-    assert RUN_S >= 2 * SharedCircuitBreaker.VIEW_TTL_S, "each run must span view refreshes"
+    assert RUN_S >= 2 * DEFAULT_VIEW_TTL_S, "each run must span view refreshes"
     admin = redis.Redis.from_url(url)
     client, name = counting_client(url, decode=True), f"a-{uuid.uuid4().hex[:6]}"
     genq = SharedCircuitBreaker(name, client, fail_max=1, reset_timeout=600.0)
     windowed = SharedCircuitBreaker(f"{name}-w", client, window_s=10.0, failure_rate_threshold=0.5)
     pyb = pybreaker_redis(
-        counting_client(url, decode=False), f"a-{uuid.uuid4().hex[:6]}", fail_max=1,
+        counting_client(url, decode=False),
+        f"a-{uuid.uuid4().hex[:6]}",
+        fail_max=1,
         reset_timeout=600,
-    )  # fmt: skip
+    )
     mem = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=600)
     out = {}
     for label, cb in (("genq", genq), ("pybreaker Redis", pyb), ("pybreaker memory", mem)):
@@ -168,12 +171,17 @@ def outage_worker(
     if kind == "genq":
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         call: Callable[..., object] = SharedCircuitBreaker(
-            name, client, fail_max=FAIL_MAX, reset_timeout=RESET_S, max_reset_timeout=RESET_S,
+            name,
+            client,
+            fail_max=FAIL_MAX,
+            reset_timeout=RESET_S,
+            max_reset_timeout=RESET_S,
             probe_lease_s=5.0,
-        ).call  # fmt: skip
+        ).call
     else:
-        call = pybreaker_redis(redis.Redis.from_url(redis_url), name, fail_max=FAIL_MAX,
-                               reset_timeout=RESET_S).call  # fmt: skip
+        call = pybreaker_redis(
+            redis.Redis.from_url(redis_url), name, fail_max=FAIL_MAX, reset_timeout=RESET_S
+        ).call
 
     def loop() -> None:
         session = requests.Session()
@@ -226,11 +234,11 @@ def per_call(value: float) -> str:
 
 def closed_note(a: dict[str, dict[str, float]]) -> list[str]:
     """What genq's closed-path round trips are, and the cost with a rate window."""
-    g, window, ttl = a["genq closed"], a[WINDOWED], SharedCircuitBreaker.VIEW_TTL_S
+    g, window, ttl = a["genq closed"], a[WINDOWED], DEFAULT_VIEW_TTL_S
     seconds, ratio = 3 * RUN_S, window["rate"] / a["pybreaker Redis closed"]["rate"]
     return [
         f"genq closed: {g['trips']:.0f} round trips in {g['calls']:,.0f} calls ({seconds} s), one"
-        f" per VIEW_TTL_S = {ttl} s (~{seconds / ttl:.0f} expected) to refresh the view: an ADMIT,",
+        f" per view TTL = {ttl} s (~{seconds / ttl:.0f} expected) to refresh the view: an ADMIT,",
         "or the RECORD of the call in flight as it went stale; the other successes wrote nothing.",
         f"`window_s` records every success: {window['rate']:,.0f} calls/s, "
         f"{per_call(window['rt'])} round trips/call, {ratio:.2f}x pybreaker Redis.",
@@ -250,34 +258,52 @@ def render(
     genq, pyb = c["genq"], c["pybreaker"]
     expected = FAIL_MAX + genq["windows"]
     excess = genq["calls"] - expected
-    return "\n".join([
-        "## Shared circuit breaker vs pybreaker (issue #3)", "",
-        f"{machine()}. One redis-server started by the bench; ratios from this one run.", "",
-        f"(a) One thread, no-op guarded function, best of three {RUN_S} s runs. Round trips:",
-        "requests written to Redis; commands: INFO commandstats (genq's include those its Lua",
-        "scripts run); both averaged over the three runs.", "",
-        "| breaker, path | calls/s | round trips/call | Redis commands/call |",
-        "|---|---|---|---|", *rows, "", *closed_note(a), "",
-        "| ratio | measured | target |", "|---|---|---|",
-        f"| genq / pybreaker Redis, closed | {closed:.2f}x | >= 1.8x: {verdict(closed >= 1.8)} |",
-        f"| genq / pybreaker Redis, rejecting | {rejecting:.0f}x | "
-        f">= 50x: {verdict(rejecting >= 50)} |",
-        "", "(b) 16 threads, one breaker per process, guarded `time.sleep(0.05)`:", "",
-        "| breaker | calls/s | vs no breaker | target |", "|---|---|---|---|",
-        f"| no breaker | {b['no breaker']:.0f} | 1.00 | |",
-        f"| genq | {b['genq']:.0f} | {b['genq'] / b['no breaker']:.2f} | >= 0.9: "
-        f"{verdict(b['genq'] / b['no breaker'] >= 0.9)} |",
-        f"| pybreaker Redis | {b['pybreaker Redis']:.0f} | "
-        f"{b['pybreaker Redis'] / b['no breaker']:.2f} | (lock held across the call) |", "",
-        f"(c) {PROCESSES} processes x {THREADS} threads, {OUTAGE_S:.0f} s simulator outage, "
-        f"fail_max {FAIL_MAX}, reset_timeout {RESET_S:.0f} s (genq: max_reset_timeout "
-        f"{RESET_S:.0f} s, so windows do not grow):", "",
-        "| breaker | upstream calls in the outage | target |", "|---|---|---|",
-        f"| genq | {genq['calls']} = {FAIL_MAX} + {genq['windows']} probes + {excess} in flight "
-        f"| fail_max + 1 probe per window (+ in-flight <= {PROCESSES * THREADS - 1}): "
-        f"{verdict(0 <= excess <= PROCESSES * THREADS - 1)} |",
-        f"| pybreaker Redis | {pyb['calls']} | (baseline) |",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "## Shared circuit breaker vs pybreaker (issue #3)",
+            "",
+            f"{machine()}. One redis-server started by the bench; ratios from this one run.",
+            "",
+            f"(a) One thread, no-op guarded function, best of three {RUN_S} s runs. Round trips:",
+            "requests written to Redis; commands: INFO commandstats (genq's include those its Lua",
+            "scripts run); both averaged over the three runs.",
+            "",
+            "| breaker, path | calls/s | round trips/call | Redis commands/call |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            *closed_note(a),
+            "",
+            "| ratio | measured | target |",
+            "|---|---|---|",
+            f"| genq / pybreaker Redis, closed | {closed:.2f}x "
+            f"| >= 1.8x: {verdict(closed >= 1.8)} |",
+            f"| genq / pybreaker Redis, rejecting | {rejecting:.0f}x | "
+            f">= 50x: {verdict(rejecting >= 50)} |",
+            "",
+            "(b) 16 threads, one breaker per process, guarded `time.sleep(0.05)`:",
+            "",
+            "| breaker | calls/s | vs no breaker | target |",
+            "|---|---|---|---|",
+            f"| no breaker | {b['no breaker']:.0f} | 1.00 | |",
+            f"| genq | {b['genq']:.0f} | {b['genq'] / b['no breaker']:.2f} | >= 0.9: "
+            f"{verdict(b['genq'] / b['no breaker'] >= 0.9)} |",
+            f"| pybreaker Redis | {b['pybreaker Redis']:.0f} | "
+            f"{b['pybreaker Redis'] / b['no breaker']:.2f} | (lock held across the call) |",
+            "",
+            f"(c) {PROCESSES} processes x {THREADS} threads, {OUTAGE_S:.0f} s simulator outage, "
+            f"fail_max {FAIL_MAX}, reset_timeout {RESET_S:.0f} s (genq: max_reset_timeout "
+            f"{RESET_S:.0f} s, so windows do not grow):",
+            "",
+            "| breaker | upstream calls in the outage | target |",
+            "|---|---|---|",
+            f"| genq | {genq['calls']} = {FAIL_MAX} + {genq['windows']} probes "
+            f"+ {excess} in flight "
+            f"| fail_max + 1 probe per window (+ in-flight <= {PROCESSES * THREADS - 1}): "
+            f"{verdict(0 <= excess <= PROCESSES * THREADS - 1)} |",
+            f"| pybreaker Redis | {pyb['calls']} | (baseline) |",
+        ]
+    )
 
 
 def main() -> None:

@@ -2,29 +2,63 @@
 
 No client exists at import time. Every client has explicit connect and socket
 timeouts, so a hung Redis becomes an error the caller can handle, never a hang.
+``GENQ_REDIS_URL`` may name Redis directly (``redis://``, ``rediss://``) or through
+Redis Sentinel (``sentinel://``), where the client follows the master named by
+``GENQ_REDIS_SENTINEL_MASTER`` across failovers.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.sentinel import Sentinel
 
 from core.settings import Settings, get_settings
 
-__all__ = ["get_redis", "redis_from_settings"]
+__all__ = ["get_redis", "redis_from_settings", "sentinel_options"]
 
 
 def redis_from_settings(settings: Settings) -> redis.Redis:
-    """A new client for ``settings.redis_url`` with genq's timeouts."""
-    return redis.Redis.from_url(
-        str(settings.redis_url),
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=30,
-        decode_responses=True,
-    )
+    """A new client for ``settings.redis_url`` with genq's timeouts (decoded strings)."""
+    common: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+        "health_check_interval": 30,
+        "decode_responses": True,
+    }
+    if not settings.uses_sentinel:
+        return redis.Redis.from_url(settings.redis_url, **common)
+    parts = [urlsplit(part.strip()) for part in settings.redis_url.split(";")]
+    first = parts[0]
+    sentinels = [(url.hostname or "localhost", url.port or 26379) for url in parts]
+    db = int(first.path.strip("/") or 0)
+    auth = {
+        "username": unquote(first.username) if first.username else None,
+        "password": unquote(first.password) if first.password else None,
+    }
+    # redis-py's Sentinel is untyped; master_for returns a redis.Redis.
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options(settings))  # type: ignore[no-untyped-call]
+    master = settings.redis_sentinel_master or ""
+    client: redis.Redis = sentinel.master_for(master, db=db, **auth, **common)  # type: ignore[no-untyped-call]
+    return client
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: timeouts and their own password, if any.
+
+    redis-py copies the timeouts to sentinel connections only when this is not given, so
+    they are always given here."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+    }
+    if settings.redis_sentinel_password is not None:
+        options["password"] = settings.redis_sentinel_password.get_secret_value()
+    return options
 
 
 @functools.cache

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
     HttpUrl,
     PositiveFloat,
     PositiveInt,
-    RedisDsn,
     SecretStr,
     field_validator,
     model_validator,
@@ -25,6 +25,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 __all__ = ["Protocol", "Settings", "get_settings"]
 
 Protocol = Literal["hf", "tgi", "openai"]
+
+#: Schemes of ``GENQ_REDIS_URL``: plain, TLS, or Redis Sentinel (``;``-separated sentinels).
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 # Keys that ship in examples; refused outside development so nobody deploys them.
 _PLACEHOLDER_KEYS = frozenset({"changeme", "dev-key", "secret", "test"})
@@ -45,8 +48,15 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     """``production`` refuses placeholder API keys and a missing key list."""
 
-    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
-    """Broker, result backend, job records, breaker state and cache all live here."""
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
+    """Broker, result backend, job records, breaker state and cache all live here:
+    ``redis://[:password@]host:port/db``, ``rediss://`` (TLS), or
+    ``sentinel://[:password@]host:port[;sentinel://host:port…]`` with
+    ``redis_sentinel_master`` (the password is the master's). Kept out of ``repr``."""
+    redis_sentinel_master: str | None = Field(default=None, min_length=1)
+    """The master name the sentinels know; required with ``sentinel://`` URLs."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the sentinels themselves, when they have one (their ``requirepass``)."""
     redis_socket_timeout_s: PositiveFloat = 5.0
     """Bound on every Redis call, so a hung Redis turns into an error, not a hang."""
 
@@ -114,6 +124,30 @@ class Settings(BaseSettings):
     """I/O-bound generation: threads measured ~4x prefork -c 2 at 50 ms (docs/benchmarks.md)."""
     worker_concurrency: PositiveInt = 16
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        # The messages never quote the URL: it may hold a password.
+        parts = value.split(";")
+        schemes = {urlsplit(part.strip()).scheme for part in parts}
+        if not schemes <= set(REDIS_SCHEMES):
+            raise ValueError("GENQ_REDIS_URL must start with redis://, rediss:// or sentinel://")
+        if len(parts) > 1 and schemes != {"sentinel"}:
+            raise ValueError("only sentinel:// URLs may be listed with ';'")
+        for part in parts:
+            try:
+                port = urlsplit(part.strip()).port
+            except ValueError:
+                raise ValueError("GENQ_REDIS_URL has a port that is not a number") from None
+            if not urlsplit(part.strip()).hostname and port is None:
+                raise ValueError("GENQ_REDIS_URL names no host")
+        return value
+
+    @property
+    def uses_sentinel(self) -> bool:
+        """Whether Redis is reached through Redis Sentinel."""
+        return self.redis_url.startswith("sentinel://")
+
     @field_validator("api_keys", "admin_api_keys", "allowed_models", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
@@ -121,6 +155,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_coherent(self) -> Settings:
+        if self.uses_sentinel and not self.redis_sentinel_master:
+            raise ValueError("sentinel:// needs GENQ_REDIS_SENTINEL_MASTER (the master's name)")
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("GENQ_TASK_SOFT_TIME_LIMIT_S must be below GENQ_TASK_TIME_LIMIT_S")
         if self.upstream_timeout_s >= self.task_soft_time_limit_s:

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from core.connections import sentinel_options
 from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
@@ -22,8 +23,8 @@ __all__ = ["app", "celery_config"]
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for genq; every choice that is not Celery's default says why."""
-    url = str(settings.redis_url)
-    transport = {
+    url = settings.redis_url
+    transport: dict[str, Any] = {
         # Must exceed the hard time limit, or a running job gets a second, concurrent copy.
         "visibility_timeout": settings.visibility_timeout_s,
         # A killed worker's unacked jobs come back on the next sweep; kombu's default
@@ -34,11 +35,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
     }
+    backend: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout_s}
+    if settings.uses_sentinel:
+        # kombu's sentinel transport and Celery's sentinel backend: the same master.
+        sentinel = {
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": sentinel_options(settings),
+        }
+        transport |= sentinel
+        backend |= sentinel
     return {
         "broker_url": url,
         "result_backend": url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"socket_timeout": settings.redis_socket_timeout_s},
+        "result_backend_transport_options": backend,
         "broker_connection_retry_on_startup": True,
         # JSON only: a pickle payload on a shared broker is remote code execution.
         "task_serializer": "json",

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,18 @@ from worker.testing import configured
 API_KEY = "integration-key-0123456789"
 OTHER_KEY = "integration-other-key-0123456"
 ADMIN_KEY = "integration-admin-key-012345"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in tests/integration carries the ``integration`` marker (``-m`` relies on it)."""
+    here = Path(__file__).parent
+    unmarked = [
+        i.nodeid
+        for i in items
+        if here in i.path.parents and not i.get_closest_marker("integration")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"integration tests without the marker: {unmarked}")
 
 
 @pytest.fixture

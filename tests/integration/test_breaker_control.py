@@ -131,10 +131,18 @@ def test_pybreaker_surface_listeners_decorator_and_calling(r: redis.Redis, name:
         pass
     assert breaker.current_state == "closed"
     assert recorder.events == [
-        "before", "success", "before", "failure:UpstreamUnavailable", "before",
-        "closed->open", "failure:UpstreamUnavailable", "open->half-open", "before",
-        "half-open->closed", "success",
-    ]  # fmt: skip
+        "before",
+        "success",
+        "before",
+        "failure:UpstreamUnavailable",
+        "before",
+        "closed->open",
+        "failure:UpstreamUnavailable",
+        "open->half-open",
+        "before",
+        "half-open->closed",
+        "success",
+    ]
 
 
 def test_a_bytes_client_works_too(redis_url: str, name: str) -> None:

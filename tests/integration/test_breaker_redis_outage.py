@@ -27,8 +27,9 @@ def own_redis() -> Iterator[RedisProcess]:
 
 
 def client_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=0.5,
-                                socket_connect_timeout=0.5)  # fmt: skip
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
 
 
 def boom() -> None:

@@ -298,9 +298,14 @@ def test_a_dead_probe_frees_the_circuit_when_its_lease_expires(r: redis.Redis, n
 def test_failure_rate_and_slow_calls_trip_through_the_script(r: redis.Redis, name: str) -> None:
     """Two failures in four calls trip a 50 % rate window; a slow success counts as a failure."""
     breaker = SharedCircuitBreaker(
-        name, r, fail_max=100, window_s=5.0, failure_rate_threshold=0.5, min_calls=4,
+        name,
+        r,
+        fail_max=100,
+        window_s=5.0,
+        failure_rate_threshold=0.5,
+        min_calls=4,
         slow_call_s=0.05,
-    )  # fmt: skip
+    )
     breaker.call(lambda: None)
     failing(breaker, 1)
     breaker.call(lambda: None)

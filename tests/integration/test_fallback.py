@@ -15,7 +15,7 @@ from simulator.server import SimulatorServer
 from tests.integration.conftest import ADMIN_KEY, auth, wait_final
 from worker.upstream import UpstreamTarget
 
-pytestmark = pytest.mark.usefixtures("celery_session_worker")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("celery_session_worker")]
 
 CONTEXT = [
     {

@@ -11,7 +11,7 @@ import requests
 from simulator.server import SimulatorServer, simulated_text
 from tests.integration.conftest import ADMIN_KEY, OTHER_KEY, auth, wait_final
 
-pytestmark = pytest.mark.usefixtures("celery_session_worker")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("celery_session_worker")]
 
 
 def submit(api_url: str, body: dict[str, Any], key: str | None = None) -> requests.Response:

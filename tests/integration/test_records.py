@@ -10,6 +10,8 @@ import redis
 from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
 from core.records import JobStore
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def store(redis_url: str) -> JobStore:

@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 
+import pytest
 import redis
 
 from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, JobMessage
@@ -14,6 +15,8 @@ from core.records import JobStore
 from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer, simulated_text
 from tests.integration.conftest import genq_env, publisher_for, settings_for, start_process
+
+pytestmark = pytest.mark.integration
 
 # upstream timeout < soft limit < hard limit < visibility timeout, as settings require;
 # small so that redelivery happens within the test.
