@@ -243,3 +243,27 @@ def test_generate_route_answers_503_or_degraded_while_forced_open(
         time.sleep(0.2)
     assert ok.status_code == 200
     assert ok.json()["result"]["source"] == "upstream"
+
+
+def test_circuits_report_the_retry_after_a_job_is_told(
+    api_url: str, sim: SimulatorServer, genq_settings: Settings
+) -> None:
+    """A forced-open circuit: /v1/circuits, the health route and a rejected job agree on
+    retry_after (the breakers' reset timeout), not a fixed figure of their own."""
+    model = own_model()
+    name = circuit(genq_settings, model)
+    admin = auth(ADMIN_KEY)
+    requests.post(f"{api_url}/v1/circuits/{name}/open", headers=admin, timeout=5)
+    try:
+        job = run(api_url, {"prompt": "x", "model": model, "context": CONTEXT})
+        told = job["result"]["retry_after"]
+        listed = requests.get(f"{api_url}/v1/circuits", headers=auth(), timeout=5).json()
+        health = requests.get(f"{api_url}/v1/health/circuit-breaker", headers=auth(), timeout=5)
+    finally:
+        requests.post(f"{api_url}/v1/circuits/{name}/reset", headers=admin, timeout=5)
+    reset_timeout = genq_settings.breaker_reset_timeout_s
+    assert told == pytest.approx(reset_timeout, abs=0.3)
+    assert {c["name"]: c["retry_after"] for c in listed}[name] == pytest.approx(told, abs=0.3)
+    in_health = {c["name"]: c["retry_after"] for c in health.json()["circuits"]}[name]
+    assert in_health == pytest.approx(told, abs=0.3)
+    assert sim.stats()["calls"] == 0
