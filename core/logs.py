@@ -26,7 +26,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 #: The packages whose loggers GENQ_LOG_LEVEL governs.
-GENQ_LOGGERS = ("worker", "api")
+GENQ_LOGGERS = ("core", "worker", "api")
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -57,8 +57,8 @@ def configure_logging(
     settings: Settings, handlers: list[logging.Handler] | None = None, level: int | None = None
 ) -> None:
     """Give ``handlers`` (default: a stderr handler on the root logger) genq's format, and
-    genq's own loggers (``worker``, ``api``) their level: ``GENQ_LOG_LEVEL`` when set, else
-    ``level`` (the worker's ``--loglevel``), else INFO."""
+    genq's own loggers (``core``, ``worker``, ``api``) their level: ``GENQ_LOG_LEVEL`` when
+    set, else ``level`` (the worker's ``--loglevel``), else INFO."""
     root = logging.getLogger()
     if handlers is None:
         if not root.handlers:
