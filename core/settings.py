@@ -43,7 +43,10 @@ def _split_keys(value: object) -> object:
 class Settings(BaseSettings):
     """Everything genq can be configured with; see README.md for the table."""
 
-    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected value may be a password, a key or a token.
+    model_config = SettingsConfigDict(
+        env_prefix="GENQ_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     env: Literal["development", "production"] = "development"
     """``production`` refuses placeholder API keys and a missing key list."""
