@@ -39,7 +39,8 @@ class LocalStore:
             self.fails, left = view.fails, max(0, view.until_ms - view.now_ms)
             half_open = view.code is CircuitState.HALF_OPEN
             self._move(CircuitState.OPEN if half_open else view.code)
-            self._until, self._window, self._lease = self._now() + left, left, None
+            self._until = self._now() + left if left else 0
+            self._window, self._lease = left, None
 
     def peek(self) -> Reply:
         with self._lock:

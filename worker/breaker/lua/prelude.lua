@@ -49,7 +49,7 @@ end
 local function lease()
   local held = redis.call('GET', KEYS[2])
   if not held then return nil, 0 end
-  local token, expiry = string.match(held, '^(%x*):(%d+)$')
+  local token, expiry = string.match(held, '^(.*):(%d+)$')
   return token, tonumber(expiry) or 0
 end
 -- The circuit after this script, and its verdict: nine integers in one string (Reply).

@@ -3,7 +3,7 @@
 -- Outcomes of another generation are ignored. Half-open: only the lease holder counts;
 -- success_threshold successes close, a failure reopens for max(2 * window, retry_after).
 -- Closed: a success zeroes fails; a failure counts, and trips at fail_max or the rate.
-local outcome, admitted, retry, token = string.match(ARGV[2], '^(%a+):(%d*):(%d+):(%x*)$')
+local outcome, admitted, retry, token = string.match(ARGV[2], '^(%a+):(%d*):(%d+):(.*)$')
 retry = tonumber(retry)
 local function tally(failed)
   local width = math.max(1, math.floor(win_ms / 10))
