@@ -2,7 +2,8 @@
 
 The commands are the Procfile's; honcho runs them, prefixes their output and stops
 them all on Ctrl-C or when one of them exits. This module only decides the
-environment (ports, the dev API key, where the upstream is) and prints the banner.
+environment (ports, the dev API key, Flower's login, where the upstream is) and prints
+the banner.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from devstack.redis import ensure_redis_server, free_port
 __all__ = ["DevSettings", "Stack", "plan_stack", "run_stack"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Flower's user when devstack makes up its login (``FLOWER_BASIC_AUTH`` unset).
+FLOWER_USER = "genq"
 
 
 class DevSettings(BaseSettings):
@@ -62,6 +66,9 @@ class Stack:
     """The key clients of this stack use: generated for this run, or the first given."""
     generated: bool = True
     urls: dict[str, str] = field(default_factory=dict)
+    flower_auth: str = ""
+    """Flower's ``user:password`` (``FLOWER_BASIC_AUTH``): generated, or the one given."""
+    flower_generated: bool = True
 
 
 def plan_stack(say: object = print) -> Stack:
@@ -73,6 +80,10 @@ def plan_stack(say: object = print) -> Stack:
     }
     given = os.environ.get("GENQ_API_KEYS")
     api_key = secrets.token_urlsafe(24)  # used, and shown, only when no keys are given
+    # Flower can revoke tasks and shut workers down: never served without a login. Flower
+    # reads FLOWER_BASIC_AUTH itself, so the Procfile's command stays as it is.
+    given_flower = os.environ.get("FLOWER_BASIC_AUTH")
+    flower_auth = given_flower or f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
     upstream = dev.upstream_url or os.environ.get("GENQ_UPSTREAM_URL")
     env = {
         **os.environ,
@@ -85,6 +96,7 @@ def plan_stack(say: object = print) -> Stack:
         # The generated dev key may also steer circuits; a key the user gave never is
         # promoted to admin behind their back.
         "GENQ_ADMIN_API_KEYS": os.environ.get("GENQ_ADMIN_API_KEYS") or ("" if given else api_key),
+        "FLOWER_BASIC_AUTH": flower_auth,
         **{f"GENQ_DEV_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     processes = dict(parse_procfile((ROOT / "Procfile").read_text()).processes)
@@ -97,7 +109,15 @@ def plan_stack(say: object = print) -> Stack:
         "upstream": env["GENQ_UPSTREAM_URL"] + ("" if upstream else "  (the simulator)"),
     }
     key = given.split(",")[0].strip() if given else api_key
-    return Stack(processes=processes, env=env, api_key=key, generated=not given, urls=urls)
+    return Stack(
+        processes=processes,
+        env=env,
+        api_key=key,
+        generated=not given,
+        urls=urls,
+        flower_auth=flower_auth,
+        flower_generated=not given_flower,
+    )
 
 
 def wait_ready(api_url: str, timeout_s: float = 60.0) -> bool:
@@ -113,12 +133,23 @@ def wait_ready(api_url: str, timeout_s: float = 60.0) -> bool:
     return False
 
 
+def _login(stack: Stack) -> str:
+    """Flower's login for the banner: a generated one is printed, a given one never is."""
+    if stack.flower_generated:
+        return f"   login {stack.flower_auth}  (dev only, generated for this run)"
+    return "   login (FLOWER_BASIC_AUTH)"
+
+
 def _banner(stack: Stack) -> str:
     api = stack.urls["api"]
     lines = ["", "genq is up (Ctrl-C stops everything):"]
-    lines += [f"  {name:<9}{url}" for name, url in stack.urls.items()]
+    lines += [
+        f"  {name:<9}{url}{_login(stack) if name == 'flower' else ''}"
+        for name, url in stack.urls.items()
+    ]
     # A key the user gave is theirs to know; only a generated dev key is printed.
     key = stack.api_key if stack.generated else "$KEY"
+    flower_login = stack.flower_auth if stack.flower_generated else "<user>:<password>"
     lines += [
         f"  api key  {key}   "
         + ("(dev only, generated for this run)" if stack.generated else "(one of GENQ_API_KEYS)"),
@@ -127,6 +158,7 @@ def _banner(stack: Stack) -> str:
         f"  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {key}' \\",
         "       -H 'Content-Type: application/json' -d '{\"prompt\": \"Say hello to genq\"}'",
         f"  curl -s {api}/v1/jobs/<id> -H 'Authorization: Bearer {key}'",
+        f"  curl -s -u '{flower_login}' {stack.urls['flower']}/api/queues/length",
         "",
     ]
     return "\n".join(lines)

@@ -11,14 +11,16 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from core.connections import sentinel_options
 from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
 
-__all__ = ["app", "celery_config"]
+__all__ = ["QUEUES", "app", "celery_config"]
+
+QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -65,8 +67,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
         # Declared, not only created on first use: Flower lists the queues the app
-        # declares, so both show on its Broker page even before a worker runs.
-        "task_queues": [Queue(QUEUE_INTERACTIVE), Queue(QUEUE_BATCH)],
+        # declares, so both show on its Broker page even before a worker runs. Each has
+        # its own exchange and key; left to defaults, both would bind to the default
+        # exchange with the same key, and a publish by exchange would reach both.
+        "task_queues": [Queue(q, Exchange(q), routing_key=q) for q in QUEUES],
         "task_default_queue": QUEUE_INTERACTIVE,
         "task_routes": {TASK_GENERATE: {"queue": QUEUE_INTERACTIVE}},
         "task_create_missing_queues": True,
@@ -95,5 +99,3 @@ def _format_logs(logger: logging.Logger, loglevel: int | None = None, **_: Any) 
 
 app = Celery("genq", include=["worker.tasks"])
 app.add_defaults(_lazy_config)
-
-QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)

@@ -1,7 +1,8 @@
-"""docker-compose.yml, the Procfile and the settings agree (Docker cannot run here)."""
+"""docker-compose.yml, the Procfile, devstack and the settings agree (Docker cannot run here)."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
+import devstack.stack
 from core.settings import Settings
+from devstack.stack import _banner, plan_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,3 +56,53 @@ def test_worker_and_redis_are_wired_for_recovery() -> None:
     for name in ("worker", "api", "flower"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["worker"]["restart"] == "unless-stopped"
+
+
+def test_compose_flower_requires_a_login() -> None:
+    """Compose refuses to start Flower unless FLOWER_BASIC_AUTH is set, and keeps genq's env."""
+    env = compose()["services"]["flower"]["environment"]
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"])
+    assert compose()["x-genq-env"].items() <= env.items()
+    # Flower reads the login from its environment, never from a command-line argument.
+    assert "auth" not in " ".join(compose()["services"]["flower"]["command"])
+    assert "auth" not in procfile()["flower"]
+
+
+@pytest.fixture
+def no_redis_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan_stack without looking for (or installing) a redis-server."""
+    monkeypatch.setattr(devstack.stack, "ensure_redis_server", lambda say: "/bin/redis-server")
+    for name in ("FLOWER_BASIC_AUTH", "GENQ_API_KEYS", "GENQ_ADMIN_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+def test_devstack_generates_a_flower_login_when_none_is_given() -> None:
+    """Without FLOWER_BASIC_AUTH, each run gets a fresh genq:<random> login, shown in the banner."""
+    first, second = plan_stack(say=lambda _: None), plan_stack(say=lambda _: None)
+    user, _, password = first.env["FLOWER_BASIC_AUTH"].partition(":")
+    assert user == "genq"
+    assert len(password) >= 20
+    assert first.flower_generated
+    assert first.flower_auth == first.env["FLOWER_BASIC_AUTH"]
+    assert second.env["FLOWER_BASIC_AUTH"] != first.env["FLOWER_BASIC_AUTH"]
+    banner = _banner(first)
+    flower_line = next(line for line in banner.splitlines() if line.strip().startswith("flower"))
+    assert first.urls["flower"] in flower_line
+    assert f"genq:{password}" in flower_line
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+def test_devstack_passes_a_given_flower_login_through_unprinted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A FLOWER_BASIC_AUTH from the environment reaches the processes and never the banner."""
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:s3cret-flower-pw,other:second-pw")
+    stack = plan_stack(say=lambda _: None)
+    assert stack.env["FLOWER_BASIC_AUTH"] == "ops:s3cret-flower-pw,other:second-pw"
+    assert not stack.flower_generated
+    banner = _banner(stack)
+    assert "s3cret-flower-pw" not in banner
+    assert "second-pw" not in banner
+    flower_line = next(line for line in banner.splitlines() if line.strip().startswith("flower"))
+    assert "(FLOWER_BASIC_AUTH)" in flower_line

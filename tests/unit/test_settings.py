@@ -73,3 +73,89 @@ def test_production_refuses_placeholder_keys(monkeypatch: pytest.MonkeyPatch) ->
         make(monkeypatch, ENV="production", API_KEYS="changeme")
     settings = make(monkeypatch, ENV="production", API_KEYS="k" * 32)
     assert settings.env == "production"
+
+
+@pytest.mark.parametrize(
+    ("env", "sentinel"),
+    [
+        ({"REDIS_URL": "redis://localhost:6379/0"}, False),
+        ({"REDIS_URL": "redis://:pw@10.0.0.5:6380/2"}, False),
+        ({"REDIS_URL": "rediss://user:pw@redis.example.com:6380/0"}, False),
+        ({"REDIS_URL": "sentinel://h:1", "REDIS_SENTINEL_MASTER": "mymaster"}, True),
+        (
+            {
+                "REDIS_URL": "sentinel://:pw@h:1;sentinel://h2:2",
+                "REDIS_SENTINEL_MASTER": "mymaster",
+                "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+            },
+            True,
+        ),
+    ],
+)
+def test_redis_url_accepts_redis_rediss_and_sentinel_lists(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], sentinel: bool
+) -> None:
+    """redis://, rediss:// and a ';'-list of sentinel:// URLs (with a master name) are accepted."""
+    settings = make(monkeypatch, **env)
+    assert settings.redis_url == env["REDIS_URL"]
+    assert settings.uses_sentinel is sentinel
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_URL": "sentinel://h:1;sentinel://h2:2"}, "GENQ_REDIS_SENTINEL_MASTER"),
+        ({"REDIS_URL": "sentinel://h:1", "REDIS_SENTINEL_MASTER": ""}, "redis_sentinel_master"),
+        ({"REDIS_URL": "http://h:1"}, "must start with redis://"),
+        ({"REDIS_URL": "unix:///tmp/redis.sock"}, "must start with redis://"),
+        ({"REDIS_URL": "redis://h:1;sentinel://h2:2"}, "only sentinel:// URLs"),
+        (
+            {"REDIS_URL": "sentinel://h:1;redis://h2:2", "REDIS_SENTINEL_MASTER": "m"},
+            "only sentinel:// URLs",
+        ),
+        ({"REDIS_URL": "redis://h:port/0"}, "not a number"),
+    ],
+)
+def test_redis_url_refuses_what_cannot_connect(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    """Sentinel without a master name, an unknown scheme, or ';' with non-sentinel URLs fail."""
+    with pytest.raises(ValidationError, match=message):
+        make(monkeypatch, **env)
+
+
+def test_redis_passwords_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the master's password in GENQ_REDIS_URL nor the sentinels' shows in repr/str."""
+    settings = make(
+        monkeypatch,
+        REDIS_URL="sentinel://:master-pw-1234@h:1",
+        REDIS_SENTINEL_MASTER="mymaster",
+        REDIS_SENTINEL_PASSWORD="sentinel-pw-5678",
+    )
+    shown = repr(settings) + str(settings)
+    assert "master-pw-1234" not in shown
+    assert "sentinel-pw-5678" not in shown
+
+
+SECRETS_IN_REFUSED_SETTINGS = [
+    pytest.param({"REDIS_URL": "http://:hunter2-pw@h:1/0"}, id="unknown-scheme"),
+    pytest.param({"REDIS_URL": "redis://:hunter2-pw@h:1;sentinel://h2:2"}, id="mixed-list"),
+    pytest.param({"REDIS_URL": "sentinel://:hunter2-pw@h:1"}, id="sentinel-without-master"),
+    # A check across fields (a model validator) sees every input, the token included.
+    pytest.param({"UPSTREAM_TOKEN": "hunter2-pw", "RETRY_BASE_S": "40"}, id="model-check"),
+]
+
+
+@pytest.mark.parametrize("env", SECRETS_IN_REFUSED_SETTINGS)
+def test_validation_errors_never_show_the_refused_secret(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    """Neither genq's message nor the printed ValidationError for refused settings contains
+    the password (or token) they held."""
+    with pytest.raises(ValidationError) as caught:
+        make(monkeypatch, **env)
+    assert all("hunter2-pw" not in error["msg"] for error in caught.value.errors())
+    assert "hunter2-pw" not in str(caught.value)
+    assert "hunter2-pw" not in repr(caught.value)
+    # pydantic shortens a long input to its first characters: no echo of the input at all.
+    assert "input_value" not in str(caught.value)
