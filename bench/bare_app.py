@@ -62,3 +62,16 @@ def bare_constant(index: int, job: object) -> None:
     client.hset(
         f"bench:bare:{index}", mapping={"text": "constant", "started": now, "finished": now}
     )
+
+
+@app.task(name="bench.bare_lookup", ignore_result=True)
+def bare_lookup(index: int, job: object) -> None:
+    """The constant task plus one timed Redis GET (a cache miss), as genq's fallback reads
+    the cache: the platform's own round-trip latency under the same drain."""
+    _, client = _clients(os.getpid())
+    started = time.perf_counter()
+    client.get(f"bench:nothing:{index}")
+    lookup_ms = (time.perf_counter() - started) * 1000
+    now = time.time()
+    fields = {"text": "constant", "started": now, "finished": now, "lookup_ms": lookup_ms}
+    client.hset(f"bench:bare:{index}", mapping=fields)

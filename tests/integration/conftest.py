@@ -138,6 +138,13 @@ def start_process(args: list[str], env: dict[str, str], log_name: str) -> subpro
     return subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
 
 
+def start_worker(env: dict[str, str], hostname: str, log_name: str) -> subprocess.Popen[bytes]:
+    """A ``celery -A worker.app worker`` process on both queues, as the Procfile starts it."""
+    args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "interactive,batch"]
+    args += ["--hostname", f"{hostname}@%h", "--loglevel", "INFO"]
+    return start_process(args, env, log_name)
+
+
 def wait_http(url: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

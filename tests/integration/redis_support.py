@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.redis import free_port
-from tests.integration.conftest import start_process, wait_http
+from tests.integration.conftest import start_process, start_worker, wait_http
 
 __all__ = ["GenqProcesses", "genq_processes", "log_path", "stop", "unique"]
 
@@ -56,24 +56,7 @@ def genq_processes(env: dict[str, str], tag: str) -> Iterator[GenqProcesses]:
     with ``env``; yields once the API is ready (it reached Redis), stops both after."""
     names = {"worker": unique(f"{tag}-worker"), "api": unique(f"{tag}-api")}
     port = free_port()
-    worker = start_process(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "-Q",
-            "interactive,batch",
-            "--hostname",
-            f"{tag}@%h",
-            "--loglevel",
-            "INFO",
-        ],
-        env,
-        names["worker"],
-    )
+    worker = start_worker(env, tag, names["worker"])
     try:
         api = start_process(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],

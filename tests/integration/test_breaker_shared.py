@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pybreaker
 import pytest
@@ -19,7 +19,6 @@ from core.errors import (
 )
 from tests.integration.breaker_support import boom, failing
 from worker.breaker import SharedCircuitBreaker
-from worker.breaker.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +27,25 @@ class CountingConnection(redis.Connection):
     """A connection that counts the requests it writes to Redis: one per round trip."""
 
     writes = 0
+    scripts: ClassVar[list[tuple[Any, ...]]] = []  # every EVALSHA's arguments, in order
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         CountingConnection.writes += 1
         super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if str(args[0]).upper() == "EVALSHA":
+            CountingConnection.scripts.append(args)
+        super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def records_sent(since: int) -> int:
+    """RECORDs among the scripts sent since index ``since``: their ARGV[2] is an outcome
+    ("ok:…"), where an ADMIT's is a token (EVALSHA sha numkeys k1..k5 ARGV1 ARGV2 …)."""
+    return sum(
+        str(args[9]).startswith(("ok:", "fail:", "neutral:"))
+        for args in CountingConnection.scripts[since:]
+    )
 
 
 @pytest.fixture
@@ -96,27 +110,21 @@ def test_closed_successes_from_a_fresh_quiet_view_cost_no_round_trip(
 
 
 def test_a_stale_view_costs_one_admit_per_view_ttl_not_one_per_call(
-    counted: redis.Redis, r: redis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+    counted: redis.Redis, r: redis.Redis, name: str
 ) -> None:
     """Three bursts of 50 successes, each once the view is stale: 3 ADMITs, no RECORD."""
-    records: list[int] = []
-    record = RedisStore.record
-
-    def spy(store: RedisStore, *args: Any) -> Any:
-        records.append(1)
-        return record(store, *args)
-
-    monkeypatch.setattr(RedisStore, "record", spy)
     breaker = SharedCircuitBreaker(name, counted, view_ttl_s=0.2)
     breaker.call(lambda: None)
     writes, server = CountingConnection.writes, evalsha_calls(r)
+    sent = len(CountingConnection.scripts)
     for _ in range(3):
         time.sleep(0.2)
         for i in range(50):
             assert breaker.call(int, i) == i
     assert CountingConnection.writes - writes == 3
     assert evalsha_calls(r) - server == 3
-    assert records == []
+    assert len(CountingConnection.scripts) - sent == 3
+    assert records_sent(sent) == 0
 
 
 def test_a_success_after_a_failure_it_has_seen_is_recorded_and_resets_the_count(
@@ -126,10 +134,11 @@ def test_a_success_after_a_failure_it_has_seen_is_recorded_and_resets_the_count(
     breaker = SharedCircuitBreaker(name, counted, fail_max=3, view_ttl_s=60.0)
     failing(breaker, 2)
     assert snapshot(r, name)["failure_count"] == 2
-    server = evalsha_calls(r)
+    server, sent = evalsha_calls(r), len(CountingConnection.scripts)
     assert breaker.call(lambda: 7) == 7
     assert snapshot(r, name)["failure_count"] == 0
     assert evalsha_calls(r) - server == 2  # the view was hot: ADMIT, then RECORD
+    assert records_sent(sent) == 1
     for i in range(50):
         assert breaker.call(int, i) == i
     assert evalsha_calls(r) - server == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-import sys
+import subprocess
 import time
 import uuid
 
@@ -14,7 +14,7 @@ from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, Job
 from core.records import JobStore
 from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer, simulated_text
-from tests.integration.conftest import genq_env, publisher_for, settings_for, start_process
+from tests.integration.conftest import genq_env, publisher_for, settings_for, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -31,22 +31,8 @@ CRASH_ENV = {
 }
 
 
-def _worker(env: dict[str, str], name: str):  # type: ignore[no-untyped-def]
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app",
-        "worker",
-        "-Q",
-        "interactive,batch",
-        "--hostname",
-        f"{name}@%h",
-        "--loglevel",
-        "INFO",
-    ]
-    return start_process(args, env, f"crash-{name}")
+def _worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    return start_worker(env, name, f"crash-{name}")
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
