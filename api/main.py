@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import metrics
-from api.routes import circuits, generate, health, jobs
+from api import errors, metrics
+from api.routes import batches, circuits, files, generate, health, jobs
 from core.logs import configure_logging
 from core.settings import get_settings
 
@@ -29,9 +29,12 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Text-generation jobs that keep answering when the model provider fails.",
     )
+    errors.install(application)
     application.include_router(health.router)
     application.include_router(jobs.router)
     application.include_router(generate.router)
+    application.include_router(files.router)
+    application.include_router(batches.router)
     application.include_router(circuits.router)
     application.include_router(metrics.router)
     return application

@@ -6,8 +6,6 @@ a task can carry; limits that come from settings are checked in :func:`check_lim
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
@@ -15,7 +13,7 @@ from core.contract import Attempt, GenerateRequest, JobError, JobResult, JobStat
 from core.records import JobRecord
 from core.settings import Settings
 
-__all__ = ["Job", "JobCreate", "check_limits"]
+__all__ = ["Job", "JobCreate", "check_limits", "limit_errors"]
 
 JobCreate = GenerateRequest
 
@@ -37,38 +35,32 @@ class Job(BaseModel):
         return cls.model_validate(record.model_dump(exclude={"owner"}))
 
 
-def _too_long(loc: tuple[str | int, ...], msg: str) -> dict[str, Any]:
-    return {"type": "too_long", "loc": loc, "msg": msg, "input": None}
+def limit_errors(body: GenerateRequest, settings: Settings) -> list[tuple[str, str]]:
+    """What only the settings forbid in ``body``: (field, reason) pairs."""
+    errors = []
+    if len(body.prompt) > settings.max_prompt_chars:
+        reason = (
+            f"prompt has {len(body.prompt)} characters; the limit is "
+            f"{settings.max_prompt_chars} (GENQ_MAX_PROMPT_CHARS)"
+        )
+        errors.append(("prompt", reason))
+    if len(body.context) > settings.max_context_docs:
+        reason = (
+            f"{len(body.context)} context documents; the limit is "
+            f"{settings.max_context_docs} (GENQ_MAX_CONTEXT_DOCS)"
+        )
+        errors.append(("context", reason))
+    allowed = settings.allowed_models
+    if body.model and allowed and body.model not in {*allowed, settings.upstream_model}:
+        errors.append(("model", f"model {body.model!r} is not served here (GENQ_ALLOWED_MODELS)"))
+    return errors
 
 
 def check_limits(body: GenerateRequest, settings: Settings) -> None:
     """Reject, as a 422 naming the field, what only the settings forbid."""
-    errors = []
-    if len(body.prompt) > settings.max_prompt_chars:
-        errors.append(
-            _too_long(
-                ("body", "prompt"),
-                f"prompt has {len(body.prompt)} characters; the limit is "
-                f"{settings.max_prompt_chars} (GENQ_MAX_PROMPT_CHARS)",
-            )
-        )
-    if len(body.context) > settings.max_context_docs:
-        errors.append(
-            _too_long(
-                ("body", "context"),
-                f"{len(body.context)} context documents; the limit is "
-                f"{settings.max_context_docs} (GENQ_MAX_CONTEXT_DOCS)",
-            )
-        )
-    allowed = settings.allowed_models
-    if body.model and allowed and body.model not in {*allowed, settings.upstream_model}:
-        errors.append(
-            {
-                "type": "value_error",
-                "loc": ("body", "model"),
-                "msg": f"model {body.model!r} is not served here (GENQ_ALLOWED_MODELS)",
-                "input": None,
-            }
-        )
+    errors = [
+        {"type": "value_error", "loc": ("body", field), "msg": reason, "input": None}
+        for field, reason in limit_errors(body, settings)
+    ]
     if errors:
         raise RequestValidationError(errors)

@@ -19,16 +19,17 @@ from redis.sentinel import Sentinel
 
 from core.settings import Settings, get_settings
 
-__all__ = ["get_redis", "redis_from_settings", "sentinel_options"]
+__all__ = ["get_binary_redis", "get_redis", "redis_from_settings", "sentinel_options"]
 
 
-def redis_from_settings(settings: Settings) -> redis.Redis:
-    """A new client for ``settings.redis_url`` with genq's timeouts (decoded strings)."""
+def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Redis:
+    """A new client for ``settings.redis_url`` with genq's timeouts; it answers strings
+    (``decode``) or bytes."""
     common: dict[str, Any] = {
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
         "health_check_interval": 30,
-        "decode_responses": True,
+        "decode_responses": decode,
     }
     if not settings.uses_sentinel:
         return redis.Redis.from_url(settings.redis_url, **common)
@@ -62,11 +63,16 @@ def sentinel_options(settings: Settings) -> dict[str, Any]:
 
 
 @functools.cache
-def _client_for(pid: int) -> redis.Redis:
+def _client_for(pid: int, decode: bool = True) -> redis.Redis:
     # Keyed on the pid: a client inherited through fork() would share its sockets.
-    return redis_from_settings(get_settings())
+    return redis_from_settings(get_settings(), decode=decode)
 
 
 def get_redis() -> redis.Redis:
     """This process's Redis client (decoded strings), created on first use."""
     return _client_for(os.getpid())
+
+
+def get_binary_redis() -> redis.Redis:
+    """This process's Redis client for bytes (file contents), created on first use."""
+    return _client_for(os.getpid(), False)

@@ -17,6 +17,8 @@ __all__ = [
     "QUEUE_INTERACTIVE",
     "TASK_GENERATE",
     "Attempt",
+    "BatchEndpoint",
+    "BatchItem",
     "CachePolicy",
     "Citation",
     "ContextDoc",
@@ -128,11 +130,27 @@ class GenerateRequest(_Strict):
     """``none``: fail with ``service_unavailable`` instead of a degraded answer."""
 
 
+BatchEndpoint = Literal["/v1/completions", "/v1/chat/completions"]
+"""The OpenAI endpoints a batch's lines may target."""
+
+
+class BatchItem(_Strict):
+    """Where a batch item's answer goes: its batch, its line (0-based), its ``custom_id``,
+    and the endpoint whose response shape the output line takes."""
+
+    batch_id: str = Field(min_length=1, max_length=64)
+    index: int = Field(ge=0)
+    custom_id: str = Field(min_length=1, max_length=512)
+    endpoint: BatchEndpoint
+
+
 class JobMessage(_Strict):
-    """The body of a ``genq.generate`` task: the job id and what to generate."""
+    """The body of a ``genq.generate`` task: the job id and what to generate; a batch
+    item also says where its answer goes (``job_id`` is then the item's request id)."""
 
     job_id: str = Field(min_length=1, max_length=64)
     request: GenerateRequest
+    batch: BatchItem | None = None
 
 
 class Citation(_Strict):

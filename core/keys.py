@@ -6,7 +6,23 @@ are not listed; everything genq owns lives under ``genq:``.
 
 from __future__ import annotations
 
-__all__ = ["PREFIX", "breaker", "cache", "circuit", "circuits", "job", "job_attempts"]
+__all__ = [
+    "PREFIX",
+    "batch",
+    "batch_errors",
+    "batch_items",
+    "batch_output",
+    "batches",
+    "breaker",
+    "cache",
+    "circuit",
+    "circuits",
+    "file",
+    "file_content",
+    "idempotency",
+    "job",
+    "job_attempts",
+]
 
 PREFIX = "genq:"
 
@@ -41,3 +57,43 @@ def circuit(name: str) -> list[str]:
     state hash, probe lease, transition counters, the circuits set, rate buckets."""
     parts = ("state", "probe", "events")
     return [*(breaker(name, part) for part in parts), circuits(), breaker(name, "rate")]
+
+
+def file(file_id: str) -> str:
+    """Hash describing one file (owner, name, purpose, size; a batch's output names it)."""
+    return f"{PREFIX}file:{file_id}"
+
+
+def file_content(file_id: str) -> str:
+    """The bytes of an uploaded file."""
+    return f"{PREFIX}file:{file_id}:content"
+
+
+def batch(batch_id: str) -> str:
+    """Hash holding one batch: owner, status, timestamps, counts, errors."""
+    return f"{PREFIX}batch:{{{batch_id}}}"
+
+
+def batch_items(batch_id: str) -> str:
+    """Hash of a batch's items that started or ended: index -> state."""
+    return f"{PREFIX}batch:{{{batch_id}}}:items"
+
+
+def batch_output(batch_id: str) -> str:
+    """List of a batch's output lines (JSON), in the order they finished."""
+    return f"{PREFIX}batch:{{{batch_id}}}:output"
+
+
+def batch_errors(batch_id: str) -> str:
+    """List of a batch's error lines (JSON), in the order they finished."""
+    return f"{PREFIX}batch:{{{batch_id}}}:errors"
+
+
+def batches(owner: str) -> str:
+    """Sorted set of one owner's batch ids, scored by creation time (ms)."""
+    return f"{PREFIX}batches:{owner}"
+
+
+def idempotency(owner: str, scope: str, key: str) -> str:
+    """What one owner's ``Idempotency-Key`` on one route created (expires in a day)."""
+    return f"{PREFIX}idem:{owner}:{scope}:{key}"

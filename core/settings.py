@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     max_context_docs: PositiveInt = 50
     job_ttl_s: PositiveInt = 7 * 86_400
     """How long a job record stays readable after its last update."""
+    result_ttl_s: PositiveInt = 7 * 86_400
+    """How long files, batches and their output stay readable after their last update."""
+    max_batch_requests: PositiveInt = 50_000
+    """Most request lines a batch input file may hold."""
+    max_upload_bytes: PositiveInt = 100 * 1024 * 1024
+    """Largest file ``POST /v1/files`` accepts (413 above it)."""
 
     task_soft_time_limit_s: PositiveInt = 60
     task_time_limit_s: PositiveInt = 90

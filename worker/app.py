@@ -36,6 +36,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A hung Redis must raise, not block a publisher forever.
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
+        # Poll the queues in the order a worker lists them (-Q interactive,batch), not
+        # in turns: an interactive job never waits behind a batch's backlog.
+        "queue_order_strategy": "priority",
     }
     backend: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout_s}
     if settings.uses_sentinel:

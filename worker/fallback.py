@@ -52,12 +52,13 @@ class Refusal:
 class Fallback:
     """Answers jobs from the cache or their context; thread-safe, one per process."""
 
-    def __init__(self, settings: Settings, cache: ResultCache, recorder: Recorder) -> None:
+    def __init__(self, settings: Settings, cache: ResultCache) -> None:
         self._settings = settings
         self._cache = cache
-        self._recorder = recorder
 
-    def answer(self, message: JobMessage, key: str | None, refusal: Refusal) -> Outcome:
+    def answer(
+        self, message: JobMessage, key: str | None, refusal: Refusal, recorder: Recorder
+    ) -> Outcome:
         """Cache, then excerpt, then one final write; the job's error when neither answers."""
         started = time.perf_counter()
         request = message.request
@@ -67,16 +68,16 @@ class Fallback:
                 message, started, refusal
             )
         if result is None:
-            return self._recorder.fail(message.job_id, _unavailable(refusal), refusal.attempt)
-        return self._recorder.succeed(message.job_id, result, refusal.attempt)
+            return recorder.fail(message.job_id, _unavailable(refusal), refusal.attempt)
+        return recorder.succeed(message.job_id, result, refusal.attempt)
 
-    def cached(self, message: JobMessage, key: str) -> Outcome | None:
+    def cached(self, message: JobMessage, key: str, recorder: Recorder) -> Outcome | None:
         """``cache: "prefer"``: the cached answer recorded, before any upstream call; None
         on a miss (the job goes on to the upstream)."""
         result = self._from_cache(key, time.perf_counter(), None)
         if result is None:
             return None
-        return self._recorder.succeed(message.job_id, result, None)
+        return recorder.succeed(message.job_id, result, None)
 
     def _from_cache(
         self, key: str | None, started: float, refusal: Refusal | None

@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 
+from core.batches import BatchStore
 from core.connections import get_redis
 from core.contract import Attempt, GenerationParams, JobError, JobMessage, JobResult
 from core.errors import (
@@ -38,10 +39,11 @@ from core.errors import (
 from core.records import JobStore
 from core.settings import Settings, get_settings
 from worker.backoff import RetryPolicy
+from worker.batch_output import BatchItemRecords
 from worker.breaker import SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.fallback import Fallback, Refusal
-from worker.outcome import Outcome, Recorder
+from worker.outcome import Outcome, Recorder, Records
 from worker.upstream import Generation, UpstreamTarget, generate
 
 __all__ = ["GenerationService", "Outcome", "get_service"]
@@ -61,12 +63,13 @@ class GenerationService:
         cache: ResultCache,
         breaker_for: Callable[[UpstreamTarget], SharedCircuitBreaker],
         call_upstream: CallUpstream = generate,
+        batches: BatchStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.batches = batches
         self.cache = cache
-        self.recorder = Recorder(store)
-        self.fallback = Fallback(settings, cache, self.recorder)
+        self.fallback = Fallback(settings, cache)
         self._breaker_for = breaker_for
         self._call_upstream = call_upstream
         self.retry_policy = RetryPolicy(
@@ -87,24 +90,34 @@ class GenerationService:
 
     def fail(self, job_id: str, exc: GenqError) -> Outcome:
         """Record the job as failed with ``exc`` (an invalid payload, an internal error)."""
-        return self.recorder.fail(job_id, exc)
+        return Recorder(self.store).fail(job_id, exc)
+
+    def records_for(self, message: JobMessage) -> Records:
+        """Where this run is recorded: the job's record, or its batch's output."""
+        if message.batch is None:
+            return self.store
+        if self.batches is None:
+            raise GenqError("this worker has no batch store")
+        return BatchItemRecords(self.batches, message.batch)
 
     def _run(self, message: JobMessage, retries_done: int) -> Outcome:
         request, job_id = message.request, message.job_id
+        records = self.records_for(message)
+        recorder = Recorder(records)
         target = self._target_for(request.model)
         key = cache_key(target.protocol, target.model, request) if request.cache != "off" else None
         if key and request.cache == "prefer":
-            answered = self.fallback.cached(message, key)
+            answered = self.fallback.cached(message, key, recorder)
             if answered is not None:
                 return answered
         breaker = self._breaker_for(target)
         try:
             permit = breaker.admit()
         except CircuitOpenError as exc:
-            return self.fallback.answer(message, key, Refusal.of(exc, exc.reason))
+            return self.fallback.answer(message, key, Refusal.of(exc, exc.reason), recorder)
         running = False
         try:
-            running = self.store.mark_running(job_id)
+            running = records.mark_running(job_id)
         finally:
             if not running:
                 breaker.cancel(permit)  # no call will be made: a probe hands its lease back
@@ -115,11 +128,12 @@ class GenerationService:
             with breaker.guard(permit):
                 generation = self._call_upstream(target, request.prompt, request.params)
         except UpstreamRejected as exc:
-            return self.recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
+            return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
         except UpstreamError as exc:
             if exc.transient and self.retry_policy.allows(retries_done):
-                return self._retry(message, exc, retries_done)
-            return self.fallback.answer(message, key, Refusal.of(exc, "upstream_failed"))
+                return self._retry(records, message, exc, retries_done)
+            refusal = Refusal.of(exc, "upstream_failed")
+            return self.fallback.answer(message, key, refusal, recorder)
         result = JobResult(
             text=generation.text,
             model=generation.model,
@@ -131,11 +145,13 @@ class GenerationService:
         entry = CachedGeneration(generation.text, generation.model, generation.usage, time.time())
         # The cache write rides in the job's final write: one round trip for both.
         also_set = self.cache.entry(key, entry) if key else None
-        return self.recorder.succeed(job_id, result, Attempt.now("succeeded"), also_set)
+        return recorder.succeed(job_id, result, Attempt.now("succeeded"), also_set)
 
-    def _retry(self, message: JobMessage, exc: UpstreamError, retries_done: int) -> Outcome:
+    def _retry(
+        self, records: Records, message: JobMessage, exc: UpstreamError, retries_done: int
+    ) -> Outcome:
         delay = self.retry_policy.delay(retries_done, exc.retry_after)
-        self.store.mark_queued(message.job_id, Attempt.now("failed", exc.type))
+        records.mark_queued(message.job_id, Attempt.now("failed", exc.type))
         log.info(
             "generation.retry_scheduled",
             extra={"job_id": message.job_id, "error_type": exc.type, "delay_s": delay},
@@ -189,6 +205,7 @@ def _service_for(pid: int) -> GenerationService:
         JobStore(client, settings.job_ttl_s),
         ResultCache(client, settings.cache_ttl_s, settings.cache_max_entry_bytes),
         breaker_factory(settings),
+        batches=BatchStore(client, settings.result_ttl_s),
     )
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from core.contract import Attempt, JobError, JobResult, utcnow
 from core.errors import GenqError
-from core.records import ExtraSet, JobStore
+from core.records import ExtraSet
 
-__all__ = ["Outcome", "Recorder"]
+__all__ = ["Outcome", "Recorder", "Records"]
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,37 @@ class Outcome:
     retry_in: float | None = None
 
 
-class Recorder:
-    """Writes jobs' final records; thread-safe."""
+class Records(Protocol):
+    """Where a run is recorded: a job's record (``core.records.JobStore``) or a batch
+    item's line (``worker.batch_output.BatchItemRecords``)."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def mark_running(self, job_id: str) -> bool:
+        """Whether the run may call the upstream (False: already final, or stopped)."""
+        ...
+
+    def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
+        """A retry waits for its countdown."""
+        ...
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        result: JobResult | None = None,
+        error: JobError | None = None,
+        attempt: Attempt | None = None,
+        also_set: ExtraSet | None = None,
+        started_at: str = "",
+    ) -> bool:
+        """The final write; False when another copy of the job wrote first."""
+        ...
+
+
+class Recorder:
+    """Writes a run's final record into ``records``."""
+
+    def __init__(self, records: Records) -> None:
+        self.store = records
 
     def succeed(
         self,

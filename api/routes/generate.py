@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -38,10 +38,13 @@ async def generate(
     store: StoreDep,
     celery: CeleryDep,
     wait_s: Annotated[float, Query(gt=0, le=60, description="How long to wait")] = 10.0,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """200 with the result (degraded or not), 202 + Location if still running, 503 +
     Retry-After when the upstream is unavailable and the job has no fallback."""
-    record = await run_in_threadpool(enqueue, body, principal, settings, store, celery)
+    record = await run_in_threadpool(
+        enqueue, body, principal, settings, store, celery, idempotency_key
+    )
     deadline = time.monotonic() + wait_s
     while not record.status.is_final and time.monotonic() < deadline:
         await asyncio.sleep(POLL_INTERVAL_S)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from typing import Annotated
 
 import redis
 from celery import Celery
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Header, HTTPException, Response, status
 from kombu.exceptions import OperationalError
 
 from api.auth import Principal
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
+from api.idempotency import Idempotency, fingerprint
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobCreate, check_limits
+from core.connections import get_redis
 from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
 from core.errors import StorageUnavailable
 from core.records import JobRecord, JobStore
@@ -36,10 +39,37 @@ def _unavailable(what: str) -> HTTPException:
 
 
 def enqueue(
-    body: JobCreate, principal: Principal, settings: Settings, store: JobStore, celery: Celery
+    body: JobCreate,
+    principal: Principal,
+    settings: Settings,
+    store: JobStore,
+    celery: Celery,
+    idempotency_key: str | None = None,
 ) -> JobRecord:
-    """Record the job, then publish it; nothing is left behind if either fails."""
+    """Record the job, then publish it; nothing is left behind if either fails. With an
+    ``Idempotency-Key`` seen before (same body), the job it created comes back instead."""
     check_limits(body, settings)
+    claim = Idempotency.of(
+        get_redis(), principal.owner, "jobs", idempotency_key, fingerprint(body.model_dump_json())
+    )
+    try:
+        earlier = claim.claim()
+        if earlier is not None:
+            found = store.get(earlier)
+            if found is not None:
+                return found
+        record = _publish(body, principal, store, celery)
+    except StorageUnavailable as exc:
+        claim.release()
+        raise _unavailable("the job store") from exc
+    except BaseException:
+        claim.release()
+        raise
+    claim.done(record.id)
+    return record
+
+
+def _publish(body: JobCreate, principal: Principal, store: JobStore, celery: Celery) -> JobRecord:
     job_id = uuid.uuid4().hex
     message = JobMessage(job_id=job_id, request=body)
     try:
@@ -71,9 +101,10 @@ def submit_job(
     store: StoreDep,
     celery: CeleryDep,
     response: Response,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Job:
     """Accept a generation job; poll the ``Location`` it returns."""
-    record = enqueue(body, principal, settings, store, celery)
+    record = enqueue(body, principal, settings, store, celery, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     response.headers["Retry-After"] = str(POLL_AFTER_S)
     return Job.from_record(record)

@@ -87,6 +87,9 @@ def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
         "GENQ_BREAKER_FAIL_MAX": "4",
         "GENQ_BREAKER_RESET_TIMEOUT_S": "1",
         "GENQ_REDIS_SOCKET_TIMEOUT_S": "2",
+        # Small enough for the batch tests to go past them.
+        "GENQ_MAX_UPLOAD_BYTES": "2000000",
+        "GENQ_MAX_BATCH_REQUESTS": "300",
         **extra,
     }
 

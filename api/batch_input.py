@@ -1,0 +1,201 @@
+"""A batch's input file, line by line: OpenAI request lines turned into genq jobs, or
+the reasons they cannot be.
+
+Each line is ``{"custom_id", "method": "POST", "url", "body"}``, ``url`` the batch's
+endpoint. ``/v1/completions`` bodies carry ``prompt``; ``/v1/chat/completions`` bodies
+carry ``messages``, which (until jobs carry chat natively) are rendered into one prompt,
+a line per message, ``"<role>: <content>"``, then ``"assistant:"``. Both take ``model``,
+``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``, and
+genq's own ``context``, ``cache`` and ``fallback``; ``n`` (1), ``stream`` (false) and
+``user`` are accepted and change nothing. Anything else is an error, so that a file
+written for another service does not silently mean something else here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.schemas import limit_errors
+from core.batches import BatchError
+from core.contract import (
+    BatchEndpoint,
+    CachePolicy,
+    ContextDoc,
+    FallbackPolicy,
+    GenerateRequest,
+    GenerationParams,
+)
+from core.settings import Settings
+
+__all__ = ["MAX_LISTED_ERRORS", "InputLine", "parse_lines", "render_chat"]
+
+MAX_LISTED_ERRORS = 100
+"""A failed batch lists at most this many errors (the first ones)."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    n: Literal[1] | None = None
+    stream: Literal[False] | None = None
+    user: str | None = None
+    context: list[ContextDoc] = Field(default_factory=list)
+    cache: CachePolicy = "fallback"
+    fallback: FallbackPolicy | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str = Field(min_length=1)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+
+class ChatBody(_Body):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class InputLine(BaseModel):
+    """One request line of a batch input file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    method: Literal["POST"]
+    url: str
+    body: dict[str, Any]
+
+
+def render_chat(messages: list[ChatMessage]) -> str:
+    """The prompt a chat request becomes (see the module docstring)."""
+    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+@dataclass
+class Parsed:
+    """What a file's lines came to: (custom_id, request) per line, or errors."""
+
+    requests: list[tuple[str, GenerateRequest]] = field(default_factory=list)
+    errors: list[BatchError] = field(default_factory=list)
+    error_count: int = 0
+
+    def fail(self, line: int, code: str, message: str, param: str | None = None) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(BatchError(code=code, line=line, message=message, param=param))
+
+
+def parse_lines(
+    lines: Iterable[bytes],
+    endpoint: BatchEndpoint,
+    settings: Settings,
+    refuse_degraded: bool,
+) -> Parsed:
+    """Every line checked; the requests are only meant to be used when there is no error."""
+    parsed, seen = Parsed(), set[str]()
+    for number, raw in _numbered(lines):
+        request = _one(raw, number, endpoint, settings, refuse_degraded, parsed)
+        if request is None:
+            continue
+        custom_id, job = request
+        if custom_id in seen:
+            parsed.fail(number, "duplicate_custom_id", f"custom_id {custom_id!r} is used twice")
+            continue
+        seen.add(custom_id)
+        parsed.requests.append((custom_id, job))
+    if not parsed.requests and not parsed.error_count:
+        parsed.fail(1, "empty_file", "the input file holds no request lines")
+    return parsed
+
+
+def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    for number, raw in enumerate(lines, start=1):
+        if raw.strip():
+            yield number, raw
+
+
+def _one(
+    raw: bytes,
+    number: int,
+    endpoint: BatchEndpoint,
+    settings: Settings,
+    refuse_degraded: bool,
+    parsed: Parsed,
+) -> tuple[str, GenerateRequest] | None:
+    try:
+        data = json.loads(raw)
+        line = InputLine.model_validate(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, ValidationError):
+            _report(parsed, number, exc, prefix="")
+        else:
+            parsed.fail(number, "invalid_json_line", "the line is not one JSON object")
+        return None
+    if line.url != endpoint:
+        message = f"url {line.url!r} differs from the batch's endpoint {endpoint!r}"
+        parsed.fail(number, "invalid_url", message, "url")
+        return None
+    try:
+        body: CompletionBody | ChatBody
+        if endpoint == "/v1/completions":
+            body = CompletionBody.model_validate(line.body)
+            prompt = body.prompt
+        else:
+            body = ChatBody.model_validate(line.body)
+            prompt = render_chat(body.messages)
+        request = _request(body, prompt, refuse_degraded)
+    except ValidationError as exc:
+        _report(parsed, number, exc, prefix="body.")
+        return None
+    problems = limit_errors(request, settings)
+    for param, message in problems:
+        parsed.fail(number, "invalid_value", message, f"body.{param}")
+    return None if problems else (line.custom_id, request)
+
+
+def _request(
+    body: CompletionBody | ChatBody, prompt: str, refuse_degraded: bool
+) -> GenerateRequest:
+    params: dict[str, Any] = {}
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is not None:
+        params["max_new_tokens"] = max_tokens
+    for name in ("temperature", "top_p"):
+        if getattr(body, name) is not None:
+            params[name] = getattr(body, name)
+    if body.stop is not None:
+        params["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
+    fallback = body.fallback or ("none" if refuse_degraded else "auto")
+    return GenerateRequest(
+        prompt=prompt,
+        model=body.model,
+        params=GenerationParams.model_validate(params),
+        context=body.context,
+        cache=body.cache,
+        fallback=fallback,
+    )
+
+
+_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unsupported_parameter"}
+
+
+def _report(parsed: Parsed, number: int, exc: ValidationError, prefix: str) -> None:
+    for error in exc.errors(include_url=False, include_input=False):
+        param = prefix + ".".join(str(part) for part in error["loc"])
+        code = _CODES.get(error["type"], "invalid_value")
+        parsed.fail(number, code, f"{param}: {error['msg']}", param)

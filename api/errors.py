@@ -1,0 +1,58 @@
+"""Error bodies: OpenAI's shape on the OpenAI-compatible routes, FastAPI's elsewhere.
+
+``/v1/files`` and ``/v1/batches`` answer errors as OpenAI does,
+``{"error": {"message", "type", "param", "code"}}``, so the ``openai`` SDK shows the
+message; genq's own routes keep FastAPI's ``{"detail": …}`` (with ``detail[].loc`` for
+bad input).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = ["OPENAI_ROUTES", "install"]
+
+OPENAI_ROUTES = ("/v1/files", "/v1/batches")
+
+
+def _openai(status: int, message: str, param: str | None, headers: Any = None) -> JSONResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": message, "type": kind, "param": param, "code": None}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if not request.url.path.startswith(OPENAI_ROUTES):
+        return await http_exception_handler(request, exc)
+    detail = exc.detail
+    if isinstance(detail, list):  # [{"loc": [...], "msg": ...}]
+        first = detail[0]
+        param = ".".join(str(p) for p in first.get("loc", [])[1:]) or None
+        return _openai(exc.status_code, f"{param}: {first.get('msg')}", param, exc.headers)
+    return _openai(exc.status_code, str(detail), None, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    if not request.url.path.startswith(OPENAI_ROUTES):
+        return await request_validation_exception_handler(request, exc)
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"][1:]) or None
+    return _openai(422, f"{param}: {first['msg']}", param)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

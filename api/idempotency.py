@@ -1,0 +1,87 @@
+"""``Idempotency-Key`` on the POSTs that create something (jobs, files, batches).
+
+The same key with the same request gives back the object the first request created; the
+same key with a different request is a 409, as is a second request while the first is
+still being processed. Keys are per API key and per route, and expire after a day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import redis
+from fastapi import HTTPException, status
+
+from core import keys
+from core.errors import StorageUnavailable
+
+__all__ = ["TTL_S", "Idempotency", "fingerprint"]
+
+TTL_S = 86_400
+MAX_KEY_CHARS = 255
+
+
+def fingerprint(*parts: bytes | str) -> str:
+    """A digest of what makes two requests the same."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+@dataclass
+class Idempotency:
+    """One request's claim on its key (no key: every call is a no-op)."""
+
+    client: redis.Redis
+    redis_key: str | None
+    print_: str
+
+    @classmethod
+    def of(
+        cls, client: redis.Redis, owner: str, scope: str, header: str | None, print_: str
+    ) -> Idempotency:
+        if header is not None and not 0 < len(header) <= MAX_KEY_CHARS:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                detail=f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters",
+            )
+        redis_key = keys.idempotency(owner, scope, header) if header else None
+        return cls(client, redis_key, print_)
+
+    def claim(self) -> str | None:
+        """None: go on and create (the key is now held); else the id created before."""
+        if self.redis_key is None:
+            return None
+        try:
+            if self.client.set(self.redis_key, f"{self.print_}:", nx=True, ex=TTL_S):
+                return None
+            stored = self.client.get(self.redis_key)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable("idempotency keys unreachable") from exc
+        text = stored.decode() if isinstance(stored, bytes) else str(stored or ":")
+        print_, _, object_id = text.partition(":")
+        if print_ != self.print_:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail="this Idempotency-Key was used with a different request; use a new key",
+            )
+        if not object_id:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail="a request with this Idempotency-Key is still being processed; retry",
+                headers={"Retry-After": "1"},
+            )
+        return object_id
+
+    def done(self, object_id: str) -> None:
+        """Remember what this key created."""
+        if self.redis_key is not None:
+            self.client.set(self.redis_key, f"{self.print_}:{object_id}", ex=TTL_S)
+
+    def release(self) -> None:
+        """Creation failed: the key may be used again."""
+        if self.redis_key is not None:
+            self.client.delete(self.redis_key)

@@ -1,0 +1,247 @@
+"""``/v1/batches``: OpenAI's Batch API over genq's queue.
+
+Create validates every line of the input file before anything is enqueued (all or
+nothing: a bad line fails the batch with the line errors), then enqueues every item on
+the ``batch`` queue in one Redis transaction. Output and error files are readable while
+the batch runs. A batch's ``metadata`` may hold ``genq_fallback: "none"``: its items then
+fail with ``service_unavailable`` rather than answer degraded (a line's own ``fallback``
+wins). genq's own figures are in a ``genq`` field: counts by source, and the items a
+cancel or the expiry kept from running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import Principal
+from api.batch_input import parse_lines
+from api.deps import BatchesDep, CeleryDep, FilesDep, PrincipalDep, RedisDep, SettingsDep
+from api.idempotency import Idempotency, fingerprint
+from api.publish import TaskMessages
+from api.routes.files import owned, unavailable
+from core.batches import BatchRecord, BatchStore
+from core.contract import QUEUE_BATCH, BatchEndpoint, BatchItem, GenerateRequest, JobMessage
+from core.errors import StorageUnavailable
+from core.files import FileRecord, new_file_id
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+#: The metadata key by which a batch refuses degraded answers.
+REFUSE_DEGRADED_KEY = "genq_fallback"
+
+
+class BatchCreate(BaseModel):
+    """OpenAI's batch create parameters (``output_expires_after`` is accepted, unused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: BatchEndpoint
+    completion_window: Literal["24h"]
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(default=None, max_length=16)
+    output_expires_after: dict[str, Any] | None = None
+
+
+def batch_object(record: BatchRecord) -> dict[str, Any]:
+    """The batch as OpenAI's ``Batch`` object, with genq's figures in ``genq``."""
+    times = record.times
+    counts = record.counts
+    errors = None
+    if record.errors:
+        data = [e.model_dump() for e in record.errors]
+        errors = {"object": "list", "data": data}
+    return {
+        "id": record.id,
+        "object": "batch",
+        "endpoint": record.endpoint,
+        "errors": errors,
+        "input_file_id": record.input_file_id,
+        "completion_window": record.completion_window,
+        "status": record.status,
+        "output_file_id": record.output_file_id,
+        "error_file_id": record.error_file_id,
+        **{name: times.get(name) for name in _TIME_FIELDS},
+        "request_counts": {
+            "total": counts["total"],
+            "completed": counts["completed"],
+            "failed": counts["failed"],
+        },
+        "metadata": record.metadata,
+        "genq": {"counts_by_source": record.sources, "cancelled": counts["cancelled"]},
+    }
+
+
+_TIME_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+def _owned(batches: BatchStore, batch_id: str, principal: Principal) -> BatchRecord:
+    try:
+        record = batches.get(batch_id) if len(batch_id) <= 64 else None
+    except StorageUnavailable as exc:
+        raise unavailable() from exc
+    if record is None or record.owner != principal.owner:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch {batch_id!r}")
+    return record
+
+
+def _request_id(batch_id: str, index: int) -> str:
+    """An item's request id: the same for every run of the item."""
+    digest = hashlib.sha1(f"{batch_id}:{index}".encode(), usedforsecurity=False)
+    return f"batch_req_{digest.hexdigest()[:24]}"
+
+
+@router.post("", responses={413: {"description": "more lines than GENQ_MAX_BATCH_REQUESTS"}})
+def create(
+    body: BatchCreate,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    files: FilesDep,
+    batches: BatchesDep,
+    celery: CeleryDep,
+    client: RedisDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Validate the input file and enqueue every request; the batch comes back
+    ``in_progress``, or ``failed`` with the line errors (nothing enqueued)."""
+    claim = Idempotency.of(
+        client, principal.owner, "batches", idempotency_key, fingerprint(body.model_dump_json())
+    )
+    try:
+        earlier = claim.claim()
+        if earlier is not None:
+            return batch_object(_owned(batches, earlier, principal))
+        try:
+            record = _create(body, principal, settings, files, batches, celery)
+        except BaseException:
+            claim.release()
+            raise
+        claim.done(record.id)
+        return batch_object(record)
+    except StorageUnavailable as exc:
+        raise unavailable() from exc
+
+
+def _create(
+    body: BatchCreate,
+    principal: Principal,
+    settings: SettingsDep,
+    files: FilesDep,
+    batches: BatchesDep,
+    celery: CeleryDep,
+) -> BatchRecord:
+    source = owned(files, body.input_file_id, principal)
+    if source.kind != "upload" or source.purpose != "batch":
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"input_file_id: {source.id!r} is not an uploaded file with purpose 'batch'",
+        )
+    metadata = body.metadata or {}
+    refuse = metadata.get(REFUSE_DEGRADED_KEY) == "none"
+    parsed = parse_lines(files.lines(source.id), body.endpoint, settings, refuse)
+    limit = settings.max_batch_requests
+    if len(parsed.requests) + parsed.error_count > limit:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail=f"the input file holds more than {limit} requests (GENQ_MAX_BATCH_REQUESTS)",
+        )
+    output_id, error_id = new_file_id(), new_file_id()
+    record = batches.create(
+        principal.owner,
+        source.id,
+        body.endpoint,
+        body.completion_window,
+        body.metadata,
+        output_id,
+        error_id,
+    )
+    for file_id, kind in ((output_id, "output"), (error_id, "error")):
+        output = FileRecord(
+            id=file_id,
+            owner=principal.owner,
+            filename=f"{record.id}_{kind}.jsonl",
+            purpose="batch_output",
+            kind=kind,
+            bytes=0,
+            created_at=int(time.time()),
+            batch_id=record.id,
+        )
+        files.register_output(output)
+    if parsed.error_count:
+        batches.fail(record.id, parsed.errors)
+    else:
+        encoded = _messages(TaskMessages(celery, QUEUE_BATCH), record, parsed.requests)
+        batches.start(record.id, QUEUE_BATCH, encoded, len(parsed.requests))
+    found = batches.get(record.id)
+    assert found is not None
+    return found
+
+
+def _messages(
+    messages: TaskMessages, batch: BatchRecord, requests: list[tuple[str, GenerateRequest]]
+) -> Iterator[bytes]:
+    """Each item's ``genq.generate`` message, its job id the item's request id."""
+    endpoint: BatchEndpoint = batch.endpoint  # type: ignore[assignment]
+    for index, (custom_id, request) in enumerate(requests):
+        request_id = _request_id(batch.id, index)
+        item = BatchItem(batch_id=batch.id, index=index, custom_id=custom_id, endpoint=endpoint)
+        job = JobMessage(job_id=request_id, request=request, batch=item)
+        payload = job.model_dump(mode="json", exclude_defaults=True)
+        yield messages.message(request_id, payload, f"[{custom_id!r} of {batch.id}]")
+
+
+@router.get("/{batch_id}")
+def retrieve(batch_id: str, principal: PrincipalDep, batches: BatchesDep) -> dict[str, Any]:
+    """The batch object."""
+    return batch_object(_owned(batches, batch_id, principal))
+
+
+@router.post("/{batch_id}/cancel")
+def cancel(batch_id: str, principal: PrincipalDep, batches: BatchesDep) -> dict[str, Any]:
+    """Stop the batch: requests not yet started will not run; running ones finish; it
+    ends ``cancelled`` with its partial files."""
+    _owned(batches, batch_id, principal)
+    try:
+        batches.cancel(batch_id)
+    except StorageUnavailable as exc:
+        raise unavailable() from exc
+    return batch_object(_owned(batches, batch_id, principal))
+
+
+@router.get("")
+def list_batches(
+    principal: PrincipalDep,
+    batches: BatchesDep,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """This key's batches, newest first; ``after`` is the last id of the previous page."""
+    try:
+        found, more = batches.page(principal.owner, after, limit)
+    except StorageUnavailable as exc:
+        raise unavailable() from exc
+    data = [batch_object(b) for b in found]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }

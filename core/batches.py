@@ -1,0 +1,320 @@
+"""Batches: OpenAI's Batch API objects, and the records their items write as they run.
+
+Layout (``core.keys``): the batch hash (owner, status, OpenAI's timestamps, counts,
+errors), the items hash (index → running | done | cancelled), and two lists, the output
+and error lines, appended as items finish; each owner's batch ids in a sorted set.
+Everything expires ``GENQ_RESULT_TTL_S`` after its last write.
+
+Lifecycle: ``create`` writes the batch as ``validating``; the API validates every input
+line, then either ``fail``s it with the line errors or ``start``s it, which in one Redis
+transaction enqueues every item and moves it to ``in_progress`` (a batch is never
+partly enqueued). Workers call ``item_start`` and ``item_finish`` (Lua, ``core/lua/``):
+the first final line of an item wins, and the item that accounts for the last one
+finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a cancel or the
+24 h window stopped items before they ran). A batch still ``validating`` after
+``STALE_VALIDATING_S`` (its API process died mid-way) is failed with a reason when read.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal, TypeVar
+
+import redis
+from pydantic import BaseModel
+
+from core import keys, scripts
+from core.errors import StorageUnavailable
+
+__all__ = ["BatchError", "BatchRecord", "BatchStore", "new_batch_id"]
+
+T = TypeVar("T")
+BatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+#: A batch left ``validating`` this long lost the API process that was enqueueing it.
+STALE_VALIDATING_S = 600
+#: The one completion window OpenAI accepts, and genq too.
+COMPLETION_WINDOW_S = 24 * 3600
+#: Lines read from Redis per range when a batch's output is streamed.
+LINES_PER_READ = 1000
+_TIMES = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+_COUNTS = ("total", "completed", "failed", "cancelled", "output_bytes", "error_bytes")
+SOURCES = ("upstream", "cache", "excerpt")
+
+
+def new_batch_id() -> str:
+    return f"batch_{uuid.uuid4().hex}"
+
+
+class BatchError(BaseModel):
+    """One reason a batch failed validation; ``line`` counts from 1."""
+
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+
+class BatchRecord(BaseModel):
+    """A batch as stored."""
+
+    id: str
+    owner: str
+    status: BatchStatus
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+    output_file_id: str
+    error_file_id: str
+    errors: list[BatchError] | None = None
+    times: dict[str, int]
+    counts: dict[str, int]
+    sources: dict[str, int]
+
+
+@functools.cache
+def _script(name: str) -> str:
+    """A batch script after batch_prelude.lua (read on first use)."""
+    return scripts.load("core", name, scripts.load("core", "batch_prelude"))
+
+
+class BatchStore:
+    """Batches in Redis; every call raises ``StorageUnavailable`` when Redis is down."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._start = client.register_script(_script("batch_item_start"))
+        self._finish = client.register_script(_script("batch_item_finish"))
+        self._cancel = client.register_script(_script("batch_cancel"))
+
+    # The API's side -------------------------------------------------------------
+
+    def create(
+        self,
+        owner: str,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: Mapping[str, str] | None,
+        output_file_id: str,
+        error_file_id: str,
+    ) -> BatchRecord:
+        """Write a new batch, ``validating``."""
+        batch_id, now = new_batch_id(), int(time.time())
+        fields: dict[Any, str | int] = {
+            "id": batch_id,
+            "owner": owner,
+            "status": "validating",
+            "endpoint": endpoint,
+            "input_file_id": input_file_id,
+            "completion_window": completion_window,
+            "output_file_id": output_file_id,
+            "error_file_id": error_file_id,
+            "created_at": now,
+            "expires_at": now + COMPLETION_WINDOW_S,
+        }
+        if metadata is not None:
+            fields["metadata"] = json.dumps(dict(metadata))
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(keys.batch(batch_id), mapping=fields)
+            pipe.expire(keys.batch(batch_id), self._ttl_s)
+            pipe.zadd(keys.batches(owner), {batch_id: time.time() * 1000})
+            pipe.expire(keys.batches(owner), self._ttl_s)
+            pipe.execute()
+
+        self._guard(write)
+        record = self.get(batch_id)
+        assert record is not None  # just written
+        return record
+
+    def fail(self, batch_id: str, errors: list[BatchError]) -> None:
+        """Validation failed: nothing was enqueued; the batch says why."""
+        encoded = json.dumps([e.model_dump(exclude_none=True) for e in errors])
+        fields: dict[Any, str | int] = {
+            "status": "failed",
+            "failed_at": int(time.time()),
+            "errors": encoded,
+        }
+        self._guard(lambda: self._redis.hset(keys.batch(batch_id), mapping=fields))
+
+    def start(self, batch_id: str, queue: str, messages: Iterable[bytes], total: int) -> bool:
+        """Enqueue every item's message and move the batch to ``in_progress``, in one
+        transaction; False (nothing enqueued) when the batch is no longer ``validating``
+        (cancelled meanwhile)."""
+        key = keys.batch(batch_id)
+
+        def enqueue() -> bool:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                if _text(pipe.hget(key, "status")) != "validating":
+                    return False
+                pipe.multi()
+                pending: list[bytes] = []
+                for message in messages:
+                    pending.append(message)
+                    if len(pending) == 1000:
+                        pipe.lpush(queue, *pending)
+                        pending = []
+                if pending:
+                    pipe.lpush(queue, *pending)
+                fields: dict[Any, str | int] = {
+                    "status": "in_progress",
+                    "in_progress_at": int(time.time()),
+                    "total": total,
+                }
+                pipe.hset(key, mapping=fields)
+                pipe.execute()
+                return True
+
+        try:
+            return self._guard(enqueue)
+        except redis.WatchError:
+            return False
+
+    def cancel(self, batch_id: str) -> None:
+        """Stop the batch: items not yet started will not run; see batch_cancel.lua."""
+        self._guard(lambda: self._cancel(self._keys(batch_id)[:2], [int(time.time())]))
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        """The batch, or None; a batch whose enqueue died mid-way is failed here."""
+        fields = _text_map(self._guard(lambda: self._redis.hgetall(keys.batch(batch_id))))
+        if not fields:
+            return None
+        created = int(fields.get("created_at", 0))
+        if fields["status"] == "validating" and time.time() - created > STALE_VALIDATING_S:
+            error = BatchError(
+                code="enqueue_interrupted",
+                message="the API process validating this batch stopped before enqueueing it; "
+                "nothing of it ran: create it again",
+            )
+            self.fail(batch_id, [error])
+            return self.get(batch_id)
+        return _record(fields)
+
+    def page(self, owner: str, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
+        """One owner's batches, newest first, after the batch ``after``; and whether
+        more follow."""
+        index = keys.batches(owner)
+        start = 0
+        if after is not None:
+            rank: Any = self._guard(lambda: self._redis.zrevrank(index, after))
+            if rank is None:
+                return [], False
+            start = int(rank) + 1
+        ids: list[Any] = list(
+            self._guard(lambda: self._redis.zrevrange(index, start, start + limit))
+        )
+        found = [self.get(_text(i)) for i in ids[:limit]]
+        return [b for b in found if b is not None], len(ids) > limit
+
+    def lines(self, batch_id: str, kind: Literal["output", "error"]) -> Iterator[bytes]:
+        """The output or error lines written so far, ``LINES_PER_READ`` per round trip."""
+        key = keys.batch_output(batch_id) if kind == "output" else keys.batch_errors(batch_id)
+        start = 0
+        while True:
+            chunk = self._range(key, start, start + LINES_PER_READ - 1)
+            for line in chunk:
+                yield (line.encode() if isinstance(line, str) else line) + b"\n"
+            if len(chunk) < LINES_PER_READ:
+                return
+            start += LINES_PER_READ
+
+    def _range(self, key: str, start: int, end: int) -> list[Any]:
+        return list(self._guard(lambda: self._redis.lrange(key, start, end)))
+
+    # The worker's side ----------------------------------------------------------
+
+    def item_start(self, batch_id: str, index: int) -> bool:
+        """Whether the item may run now (see batch_item_start.lua)."""
+        args = [index, int(time.time()), self._ttl_s]
+        return bool(self._guard(lambda: self._start(self._keys(batch_id)[:2], args)))
+
+    def item_finish(
+        self,
+        batch_id: str,
+        index: int,
+        line: str,
+        *,
+        error: bool,
+        source: str = "",
+        also_set: tuple[str, bytes, int] | None = None,
+    ) -> bool:
+        """Append the item's output (or error) line, and ``also_set`` (key, value, ttl: the
+        cache entry) in the same round trip; False if the item was already final."""
+        kind = "error" if error else "output"
+        args: list[str | int | bytes] = [index, kind, line, source, int(time.time()), self._ttl_s]
+        batch_keys = self._keys(batch_id)
+        if also_set is not None:
+            batch_keys.append(also_set[0])
+            args += [also_set[1], also_set[2]]
+        return bool(self._guard(lambda: self._finish(batch_keys, args)))
+
+    @staticmethod
+    def _keys(batch_id: str) -> list[str]:
+        return [
+            keys.batch(batch_id),
+            keys.batch_items(batch_id),
+            keys.batch_output(batch_id),
+            keys.batch_errors(batch_id),
+        ]
+
+    @staticmethod
+    def _guard(call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable(f"batch store unreachable: {type(exc).__name__}") from exc
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text_map(fields: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+def _record(fields: dict[str, str]) -> BatchRecord:
+    errors = fields.get("errors")
+    metadata = fields.get("metadata")
+    return BatchRecord(
+        id=fields["id"],
+        owner=fields["owner"],
+        status=fields["status"],
+        endpoint=fields["endpoint"],
+        input_file_id=fields["input_file_id"],
+        completion_window=fields["completion_window"],
+        metadata=json.loads(metadata) if metadata else None,
+        output_file_id=fields["output_file_id"],
+        error_file_id=fields["error_file_id"],
+        errors=[BatchError.model_validate(e) for e in json.loads(errors)] if errors else None,
+        times={name: int(fields[name]) for name in _TIMES if name in fields},
+        counts={name: int(fields.get(name, 0)) for name in _COUNTS},
+        sources={name: int(fields.get(f"source_{name}", 0)) for name in SOURCES},
+    )

@@ -1,0 +1,22 @@
+-- An item is about to run. ARGV: 1 index, 2 now (s), 3 ttl (s). Returns 1 to run it; 0
+-- when it must not run: already done, or its batch is gone, cancelling or expired (then
+-- it is counted as cancelled, in neither file).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+local state = redis.call('HGET', KEYS[2], ARGV[1])
+if state == 'done' or state == 'cancelled' then return 0 end
+local now = tonumber(ARGV[2])
+if status == 'in_progress' and now >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then
+  redis.call('HSET', KEYS[1], 'expiring', 1)
+end
+local stop = status ~= 'in_progress' or redis.call('HGET', KEYS[1], 'expiring') == '1'
+if stop then
+  redis.call('HSET', KEYS[2], ARGV[1], 'cancelled')
+  redis.call('HINCRBY', KEYS[1], 'cancelled', 1)
+  finalize(now)
+  touch(ARGV[3], KEYS[1], KEYS[2])
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], 'running')
+touch(ARGV[3], KEYS[2])
+return 1

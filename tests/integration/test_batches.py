@@ -1,0 +1,349 @@
+"""The OpenAI-compatible Batch API, driven by the unmodified ``openai`` SDK against genq's
+API process and a real Celery worker: files, batches, validation, tenancy, idempotency,
+cancel, refusing degraded answers, output readable while running, and priority."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from typing import Any
+
+import openai
+import pytest
+import redis
+import requests
+from openai import OpenAI
+from openai.types import Batch
+
+from core import circuits
+from core.settings import Settings
+from simulator.server import SimulatorServer
+from tests.integration.conftest import ADMIN_KEY, API_KEY, OTHER_KEY, auth, wait_final
+from worker.upstream import UpstreamTarget
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("celery_session_worker")]
+
+FINAL = {"completed", "failed", "cancelled", "expired"}
+
+
+@pytest.fixture
+def client(api_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{api_url}/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def other(api_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{api_url}/v1", api_key=OTHER_KEY, max_retries=0, timeout=30)
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def completion_lines(n: int, model: str | None = None, **body: Any) -> list[dict[str, Any]]:
+    extra = {"model": model} if model else {}
+    return [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {
+                "prompt": f"batch prompt {i} {uuid.uuid4().hex[:6]}",
+                "max_tokens": 8,
+                **extra,
+                **body,
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def upload(client: OpenAI, data: bytes, name: str = "in.jsonl") -> str:
+    return client.files.create(file=(name, io.BytesIO(data)), purpose="batch").id
+
+
+def run_batch(
+    client: OpenAI, lines: list[dict[str, Any]], endpoint: str = "/v1/completions", **options: Any
+) -> Batch:
+    file_id = upload(client, jsonl(lines))
+    return client.batches.create(
+        input_file_id=file_id,
+        endpoint=endpoint,
+        completion_window="24h",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def wait_batch(client: OpenAI, batch_id: str, timeout_s: float = 30) -> Batch:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in FINAL or time.monotonic() > deadline:
+            return batch
+        time.sleep(0.1)
+
+
+def lines_of(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    text = client.files.content(file_id).text
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def test_the_sdk_runs_a_completions_batch_end_to_end(client: OpenAI, sim: SimulatorServer) -> None:
+    """Upload, create, poll, read: every request answered in OpenAI's output shape, with
+    genq's provenance, and the counts add up."""
+    batch = run_batch(client, completion_lines(12), metadata={"purpose": "test"})
+    assert batch.status == "in_progress"
+    assert batch.metadata == {"purpose": "test"}
+    assert batch.request_counts is not None and batch.request_counts.total == 12
+    done = wait_batch(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (12, 0)
+    assert done.completed_at is not None and done.in_progress_at is not None
+    output = lines_of(client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(12))
+    first = output[0]
+    assert first["error"] is None
+    assert first["response"]["status_code"] == 200
+    body = first["response"]["body"]
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"].startswith("simulated")
+    assert body["genq"]["source"] == "upstream"
+    assert body["genq"]["degraded"] is False
+    assert lines_of(client, done.error_file_id) == []
+    assert done.model_extra is not None
+    assert done.model_extra["genq"]["counts_by_source"]["upstream"] == 12
+    assert sim.stats()["calls"] == 12
+    info = client.files.retrieve(done.output_file_id)  # type: ignore[arg-type]
+    assert info.purpose == "batch_output"
+    assert info.bytes == len(client.files.content(done.output_file_id).content)  # type: ignore[arg-type]
+
+
+def test_a_chat_batch_answers_chat_completion_objects(client: OpenAI) -> None:
+    """``/v1/chat/completions`` lines give ``chat.completion`` bodies with a message."""
+    lines = [
+        {
+            "custom_id": f"chat-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": f"hello {i}"},
+                ],
+                "max_completion_tokens": 8,
+            },
+        }
+        for i in range(3)
+    ]
+    done = wait_batch(client, run_batch(client, lines, endpoint="/v1/chat/completions").id)
+    assert done.status == "completed"
+    body = lines_of(client, done.output_file_id)[0]["response"]["body"]
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["message"]["content"].startswith("simulated")
+
+
+def test_files_can_be_read_back_and_deleted(client: OpenAI) -> None:
+    """An upload reads back byte for byte; after delete it is 404."""
+    data = jsonl(completion_lines(3))
+    file_id = upload(client, data, "mine.jsonl")
+    info = client.files.retrieve(file_id)
+    assert (info.filename, info.bytes, info.purpose) == ("mine.jsonl", len(data), "batch")
+    assert client.files.content(file_id).content == data
+    assert client.files.delete(file_id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(file_id)
+
+
+def test_a_bad_line_fails_the_whole_batch_and_nothing_runs(
+    client: OpenAI, sim: SimulatorServer
+) -> None:
+    """Invalid JSON, a wrong url, a missing prompt, an unsupported parameter and a
+    duplicate custom_id are each reported with their line; no request runs."""
+    good = completion_lines(2)
+    bad_url = {**good[0], "custom_id": "x1", "url": "/v1/embeddings"}
+    no_prompt = {**good[0], "custom_id": "x2", "body": {"max_tokens": 4}}
+    unsupported = {**good[0], "custom_id": "x3", "body": {"prompt": "p", "logit_bias": {}}}
+    duplicate = {**good[1]}
+    data = (
+        jsonl([good[0], good[1], bad_url, no_prompt, unsupported])
+        + b"{not json\n"
+        + jsonl([duplicate])
+    )
+    batch = client.batches.create(
+        input_file_id=upload(client, data), endpoint="/v1/completions", completion_window="24h"
+    )
+    assert batch.status == "failed"
+    assert batch.errors is not None and batch.errors.data is not None
+    found = {(e.line, e.code, e.param) for e in batch.errors.data}
+    assert (3, "invalid_url", "url") in found
+    assert (4, "missing_required_parameter", "body.prompt") in found
+    assert (5, "unsupported_parameter", "body.logit_bias") in found
+    assert (6, "invalid_json_line", None) in found
+    assert (7, "duplicate_custom_id", None) in found
+    assert batch.request_counts is not None and batch.request_counts.total == 0
+    time.sleep(0.3)
+    assert sim.stats()["calls"] == 0
+
+
+def test_limits_answer_413_with_the_limit(client: OpenAI) -> None:
+    """An upload over GENQ_MAX_UPLOAD_BYTES, or a file with more lines than
+    GENQ_MAX_BATCH_REQUESTS, is refused with 413 naming the limit."""
+    with pytest.raises(openai.APIStatusError) as too_big:
+        upload(client, b"x" * 2_100_000)
+    assert too_big.value.status_code == 413
+    assert "2000000" in too_big.value.message
+    file_id = upload(client, jsonl(completion_lines(301)))
+    with pytest.raises(openai.APIStatusError) as too_many:
+        client.batches.create(
+            input_file_id=file_id, endpoint="/v1/completions", completion_window="24h"
+        )
+    assert too_many.value.status_code == 413
+    assert "300" in too_many.value.message
+
+
+def test_files_and_batches_are_visible_only_to_their_key(client: OpenAI, other: OpenAI) -> None:
+    """Another key gets 404 for the file, its content, the batch, its cancel, and does
+    not see the batch in its list."""
+    batch = run_batch(client, completion_lines(1))
+    for call in (
+        lambda: other.files.retrieve(batch.input_file_id),
+        lambda: other.files.content(batch.input_file_id),
+        lambda: other.files.content(batch.output_file_id),  # type: ignore[arg-type]
+        lambda: other.files.delete(batch.input_file_id),
+        lambda: other.batches.retrieve(batch.id),
+        lambda: other.batches.cancel(batch.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert batch.id not in [b.id for b in other.batches.list(limit=100)]
+    assert client.batches.retrieve(batch.id).id == batch.id
+
+
+def test_listing_pages_through_every_batch_and_ends(api_url: str) -> None:
+    """``batches.list(limit=2)`` auto-paging yields every batch of a key once, newest
+    first, and stops when has_more is false."""
+    key = ADMIN_KEY  # a key no other test lists with
+    client = OpenAI(base_url=f"{api_url}/v1", api_key=key, max_retries=0)
+    made = [run_batch(client, completion_lines(1)).id for _ in range(5)]
+    seen = [b.id for b in client.batches.list(limit=2)]
+    assert seen[: len(made)] == list(reversed(made))
+    assert len(seen) == len(set(seen))
+    page = client.batches.list(limit=2)
+    assert page.has_more is True
+    last = client.batches.list(limit=100)
+    assert last.has_more is False
+
+
+def test_idempotency_key_returns_the_original_or_409(client: OpenAI, api_url: str) -> None:
+    """Same Idempotency-Key and body: the same batch (and job); another body: 409."""
+    file_id = upload(client, jsonl(completion_lines(1)))
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    create = {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}
+    first = client.batches.create(**create, extra_headers=key)  # type: ignore[arg-type]
+    again = client.batches.create(**create, extra_headers=key)  # type: ignore[arg-type]
+    assert again.id == first.id
+    with pytest.raises(openai.ConflictError):
+        client.batches.create(**{**create, "metadata": {"x": "y"}}, extra_headers=key)  # type: ignore[arg-type]
+    job = {"prompt": f"idempotent {uuid.uuid4().hex}"}
+    posted = [
+        requests.post(f"{api_url}/v1/jobs", json=job, headers={**auth(), **key}, timeout=10)
+        for _ in range(2)
+    ]
+    assert posted[0].json()["id"] == posted[1].json()["id"]
+    clash = requests.post(
+        f"{api_url}/v1/jobs", json={"prompt": "other"}, headers={**auth(), **key}, timeout=10
+    )
+    assert clash.status_code == 409
+
+
+def test_cancel_runs_no_pending_request_and_keeps_counts_exact(
+    client: OpenAI, sim: SimulatorServer
+) -> None:
+    """Cancelled mid-run: requests not yet started never reach the upstream, the ones
+    running finish, and completed + failed + cancelled = total."""
+    sim.configure(latency_ms=300)
+    batch = run_batch(client, completion_lines(40))
+    time.sleep(0.5)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = wait_batch(client, batch.id, timeout_s=30)
+    assert done.status == "cancelled"
+    assert done.cancelled_at is not None and done.cancelling_at is not None
+    counts = done.request_counts
+    assert counts is not None and done.model_extra is not None
+    cancelled = done.model_extra["genq"]["cancelled"]
+    assert counts.completed + counts.failed + cancelled == 40
+    assert 0 < cancelled < 40
+    assert sim.stats()["calls"] == counts.completed + counts.failed
+    assert len(lines_of(client, done.output_file_id)) == counts.completed
+
+
+def test_a_batch_can_refuse_degraded_answers(
+    client: OpenAI, r: redis.Redis, genq_settings: Settings
+) -> None:
+    """With ``metadata.genq_fallback = "none"`` and the circuit open, items with context
+    fail with service_unavailable (error file) instead of answering with an excerpt."""
+    model = f"simulator/refuse-{uuid.uuid4().hex[:8]}"
+    name = UpstreamTarget.from_settings(genq_settings, model).name
+    circuits.force_open(r, name, genq_settings.breaker_reset_timeout_s)
+    context = [{"id": "d", "text": "The runbook says to serve cached answers."}]
+    try:
+        lines = completion_lines(2, model=model, context=context)
+        degraded = wait_batch(client, run_batch(client, lines).id)
+        refused = wait_batch(
+            client,
+            run_batch(
+                client,
+                completion_lines(2, model=model, context=context),
+                metadata={"genq_fallback": "none"},
+            ).id,
+        )
+    finally:
+        circuits.reset(r, name, genq_settings.breaker_reset_timeout_s)
+    answered = lines_of(client, degraded.output_file_id)
+    assert {line["response"]["body"]["genq"]["source"] for line in answered} == {"excerpt"}
+    assert answered[0]["response"]["body"]["genq"]["fallback_reason"] == "circuit_forced_open"
+    assert refused.request_counts is not None and refused.request_counts.failed == 2
+    errors = lines_of(client, refused.error_file_id)
+    assert {line["error"]["code"] for line in errors} == {"service_unavailable"}
+    assert all(line["response"] is None for line in errors)
+
+
+def test_output_is_readable_while_the_batch_runs(client: OpenAI, sim: SimulatorServer) -> None:
+    """Before the batch completes, its output file already holds the finished lines."""
+    sim.configure(latency_ms=200)
+    batch = run_batch(client, completion_lines(24))
+    deadline = time.monotonic() + 20
+    partial: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not partial:
+        partial = lines_of(client, batch.output_file_id)
+        time.sleep(0.1)
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert 0 < len(partial) < 24
+    assert wait_batch(client, batch.id).status == "completed"
+
+
+def test_an_interactive_job_does_not_wait_behind_a_batch(
+    client: OpenAI, api_url: str, sim: SimulatorServer
+) -> None:
+    """With a batch queued, a job on the interactive queue finishes within its own
+    latency plus about one batch item, not after the batch."""
+    sim.configure(latency_ms=200)
+    batch = run_batch(client, completion_lines(60))
+    time.sleep(0.5)  # the worker's threads are busy with batch items
+    started = time.monotonic()
+    resp = requests.post(
+        f"{api_url}/v1/jobs", json={"prompt": "urgent"}, headers=auth(), timeout=10
+    )
+    job = wait_final(api_url, resp.headers["Location"])
+    elapsed = time.monotonic() - started
+    assert job["status"] == "succeeded"
+    assert elapsed < 0.2 + 0.2 + 0.5, elapsed  # its call, one batch item, overhead
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    client.batches.cancel(batch.id)
+    wait_batch(client, batch.id)
