@@ -1,0 +1,1 @@
+"""``genq``: the command line for genq's HTTP API (batches, jobs, circuits)."""
