@@ -108,7 +108,15 @@ def _wait(predicate: object, timeout_s: float, what: str) -> None:
 
 
 @contextmanager
-def worker(env: Env, app: str, pool: str, concurrency: int, **extra: str) -> Iterator[None]:
+def worker(
+    env: Env,
+    app: str,
+    pool: str,
+    concurrency: int,
+    *,
+    queues: str = QUEUE_INTERACTIVE,
+    **extra: str,
+) -> Iterator[None]:
     """A ``celery worker`` process for ``app`` with the given pool, stopped afterwards."""
     args = [
         sys.executable,
@@ -118,7 +126,7 @@ def worker(env: Env, app: str, pool: str, concurrency: int, **extra: str) -> Ite
         app,
         "worker",
         "-Q",
-        QUEUE_INTERACTIVE,
+        queues,
         "-P",
         pool,
         "-c",

@@ -1,0 +1,119 @@
+"""Batch input lines into genq jobs (api.batch_input) and into Celery messages
+(api.publish, api.routes.batches): pure, no Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from api.batch_input import MAX_LISTED_ERRORS, parse_lines, render_chat
+from api.publish import TaskMessages
+from api.routes.batches import _messages
+from core.batches import BatchRecord
+from core.contract import JobMessage
+from core.settings import Settings
+from worker.app import app
+
+SETTINGS = Settings(max_prompt_chars=100)
+
+
+def line(body: dict[str, Any], custom_id: str = "a", url: str = "/v1/completions") -> bytes:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body}).encode()
+
+
+def test_completion_parameters_map_onto_genq_params() -> None:
+    """max_tokens, temperature, top_p and a string stop become GenerationParams."""
+    body = {"prompt": "hi", "max_tokens": 7, "temperature": 0.2, "top_p": 0.5, "stop": "\n"}
+    parsed = parse_lines([line(body)], "/v1/completions", SETTINGS, refuse_degraded=False)
+    assert parsed.error_count == 0
+    ((custom_id, request),) = parsed.requests
+    assert custom_id == "a"
+    assert (request.params.max_new_tokens, request.params.stop) == (7, ["\n"])
+    assert (request.params.temperature, request.params.top_p) == (0.2, 0.5)
+    assert request.fallback == "auto"
+
+
+def test_chat_messages_are_rendered_into_one_prompt() -> None:
+    """Chat lines become the documented prompt; max_completion_tokens wins over max_tokens."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    body = {"messages": messages, "max_tokens": 3, "max_completion_tokens": 9}
+    parsed = parse_lines(
+        [line(body, url="/v1/chat/completions")], "/v1/chat/completions", SETTINGS, False
+    )
+    ((_, request),) = parsed.requests
+    assert request.prompt == "system: Be brief.\nuser: Hi\nassistant:"
+    assert request.params.max_new_tokens == 9
+
+
+def test_a_refusing_batch_sets_fallback_none_unless_a_line_says_otherwise() -> None:
+    """``refuse_degraded`` makes fallback "none"; a line's own fallback wins."""
+    lines = [line({"prompt": "x"}, "a"), line({"prompt": "y", "fallback": "auto"}, "b")]
+    parsed = parse_lines(lines, "/v1/completions", SETTINGS, refuse_degraded=True)
+    assert [r.fallback for _, r in parsed.requests] == ["none", "auto"]
+
+
+def test_settings_limits_are_line_errors_naming_the_parameter() -> None:
+    """A prompt over GENQ_MAX_PROMPT_CHARS is an invalid_value of body.prompt on its line."""
+    parsed = parse_lines([b"", line({"prompt": "x" * 101})], "/v1/completions", SETTINGS, False)
+    (error,) = parsed.errors
+    assert (error.line, error.code, error.param) == (2, "invalid_value", "body.prompt")
+
+
+def test_at_most_a_hundred_errors_are_listed_but_all_are_counted() -> None:
+    """A file of 150 bad lines lists 100 errors and counts 150."""
+    parsed = parse_lines([b"nope"] * 150, "/v1/completions", SETTINGS, False)
+    assert (len(parsed.errors), parsed.error_count) == (MAX_LISTED_ERRORS, 150)
+
+
+def test_an_empty_file_is_an_error() -> None:
+    """No request line at all fails the batch with empty_file."""
+    parsed = parse_lines([b"", b"  "], "/v1/completions", SETTINGS, False)
+    assert [e.code for e in parsed.errors] == ["empty_file"]
+
+
+def test_render_chat_keeps_roles_in_order() -> None:
+    """Each message becomes '<role>: <content>', then 'assistant:'."""
+    parsed = parse_lines(
+        [line({"messages": [{"role": "user", "content": "a"}]}, url="/v1/chat/completions")],
+        "/v1/chat/completions",
+        SETTINGS,
+        False,
+    )
+    assert parsed.requests[0][1].prompt == "user: a\nassistant:"
+    assert render_chat([]) == "assistant:"
+
+
+def test_each_batch_message_carries_a_valid_job_message() -> None:
+    """The payload in each built message validates as the JobMessage the worker reads,
+    with the item's batch, line and custom_id."""
+    parsed = parse_lines(
+        [line({"prompt": "one"}, "c1"), line({"prompt": "two", "max_tokens": 5}, "c2")],
+        "/v1/completions",
+        SETTINGS,
+        False,
+    )
+    batch = BatchRecord(
+        id="batch_x",
+        owner="o",
+        status="validating",
+        endpoint="/v1/completions",
+        input_file_id="f",
+        completion_window="24h",
+        output_file_id="o",
+        error_file_id="e",
+        times={},
+        counts={},
+        sources={},
+    )
+    raw = list(_messages(TaskMessages(app, "batch"), batch, parsed.requests))
+    jobs = []
+    for message in raw:
+        envelope = json.loads(message)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        job = JobMessage.model_validate(args[0])
+        assert envelope["headers"]["id"] == job.job_id
+        jobs.append(job)
+    assert [(j.batch.index, j.batch.custom_id) for j in jobs if j.batch] == [(0, "c1"), (1, "c2")]
+    assert jobs[1].request.params.max_new_tokens == 5
+    assert len({j.job_id for j in jobs}) == 2
