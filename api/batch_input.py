@@ -3,12 +3,12 @@ the reasons they cannot be.
 
 Each line is ``{"custom_id", "method": "POST", "url", "body"}``, ``url`` the batch's
 endpoint. ``/v1/completions`` bodies carry ``prompt``; ``/v1/chat/completions`` bodies
-carry ``messages``, which (until jobs carry chat natively) are rendered into one prompt,
-a line per message, ``"<role>: <content>"``, then ``"assistant:"``. Both take ``model``,
-``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``, and
-genq's own ``context``, ``cache`` and ``fallback``; ``n`` (1), ``stream`` (false) and
-``user`` are accepted and change nothing. Anything else is an error, so that a file
-written for another service does not silently mean something else here.
+carry ``messages`` (a ``developer`` message is a system message). Both take ``model``,
+``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``,
+``seed``, and genq's own ``context``, ``context_mode``, ``cache`` and ``fallback``;
+``n`` (1), ``stream`` (false) and ``user`` are accepted and change nothing. Anything
+else is an error, so that a file written for another service does not silently mean
+something else here.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from core.contract import (
     BatchEndpoint,
     CachePolicy,
     ContextDoc,
+    ContextMode,
     FallbackPolicy,
     GenerateRequest,
     GenerationParams,
 )
+from core.contract import ChatMessage as Message
 from core.settings import Settings
 
-__all__ = ["MAX_LISTED_ERRORS", "InputLine", "parse_lines", "render_chat"]
+__all__ = ["MAX_LISTED_ERRORS", "InputLine", "parse_lines"]
 
 MAX_LISTED_ERRORS = 100
 """A failed batch lists at most this many errors (the first ones)."""
@@ -47,12 +49,14 @@ class _Body(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
+    seed: int | None = None
     n: Literal[1] | None = None
     stream: Literal[False] | None = None
     user: str | None = None
     context: list[ContextDoc] = Field(default_factory=list)
     cache: CachePolicy = "fallback"
     fallback: FallbackPolicy | None = None
+    context_mode: ContextMode = "prompt"
 
 
 class CompletionBody(_Body):
@@ -79,11 +83,6 @@ class InputLine(BaseModel):
     method: Literal["POST"]
     url: str
     body: dict[str, Any]
-
-
-def render_chat(messages: list[ChatMessage]) -> str:
-    """The prompt a chat request becomes (see the module docstring)."""
-    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
 
 @dataclass
@@ -154,11 +153,9 @@ def _one(
         body: CompletionBody | ChatBody
         if endpoint == "/v1/completions":
             body = CompletionBody.model_validate(line.body)
-            prompt = body.prompt
         else:
             body = ChatBody.model_validate(line.body)
-            prompt = render_chat(body.messages)
-        request = _request(body, prompt, refuse_degraded)
+        request = _request(body, refuse_degraded)
     except ValidationError as exc:
         _report(parsed, number, exc, prefix="body.")
         return None
@@ -168,27 +165,35 @@ def _one(
     return None if problems else (line.custom_id, request)
 
 
-def _request(
-    body: CompletionBody | ChatBody, prompt: str, refuse_degraded: bool
-) -> GenerateRequest:
+def _request(body: CompletionBody | ChatBody, refuse_degraded: bool) -> GenerateRequest:
     params: dict[str, Any] = {}
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None:
         params["max_new_tokens"] = max_tokens
-    for name in ("temperature", "top_p"):
+    for name in ("temperature", "top_p", "seed"):
         if getattr(body, name) is not None:
             params[name] = getattr(body, name)
     if body.stop is not None:
         params["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
     fallback = body.fallback or ("none" if refuse_degraded else "auto")
+    if isinstance(body, CompletionBody):
+        asked: dict[str, Any] = {"prompt": body.prompt}
+    else:
+        asked = {"messages": [_message(m) for m in body.messages]}
     return GenerateRequest(
-        prompt=prompt,
+        **asked,
         model=body.model,
         params=GenerationParams.model_validate(params),
         context=body.context,
         cache=body.cache,
         fallback=fallback,
+        context_mode=body.context_mode,
     )
+
+
+def _message(message: ChatMessage) -> Message:
+    role = "system" if message.role == "developer" else message.role
+    return Message(role=role, content=message.content)
 
 
 _CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unsupported_parameter"}

@@ -38,12 +38,14 @@ class Job(BaseModel):
 def limit_errors(body: GenerateRequest, settings: Settings) -> list[tuple[str, str]]:
     """What only the settings forbid in ``body``: (field, reason) pairs."""
     errors = []
-    if len(body.prompt) > settings.max_prompt_chars:
+    asked = len(body.text)
+    if asked > settings.max_prompt_chars:
+        field = "prompt" if body.prompt is not None else "messages"
         reason = (
-            f"prompt has {len(body.prompt)} characters; the limit is "
+            f"{field} has {asked} characters; the limit is "
             f"{settings.max_prompt_chars} (GENQ_MAX_PROMPT_CHARS)"
         )
-        errors.append(("prompt", reason))
+        errors.append((field, reason))
     if len(body.context) > settings.max_context_docs:
         reason = (
             f"{len(body.context)} context documents; the limit is "

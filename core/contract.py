@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "QUEUE_BATCH",
@@ -20,8 +20,10 @@ __all__ = [
     "BatchEndpoint",
     "BatchItem",
     "CachePolicy",
+    "ChatMessage",
     "Citation",
     "ContextDoc",
+    "ContextMode",
     "ErrorType",
     "FallbackPolicy",
     "FallbackReason",
@@ -87,6 +89,7 @@ def utcnow() -> str:
 
 Source = Literal["upstream", "cache", "excerpt"]
 CachePolicy = Literal["fallback", "prefer", "off"]
+ContextMode = Literal["prompt", "fallback_only"]
 FallbackPolicy = Literal["auto", "none"]
 RefusalReason = Literal["circuit_open", "circuit_forced_open", "probe_in_flight"]
 """Why the shared breaker refused a call."""
@@ -99,12 +102,27 @@ class _Strict(BaseModel):
 
 
 class GenerationParams(_Strict):
-    """Sampling parameters, mapped onto each upstream protocol's own names."""
+    """Sampling parameters, mapped onto each upstream protocol's own names
+    (``max_new_tokens`` is sent as ``max_tokens`` to OpenAI-compatible routes; it may be
+    given under that name, or as ``max_completion_tokens``, too)."""
 
-    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    max_new_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=8192,
+        validation_alias=AliasChoices("max_new_tokens", "max_tokens", "max_completion_tokens"),
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, max_length=8)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class ChatMessage(_Strict):
+    """One message of a chat job."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_CONTEXT_DOC_CHARS)
 
 
 class ContextDoc(_Strict):
@@ -117,9 +135,11 @@ class ContextDoc(_Strict):
 
 
 class GenerateRequest(_Strict):
-    """One generation as a client asks for it (limits that depend on settings: the API)."""
+    """One generation as a client asks for it, a ``prompt`` or chat ``messages`` (exactly
+    one); limits that depend on settings are the API's."""
 
-    prompt: str = Field(min_length=1)
+    prompt: str | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
     model: str | None = Field(default=None, min_length=1, max_length=256)
     params: GenerationParams = Field(default_factory=GenerationParams)
     context: list[ContextDoc] = Field(default_factory=list)
@@ -128,6 +148,23 @@ class GenerateRequest(_Strict):
     serve a hit without calling the upstream; ``off``: never read or write it."""
     fallback: FallbackPolicy = "auto"
     """``none``: fail with ``service_unavailable`` instead of a degraded answer."""
+    context_mode: ContextMode = "prompt"
+    """``prompt``: the context documents are sent to the model (``worker.prompt``);
+    ``fallback_only``: they only feed the excerpt fallback."""
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+    @property
+    def text(self) -> str:
+        """What was asked, as text: the prompt, or every message's content (for the
+        excerpt's ranking and for length limits)."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(m.content for m in self.messages or ())
 
 
 BatchEndpoint = Literal["/v1/completions", "/v1/chat/completions"]
@@ -174,6 +211,7 @@ class JobResult(_Strict):
     degraded: bool
     latency_ms: float
     usage: dict[str, int] | None = None
+    finish_reason: str | None = None
     fallback_reason: FallbackReason | None = None
     circuit: str | None = None
     retry_after: float | None = None

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     """Base URL of the model endpoint (HF Inference API, TGI server, OpenAI-compatible)."""
     upstream_protocol: Protocol = "hf"
     upstream_model: str = Field(default="simulator/echo-1", min_length=1)
+    upstream_prompt_route: Literal["completions", "chat"] | None = None
+    """Where a prompt job goes on ``openai`` and ``tgi`` upstreams: ``completions``
+    (``/v1/completions``; TGI's ``/generate``) or ``chat`` (one user message on
+    ``/v1/chat/completions``). Unset: ``chat`` for openai, ``completions`` for tgi."""
     allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated models a job may name (besides the default); empty: any model.
     Each model has its own circuit, so an open list lets clients create circuits."""

@@ -3,10 +3,13 @@
 Every successful upstream generation is stored under ``keys.cache(digest)``, where the
 digest is the SHA-256 of the canonical JSON (sorted keys, no whitespace, UTF-8) of::
 
-    {"v": 1, "protocol": ..., "model": ..., "prompt": ...,
-     "params": <every GenerationParams field>, "context": <sha256 of the context docs>}
+    {"v": 3, "protocol": ..., "model": ..., "prompt": ..., "messages": [...],
+     "params": <every GenerationParams field>, "context": <sha256 of the context docs>,
+     "context_mode": ...}
 
-so the order in which a client lists parameters or document fields never changes the
+so it covers everything the model was sent (``worker.prompt`` builds that from these)
+
+and the order in which a client lists parameters or document fields never changes the
 key (LiteLLM's cache key does depend on it). Not in the key: the job id, the ``cache``
 and ``fallback`` policies and the upstream's base URL. Entries expire after
 ``GENQ_CACHE_TTL_S``; an entry larger than ``GENQ_CACHE_MAX_ENTRY_BYTES`` is not stored.
@@ -45,7 +48,7 @@ __all__ = ["KEY_VERSION", "CachedGeneration", "ResultCache", "cache_key"]
 
 log = logging.getLogger(__name__)
 
-KEY_VERSION = 2
+KEY_VERSION = 3
 """Part of every key: bump it when the canonical form changes, so old entries miss."""
 
 
@@ -83,8 +86,10 @@ def cache_key(protocol: str, model: str, request: GenerateRequest) -> str:
         "protocol": protocol,
         "model": model,
         "prompt": request.prompt,
+        "messages": [m.model_dump() for m in request.messages] if request.messages else None,
         "params": request.params.model_dump(mode="json"),
         "context": _context_digest(request),
+        "context_mode": request.context_mode,
     }
     return keys.cache(_digest(canonical))
 

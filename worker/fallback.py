@@ -100,7 +100,7 @@ class Fallback:
 
     def _excerpt(self, message: JobMessage, started: float, refusal: Refusal) -> JobResult | None:
         request = message.request
-        excerpt = build_excerpt(request.prompt, request.context, self._settings.excerpt_max_chars)
+        excerpt = build_excerpt(request.text, request.context, self._settings.excerpt_max_chars)
         if excerpt is None:
             return None
         reason, circuit, retry_after = _why(refusal)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from core.batches import BatchStore
 from core.connections import get_redis
-from core.contract import Attempt, GenerationParams, JobError, JobMessage, JobResult
+from core.contract import Attempt, GenerateRequest, JobError, JobMessage, JobResult
 from core.errors import (
     CircuitOpenError,
     GenqError,
@@ -50,7 +50,7 @@ __all__ = ["GenerationService", "Outcome", "get_service"]
 
 log = logging.getLogger(__name__)
 
-CallUpstream = Callable[[UpstreamTarget, str, GenerationParams], Generation]
+CallUpstream = Callable[[UpstreamTarget, GenerateRequest], Generation]
 
 
 class GenerationService:
@@ -126,7 +126,7 @@ class GenerationService:
             return Outcome()
         try:
             with breaker.guard(permit):
-                generation = self._call_upstream(target, request.prompt, request.params)
+                generation = self._call_upstream(target, request)
         except UpstreamRejected as exc:
             return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
         except UpstreamError as exc:
@@ -141,6 +141,7 @@ class GenerationService:
             degraded=False,
             latency_ms=round(generation.latency_ms, 3),
             usage=generation.usage,
+            finish_reason=generation.finish_reason,
         )
         entry = CachedGeneration(generation.text, generation.model, generation.usage, time.time())
         # The cache write rides in the job's final write: one round trip for both.

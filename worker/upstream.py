@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import SecretStr
@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
-from core.contract import GenerationParams
+from core.contract import GenerateRequest
 from core.errors import (
     UpstreamError,
     UpstreamMalformed,
@@ -37,16 +37,16 @@ from core.errors import (
     UpstreamUnavailable,
 )
 from core.settings import Protocol, Settings
+from worker.protocols import PromptRoute, WireRequest, build_request, parse_response
 
 __all__ = [
     "Generation",
     "UpstreamTarget",
-    "build_request",
     "classify",
     "generate",
     "get_session",
-    "parse_response",
     "parse_retry_after",
+    "wire_request",
 ]
 
 USER_AGENT = "genq/0.1"
@@ -54,6 +54,7 @@ POOL_SIZE = 32  # connections kept per host: a threads worker runs this many cal
 POOL_HOSTS = 4  # hosts whose pools are kept (normally one upstream)
 MAX_DETAIL_CHARS = 300  # longest piece of upstream error text quoted in a message
 MAX_ERROR_BODY_BYTES = 64 * 1024  # of an error body, decoded to find its message
+MAX_REDIRECTS = 3  # a generation route that moved is followed this far, no further
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
@@ -71,6 +72,8 @@ class UpstreamTarget:
     token: SecretStr | None
     connect_timeout_s: float
     read_timeout_s: float
+    prompt_route: PromptRoute | None = None
+    """Where a prompt goes on openai/tgi (``worker.protocols``); None: the protocol's default."""
 
     @functools.cached_property
     def name(self) -> str:
@@ -95,6 +98,7 @@ class UpstreamTarget:
             token=settings.upstream_token,
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_timeout_s,
+            prompt_route=settings.upstream_prompt_route,
         )
 
 
@@ -106,55 +110,14 @@ class Generation:
     model: str
     latency_ms: float
     usage: dict[str, int] | None
+    finish_reason: str | None = None
 
 
-def build_request(
-    target: UpstreamTarget, prompt: str, params: GenerationParams
-) -> tuple[str, dict[str, object]]:
-    """The URL and JSON body of one generation in the target's protocol."""
-    stop: dict[str, object] = {"stop": list(params.stop)} if params.stop else {}
-    if target.protocol == "openai":
-        base = target.base_url.removesuffix("/v1")
-        messages = [{"role": "user", "content": prompt}]
-        sampling = {"temperature": params.temperature, "top_p": params.top_p, **stop}
-        body = {"model": target.model, "messages": messages, "max_tokens": params.max_new_tokens}
-        return f"{base}/v1/chat/completions", body | sampling
-    # HF and TGI refuse temperature 0 and top_p 1 ("must be > 0", "must be < 1"):
-    # the neutral values are left out, which means the same thing to them.
-    parameters: dict[str, object] = {"max_new_tokens": params.max_new_tokens, **stop}
-    if params.temperature > 0:
-        parameters["temperature"] = params.temperature
-    if params.top_p < 1.0:
-        parameters["top_p"] = params.top_p
-    parameters["return_full_text"] = False
-    path = f"models/{quote(target.model, safe='/')}" if target.protocol == "hf" else "generate"
-    return f"{target.base_url}/{path}", {"inputs": prompt, "parameters": parameters}
-
-
-def parse_response(
-    protocol: Protocol, body: object, model: str
-) -> tuple[str, dict[str, int] | None]:
-    """The generated text and token usage of a 2xx JSON body; raises UpstreamMalformed."""
-    if protocol == "openai":
-        choices = body.get("choices") if isinstance(body, dict) else None
-        first = choices[0] if isinstance(choices, list) and choices else None
-        message = first.get("message") if isinstance(first, dict) else None
-        text = message.get("content") if isinstance(message, dict) else None
-        usage = body.get("usage") if isinstance(body, dict) else None
-        expected = '{"choices": [{"message": {"content": str}}]}'
-    else:
-        # HF answers a list; TGI, and HF models served by TGI, a single object.
-        item = body[0] if isinstance(body, list) and body and protocol == "hf" else body
-        text = item.get("generated_text") if isinstance(item, dict) else None
-        details = item.get("details") if isinstance(item, dict) else None
-        tokens = details.get("generated_tokens") if isinstance(details, dict) else None
-        usage = {"completion_tokens": tokens}
-        expected = '[{"generated_text": str}]' if protocol == "hf" else '{"generated_text": str}'
-    if not isinstance(text, str):
-        got = type(body).__name__
-        raise UpstreamMalformed(f"malformed answer from {protocol} {model}: {got}, not {expected}")
-    counts = {k: v for k, v in usage.items() if _is_int(v)} if isinstance(usage, dict) else {}
-    return text, counts or None
+def wire_request(target: UpstreamTarget, request: GenerateRequest) -> WireRequest:
+    """What one generation sends to ``target`` (``worker.protocols``)."""
+    return build_request(
+        target.protocol, target.base_url, target.model, request, target.prompt_route
+    )
 
 
 def classify(
@@ -185,6 +148,9 @@ def classify(
         return UpstreamUnavailable(message, status=status, retry_after=wait)
     if status >= 500:
         return UpstreamUnavailable(f"{prefix}: {detail}", status=status, retry_after=retry_after)
+    if 300 <= status < 400:  # moved, and not followed (no Location, or too many hops)
+        message = f"{prefix}: redirected ({fields.get('Location', 'no Location')}): {detail}"
+        return UpstreamUnavailable(message, status=status)
     if status == 408:  # the server gave up waiting for the request: worth another try
         return UpstreamTimeout(f"{prefix}: request timed out: {detail}", status=status)
     hint = "check the token, URL, model and parameters; retrying will not help"
@@ -192,13 +158,20 @@ def classify(
 
 
 def _error_detail(payload: object, text: str) -> str:
-    """The upstream's own message: JSON ``error``/``message``/``detail``, else the text."""
+    """The upstream's own message, with its code: OpenAI ``{"error": {"message", "code"}}``,
+    TGI ``{"error", "error_type"}``, HF ``{"error"}``, else ``message`` / ``detail``, else
+    the text."""
+    if not isinstance(payload, dict):
+        return text or "(empty body)"
     for key in ("error", "message", "detail"):
-        value = payload.get(key) if isinstance(payload, dict) else None
+        value, code = payload.get(key), None
         if isinstance(value, dict) and isinstance(value.get("message"), str):
-            value = value["message"]  # OpenAI: {"error": {"message": ...}}
+            value, code = value["message"], value.get("code") or value.get("type")
+        elif key == "error":
+            code = payload.get("error_type")
         if value is not None:
-            return value if isinstance(value, str) else json.dumps(value)
+            message = value if isinstance(value, str) else json.dumps(value)
+            return f"{code}: {message}" if isinstance(code, str) and code else message
     return text or "(empty body)"
 
 
@@ -207,10 +180,6 @@ def _scrub(text: str, token: SecretStr | None) -> str:
     secret = token.get_secret_value() if token is not None else ""
     text = " ".join(_BEARER.sub(r"\1***", text.replace(secret, "***") if secret else text).split())
     return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(value: object) -> float | None:
@@ -243,6 +212,7 @@ def _session_for(pid: int) -> Session:
     """Keyed on the pid: sockets inherited across fork must never be shared."""
     session = Session()
     session.trust_env = False  # env proxies/netrc would bypass settings.py (STYLE 8)
+    session.max_redirects = MAX_REDIRECTS
     # max_retries=0: Celery's retry is genq's only retry layer; no urllib3 Retry.
     adapter = HTTPAdapter(pool_connections=POOL_HOSTS, pool_maxsize=POOL_SIZE, max_retries=0)
     session.mount("http://", adapter)
@@ -251,33 +221,38 @@ def _session_for(pid: int) -> Session:
 
 
 def generate(
-    target: UpstreamTarget, prompt: str, params: GenerationParams, session: Session | None = None
+    target: UpstreamTarget, request: GenerateRequest, session: Session | None = None
 ) -> Generation:
     """Call the upstream once; returns a Generation or raises an UpstreamError."""
     origin = f"{target.protocol} {target.model}"
+    wire = wire_request(target, request)
     started = time.perf_counter()
-    response = _post(session or get_session(), target, prompt, params)
+    response = _post(session or get_session(), target, wire)
     latency_ms = (time.perf_counter() - started) * 1000.0
     status = response.status_code
     if not 200 <= status < 300:
         text = response.content[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")
         raise classify(status, response.headers, text, target.token, origin=origin)
     try:
-        text, usage = parse_response(target.protocol, response.json(), target.model)
+        answer = parse_response(wire.route, response.json(), origin)
     except ValueError:  # requests.JSONDecodeError; parse_response raises no ValueError
         message = f"upstream {status} from {origin}: the body is not JSON"
         raise UpstreamMalformed(message, status=status) from None
     except UpstreamMalformed as exc:
         exc.status = status
         raise
-    return Generation(text=text, model=target.model, latency_ms=latency_ms, usage=usage)
+    return Generation(
+        text=answer.text,
+        model=target.model,
+        latency_ms=latency_ms,
+        usage=answer.usage,
+        finish_reason=answer.finish_reason,
+    )
 
 
-def _post(
-    session: Session, target: UpstreamTarget, prompt: str, params: GenerationParams
-) -> requests.Response:
-    """POST once, without redirects; transport failures become UpstreamErrors."""
-    url, body = build_request(target, prompt, params)
+def _post(session: Session, target: UpstreamTarget, wire: WireRequest) -> requests.Response:
+    """POST once (redirects followed, at most MAX_REDIRECTS); transport failures become
+    UpstreamErrors."""
     token = target.token.get_secret_value() if target.token is not None else ""
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     headers = {"Content-Type": "application/json", "Accept": "application/json", **auth}
@@ -285,7 +260,13 @@ def _post(
     limit = (target.connect_timeout_s, target.read_timeout_s)
     origin = f"{target.protocol} {target.model}"
     try:
-        return session.post(url, json=body, headers=headers, timeout=limit, allow_redirects=False)
+        # requests keeps a POST a POST on 307/308 and drops the Authorization header
+        # when a redirect leaves the host, so the token never follows one elsewhere.
+        return session.post(wire.url, json=wire.body, headers=headers, timeout=limit)
+    except requests.TooManyRedirects as exc:
+        raise UpstreamUnavailable(
+            f"upstream {origin} redirected more than {MAX_REDIRECTS} times"
+        ) from exc
     except requests.Timeout as exc:
         limits = f"connect {limit[0]:g}s, read {limit[1]:g}s"
         raise UpstreamTimeout(f"upstream {origin} timed out ({limits})") from exc

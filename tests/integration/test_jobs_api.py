@@ -44,6 +44,19 @@ def test_job_completes_with_the_simulator_text(api_url: str, sim: SimulatorServe
     assert sim.stats()["calls"] == 1
 
 
+def test_a_chat_job_completes_with_its_messages_rendered(
+    api_url: str, sim: SimulatorServer
+) -> None:
+    """A job of chat messages runs; to an hf upstream they go as the documented prompt."""
+    messages = [{"role": "system", "content": "brief"}, {"role": "user", "content": "hello there"}]
+    resp = submit(api_url, {"messages": messages, "params": {"max_tokens": 4}})
+    assert resp.status_code == 202, resp.text
+    job = wait_final(api_url, resp.headers["Location"])
+    assert job["status"] == "succeeded", job
+    rendered = "system: brief\nuser: hello there\nassistant:"
+    assert job["result"]["text"] == simulated_text(rendered, 4)
+
+
 def test_unfinished_job_says_when_to_poll(api_url: str, sim: SimulatorServer) -> None:
     """GET on a job that is not final carries Retry-After; a final one does not."""
     sim.configure(latency_ms=1500)
@@ -80,6 +93,9 @@ def test_transient_upstream_errors_are_retried(api_url: str, sim: SimulatorServe
     ("body", "field"),
     [
         ({}, "prompt"),
+        ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "y"}]}, "role"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": 5}, "prompt"),
         ({"prompt": "x" * 32_001}, "prompt"),
@@ -93,12 +109,13 @@ def test_transient_upstream_errors_are_retried(api_url: str, sim: SimulatorServe
 def test_bad_input_is_rejected_naming_the_field(
     api_url: str, redis_url: str, body: dict[str, Any], field: str
 ) -> None:
-    """Invalid bodies get 422 naming the field, and nothing is enqueued."""
+    """Invalid bodies get 422 naming the field (where it is, or in the reason), and
+    nothing is enqueued."""
     before = job_count(redis_url)
     resp = submit(api_url, body)
     assert resp.status_code == 422
-    locations = [err["loc"] for err in resp.json()["detail"]]
-    assert any(field in loc for loc in locations), locations
+    errors = resp.json()["detail"]
+    assert any(field in err["loc"] or field in err["msg"] for err in errors), errors
     assert job_count(redis_url) == before
 
 

@@ -7,7 +7,7 @@ import base64
 import json
 from typing import Any
 
-from api.batch_input import MAX_LISTED_ERRORS, parse_lines, render_chat
+from api.batch_input import MAX_LISTED_ERRORS, parse_lines
 from api.publish import TaskMessages
 from api.routes.batches import _messages
 from core.batches import BatchRecord
@@ -34,16 +34,21 @@ def test_completion_parameters_map_onto_genq_params() -> None:
     assert request.fallback == "auto"
 
 
-def test_chat_messages_are_rendered_into_one_prompt() -> None:
-    """Chat lines become the documented prompt; max_completion_tokens wins over max_tokens."""
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    body = {"messages": messages, "max_tokens": 3, "max_completion_tokens": 9}
+def test_chat_lines_become_chat_jobs() -> None:
+    """Chat lines keep their messages (developer as system); max_completion_tokens wins
+    over max_tokens; seed is kept."""
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    body = {"messages": messages, "max_tokens": 3, "max_completion_tokens": 9, "seed": 7}
     parsed = parse_lines(
         [line(body, url="/v1/chat/completions")], "/v1/chat/completions", SETTINGS, False
     )
     ((_, request),) = parsed.requests
-    assert request.prompt == "system: Be brief.\nuser: Hi\nassistant:"
-    assert request.params.max_new_tokens == 9
+    assert request.prompt is None
+    assert [(m.role, m.content) for m in request.messages or []] == [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+    ]
+    assert (request.params.max_new_tokens, request.params.seed) == (9, 7)
 
 
 def test_a_refusing_batch_sets_fallback_none_unless_a_line_says_otherwise() -> None:
@@ -70,18 +75,6 @@ def test_an_empty_file_is_an_error() -> None:
     """No request line at all fails the batch with empty_file."""
     parsed = parse_lines([b"", b"  "], "/v1/completions", SETTINGS, False)
     assert [e.code for e in parsed.errors] == ["empty_file"]
-
-
-def test_render_chat_keeps_roles_in_order() -> None:
-    """Each message becomes '<role>: <content>', then 'assistant:'."""
-    parsed = parse_lines(
-        [line({"messages": [{"role": "user", "content": "a"}]}, url="/v1/chat/completions")],
-        "/v1/chat/completions",
-        SETTINGS,
-        False,
-    )
-    assert parsed.requests[0][1].prompt == "user: a\nassistant:"
-    assert render_chat([]) == "assistant:"
 
 
 def test_each_batch_message_carries_a_valid_job_message() -> None:

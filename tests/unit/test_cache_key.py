@@ -116,3 +116,13 @@ def test_policies_do_not_change_the_key() -> None:
 def test_key_does_not_depend_on_field_boundaries() -> None:
     """Text moved from one field to another (prompt vs model) never yields the same key."""
     assert key(request(prompt="ab"), model="c") != key(request(prompt="a"), model="bc")
+
+
+def test_messages_and_context_mode_change_the_key() -> None:
+    """The key covers what the model is sent: chat messages differ from the same prompt,
+    and sending the context differs from keeping it for the fallback only."""
+    docs = [{"id": "d", "text": "t"}]
+    prompt = GenerateRequest(prompt="hi", context=docs)
+    chat = GenerateRequest(messages=[{"role": "user", "content": "hi"}], context=docs)
+    fallback_only = GenerateRequest(prompt="hi", context=docs, context_mode="fallback_only")
+    assert len({key(prompt), key(chat), key(fallback_only)}) == 3

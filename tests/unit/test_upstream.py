@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from core.contract import GenerationParams
+from core.contract import GenerateRequest, GenerationParams
 from core.errors import (
     UpstreamMalformed,
     UpstreamRateLimited,
@@ -26,18 +26,19 @@ from core.errors import (
     UpstreamUnavailable,
 )
 from core.settings import Protocol, Settings
+from worker.protocols import Answer, Route, parse_response
 from worker.upstream import (
     UpstreamTarget,
-    build_request,
     classify,
     generate,
     get_session,
-    parse_response,
     parse_retry_after,
+    wire_request,
 )
 
 TOKEN = "hf_SeCrEtToKeN1234567890"
 PARAMS = GenerationParams(max_new_tokens=16, temperature=0.5, top_p=0.9, stop=["\n"])
+ASK = GenerateRequest(prompt="Hi", params=PARAMS)
 
 
 def target_for(
@@ -55,6 +56,10 @@ def target_for(
         connect_timeout_s=1.0,
         read_timeout_s=read_timeout_s,
     )
+
+
+def ask(prompt: str, params: GenerationParams = PARAMS) -> GenerateRequest:
+    return GenerateRequest(prompt=prompt, params=params)
 
 
 @pytest.fixture
@@ -75,6 +80,7 @@ def test_hf_request_and_list_response(httpserver: HTTPServer, base: str) -> None
             "top_p": 0.9,
             "stop": ["\n"],
             "return_full_text": False,
+            "details": True,
         },
     }
     headers = {
@@ -86,7 +92,7 @@ def test_hf_request_and_list_response(httpserver: HTTPServer, base: str) -> None
     httpserver.expect_oneshot_request(
         "/models/org/model-1", method="POST", json=expected, headers=headers
     ).respond_with_json([{"generated_text": "Hello"}])
-    result = generate(target_for(base), "Hi", PARAMS)
+    result = generate(target_for(base), ASK)
     assert (result.text, result.model, result.usage) == ("Hello", "org/model-1", None)
     assert result.latency_ms > 0
     httpserver.check_assertions()
@@ -97,18 +103,21 @@ def test_hf_accepts_tgi_shaped_object(httpserver: HTTPServer, base: str) -> None
     httpserver.expect_oneshot_request("/models/org/model-1", method="POST").respond_with_json(
         {"generated_text": "Yo", "details": {"generated_tokens": 3}}
     )
-    result = generate(target_for(base), "Hi", PARAMS)
+    result = generate(target_for(base), ASK)
     assert (result.text, result.usage) == ("Yo", {"completion_tokens": 3})
 
 
 def test_tgi_request_and_response(httpserver: HTTPServer, base: str) -> None:
     """tgi POSTs inputs+parameters to /generate and reads generated_text and details."""
     parameters = {"max_new_tokens": 16, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"]}
-    expected = {"inputs": "Hi", "parameters": {**parameters, "return_full_text": False}}
+    expected = {
+        "inputs": "Hi",
+        "parameters": {**parameters, "return_full_text": False, "details": True},
+    }
     httpserver.expect_oneshot_request("/generate", method="POST", json=expected).respond_with_json(
         {"generated_text": "Hey", "details": {"generated_tokens": 2}}
     )
-    result = generate(target_for(base, "tgi"), "Hi", PARAMS)
+    result = generate(target_for(base, "tgi"), ASK)
     assert (result.text, result.usage) == ("Hey", {"completion_tokens": 2})
 
 
@@ -126,7 +135,7 @@ def test_openai_request_and_response(httpserver: HTTPServer, base: str) -> None:
     httpserver.expect_oneshot_request(
         "/v1/chat/completions", method="POST", json=expected
     ).respond_with_json({"choices": [{"message": {"content": "Hola"}}], "usage": usage})
-    result = generate(target_for(base, "openai"), "Hi", PARAMS)
+    result = generate(target_for(base, "openai"), ASK)
     assert (result.text, result.usage) == ("Hola", usage)
 
 
@@ -135,13 +144,13 @@ def test_openai_base_ending_in_v1_is_not_doubled(httpserver: HTTPServer, base: s
     httpserver.expect_oneshot_request("/v1/chat/completions", method="POST").respond_with_json(
         {"choices": [{"message": {"content": "ok"}}]}
     )
-    assert generate(target_for(f"{base}/v1", "openai"), "Hi", PARAMS).text == "ok"
+    assert generate(target_for(f"{base}/v1", "openai"), ASK).text == "ok"
 
 
 def test_no_authorization_header_without_token(httpserver: HTTPServer, base: str) -> None:
     """Without a token no Authorization header is sent."""
     httpserver.expect_oneshot_request("/generate").respond_with_json({"generated_text": ""})
-    generate(target_for(base, "tgi", token=None), "Hi", PARAMS)
+    generate(target_for(base, "tgi", token=None), ASK)
     request, _ = httpserver.log[-1]
     assert "Authorization" not in request.headers
 
@@ -155,7 +164,7 @@ def test_429_with_seconds_is_rate_limited(httpserver: HTTPServer, base: str) -> 
         {"error": "slow down"}, status=429, headers={"Retry-After": "7"}
     )
     with pytest.raises(UpstreamRateLimited) as caught:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     assert (caught.value.retry_after, caught.value.status) == (7.0, 429)
     assert "slow down" in str(caught.value)
 
@@ -167,7 +176,7 @@ def test_429_with_http_date(httpserver: HTTPServer, base: str) -> None:
         "busy", status=429, headers={"Retry-After": when}
     )
     with pytest.raises(UpstreamRateLimited) as caught:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     assert caught.value.retry_after is not None
     assert 25.0 <= caught.value.retry_after <= 30.0
 
@@ -177,7 +186,7 @@ def test_503_loading_uses_estimated_time(httpserver: HTTPServer, base: str) -> N
     body = {"error": "Model org/model-1 is currently loading", "estimated_time": 20.5}
     httpserver.expect_request("/models/org/model-1").respond_with_json(body, status=503)
     with pytest.raises(UpstreamUnavailable) as caught:
-        generate(target_for(base), "Hi", PARAMS)
+        generate(target_for(base), ASK)
     assert (caught.value.retry_after, caught.value.status) == (20.5, 503)
     assert "loading" in str(caught.value)
 
@@ -187,7 +196,7 @@ def test_5xx_is_unavailable(httpserver: HTTPServer, base: str, status: int) -> N
     """Any other 5xx raises UpstreamUnavailable carrying the status and the upstream text."""
     httpserver.expect_request("/generate").respond_with_data("boom", status=status)
     with pytest.raises(UpstreamUnavailable) as caught:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     assert caught.value.status == status
     assert caught.value.retry_after is None
     assert f"upstream {status} from tgi org/model-1: boom" in str(caught.value)
@@ -210,7 +219,7 @@ def test_4xx_is_rejected_with_upstream_message(
     """Each 4xx raises the final UpstreamRejected quoting the upstream's own message."""
     httpserver.expect_request("/generate").respond_with_json(body, status=status)
     with pytest.raises(UpstreamRejected) as caught:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     assert caught.value.status == status
     assert not caught.value.transient
     assert f"upstream {status} from tgi org/model-1: " in str(caught.value)
@@ -221,7 +230,7 @@ def test_non_json_2xx_is_malformed(httpserver: HTTPServer, base: str) -> None:
     """A 200 whose body is not JSON raises UpstreamMalformed with status 200."""
     httpserver.expect_request("/generate").respond_with_data("<html>hi</html>", status=200)
     with pytest.raises(UpstreamMalformed) as caught:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     assert caught.value.status == 200
 
 
@@ -229,7 +238,7 @@ def test_wrong_shape_2xx_is_malformed(httpserver: HTTPServer, base: str) -> None
     """A 200 JSON body of the wrong shape raises UpstreamMalformed with status 200."""
     httpserver.expect_request("/v1/chat/completions").respond_with_json({"choices": []})
     with pytest.raises(UpstreamMalformed) as caught:
-        generate(target_for(base, "openai"), "Hi", PARAMS)
+        generate(target_for(base, "openai"), ASK)
     assert caught.value.status == 200
 
 
@@ -239,7 +248,7 @@ def test_connection_refused_is_unavailable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(UpstreamUnavailable) as caught:
-        generate(target_for(f"http://127.0.0.1:{port}"), "Hi", PARAMS)
+        generate(target_for(f"http://127.0.0.1:{port}"), ASK)
     assert caught.value.status is None
 
 
@@ -253,12 +262,12 @@ def test_read_timeout_is_timeout(httpserver: HTTPServer, base: str) -> None:
     httpserver.expect_request("/generate").respond_with_handler(slow)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
-        generate(target_for(base, "tgi", read_timeout_s=0.2), "Hi", PARAMS)
+        generate(target_for(base, "tgi", read_timeout_s=0.2), ASK)
     assert time.monotonic() - started < 0.55
 
 
 def test_every_call_passes_connect_and_read_timeouts(httpserver: HTTPServer, base: str) -> None:
-    """generate passes (connect, read) timeouts and disables redirects on the given session."""
+    """generate passes (connect, read) timeouts on the given session."""
     seen: dict[str, object] = {}
 
     class Spy(requests.Session):
@@ -267,8 +276,8 @@ def test_every_call_passes_connect_and_read_timeouts(httpserver: HTTPServer, bas
             return super().request(*args, **kwargs)
 
     httpserver.expect_request("/generate").respond_with_json({"generated_text": "x"})
-    generate(target_for(base, "tgi", read_timeout_s=4.0), "Hi", PARAMS, session=Spy())
-    assert (seen["timeout"], seen["allow_redirects"]) == ((1.0, 4.0), False)
+    generate(target_for(base, "tgi", read_timeout_s=4.0), ASK, session=Spy())
+    assert seen["timeout"] == (1.0, 4.0)
 
 
 # --- secrets ---------------------------------------------------------------------------
@@ -292,7 +301,7 @@ def test_echoed_token_never_reaches_the_message(
     """An upstream that echoes the bearer token in a 400/500 body does not leak it."""
     httpserver.expect_request("/generate").respond_with_handler(echo_authorization(status))
     with pytest.raises(error) as caught:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     request, _ = httpserver.log[-1]
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"  # the echo really happened
     assert TOKEN not in str(caught.value)
@@ -343,7 +352,7 @@ def test_generate_uses_the_process_session(httpserver: HTTPServer, base: str) ->
     httpserver.expect_request("/generate").respond_with_json({"generated_text": "x"})
     session.request = counting  # type: ignore[method-assign]
     try:
-        generate(target_for(base, "tgi"), "Hi", PARAMS)
+        generate(target_for(base, "tgi"), ASK)
     finally:
         del session.request
     assert calls == [f"{base}/generate"]
@@ -421,14 +430,19 @@ def test_hf_omits_zero_temperature_neutral_top_p_and_empty_stop() -> None:
     params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=1.0, stop=[])
     protocols: tuple[Protocol, ...] = ("hf", "tgi")
     for protocol in protocols:
-        _, body = build_request(target_for("http://h", protocol), "p", params)
-        assert body["parameters"] == {"max_new_tokens": 8, "return_full_text": False}
+        body = wire_request(target_for("http://h", protocol), ask("p", params)).body
+        assert body["parameters"] == {
+            "max_new_tokens": 8,
+            "return_full_text": False,
+            "details": True,
+        }
 
 
 def test_openai_sends_temperature_zero_and_omits_empty_stop() -> None:
     """openai bodies keep temperature 0 (valid there) and leave out an empty stop list."""
     params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=1.0, stop=[])
-    url, body = build_request(target_for("http://h", "openai"), "p", params)
+    wire = wire_request(target_for("http://h", "openai"), ask("p", params))
+    url, body = wire.url, wire.body
     assert url == "http://h/v1/chat/completions"
     assert (body["temperature"], body["top_p"], "stop" in body) == (0.0, 1.0, False)
 
@@ -436,30 +450,30 @@ def test_openai_sends_temperature_zero_and_omits_empty_stop() -> None:
 def test_hf_url_keeps_model_slash_and_quotes_the_rest() -> None:
     """The hf URL keeps the org/name slash and percent-quotes other unsafe characters."""
     target = UpstreamTarget("hf", "http://h", "org/a b", None, 1.0, 1.0)
-    assert build_request(target, "p", PARAMS)[0] == "http://h/models/org/a%20b"
+    assert wire_request(target, ask("p")).url == "http://h/models/org/a%20b"
 
 
 # --- pure: parse_response --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("protocol", "body"),
+    ("route", "body"),
     [
-        ("hf", []),
-        ("hf", [{"text": "x"}]),
-        ("hf", {"generated_text": 3}),
-        ("hf", "just a string"),
-        ("tgi", [{"generated_text": "x"}]),
-        ("tgi", None),
-        ("openai", {"choices": [{"message": {"content": None}}]}),
-        ("openai", {"choices": [{"text": "legacy"}]}),
-        ("openai", [{"generated_text": "x"}]),
+        ("text_generation", []),
+        ("text_generation", [{"text": "x"}]),
+        ("text_generation", {"generated_text": 3}),
+        ("text_generation", "just a string"),
+        ("text_generation", None),
+        ("chat", {"choices": [{"message": {"content": None}}]}),
+        ("chat", {"choices": [{"text": "legacy"}]}),
+        ("chat", [{"generated_text": "x"}]),
+        ("completions", {"choices": [{"message": {"content": "chat"}}]}),
     ],
 )
-def test_parse_response_rejects_wrong_shapes(protocol: Protocol, body: object) -> None:
-    """Bodies that are not the protocol's shape raise UpstreamMalformed naming the shape."""
+def test_parse_response_rejects_wrong_shapes(route: Route, body: object) -> None:
+    """Bodies that are not the route's shape raise UpstreamMalformed naming the shape."""
     with pytest.raises(UpstreamMalformed, match="malformed answer from"):
-        parse_response(protocol, body, "m")
+        parse_response(route, body, "m")
 
 
 def test_parse_response_keeps_only_integer_usage() -> None:
@@ -468,7 +482,7 @@ def test_parse_response_keeps_only_integer_usage() -> None:
         "choices": [{"message": {"content": "ok"}}],
         "usage": {"prompt_tokens": 2, "completion_tokens": "3", "total_tokens": True},
     }
-    assert parse_response("openai", body, "m") == ("ok", {"prompt_tokens": 2})
+    assert parse_response("chat", body, "m") == Answer("ok", {"prompt_tokens": 2}, None)
 
 
 # --- pure: parse_retry_after and classify ----------------------------------------------
