@@ -18,8 +18,10 @@ def run(banner: bool = typer.Option(True, help="Print URLs and a curl once ready
 
 
 @cli.command()
-def demo(timeout_s: float = typer.Option(90.0, help="How long to wait for the jobs.")) -> None:
-    """Start the stack, run sample jobs through the HTTP API, print a summary, stop."""
+def demo(
+    timeout_s: float = typer.Option(90.0, help="Longest wait for each genq command it runs."),
+) -> None:
+    """Start the stack, run batches through the genq CLI with an outage in the middle, stop."""
     raise typer.Exit(run_demo(timeout_s))
 
 

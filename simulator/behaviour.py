@@ -1,128 +1,54 @@
 """What the upstream simulator does with a generation call; no I/O, no model.
 
-The simulator is a development and test tool. Here it reads a request in any of its
-three protocols, then decides the reply under the run-time configuration: a 401 for the
-wrong token, the next scripted step, the mode's fault (outage, down, hang, rate_limit,
-loading), a random 500, or the normal answer. ``simulator.server`` carries it out.
+The simulator is a development and test tool. Given a call already read by
+``simulator.protocols``, it decides the reply under the run-time configuration: a 401 for
+the wrong token, the next scripted step, the mode's fault (outage, down, hang, rate_limit,
+loading, redirect), a random 500, a context-length refusal, or the normal answer; error
+bodies are in the shape of the protocol called. ``simulator.server`` carries it out.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
-from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from simulator.answers import context_error, error_body, render
+from simulator.protocols import BadRequest, Request, Route
 
 __all__ = [
-    "BadRequest",
+    "REDIRECT_MARK",
+    "Call",
     "ConfigError",
     "Mode",
     "Reply",
-    "Request",
     "SimulatorConfig",
     "decide",
-    "parse_request",
 ]
 
-Protocol = Literal["hf", "tgi", "openai"]
-DEFAULT_MODEL = "simulator/echo-1"
-"""The model named in answers when the request names none (tgi) or cannot be read."""
-DEFAULT_MAX_NEW_TOKENS = 20
-"""Words generated when a request sets no limit (TGI's default ``max_new_tokens``)."""
-
-BAD_TOKEN = {"error": "Authorization header is correct, but the token seems invalid"}
-OUTAGE = {"error": "Service Unavailable (simulated outage)"}
-RATE_LIMITED = {"error": "Rate limit reached"}
-INTERNAL_ERROR = {"error": "Internal Server Error (simulated)"}
+REDIRECT_MARK = "_sim_redirected"
+"""Query parameter that mode ``redirect`` adds to its Location: that call is not redirected."""
+REDIRECT_STATUSES = (307, 308)  # the redirects that keep the method and body
 
 
 class ConfigError(ValueError):
     """Raised when a configuration field is unknown or its value has the wrong type or range."""
 
 
-class BadRequest(ValueError):
-    """Raised when a generation request cannot be read: ``status`` 400 missing, 422 mistyped."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass(frozen=True)
-class Request:
-    """What a generation call asks for, whatever its protocol."""
+class Call:
+    """One generation call: its route, the model it names, where it went, what it asks."""
 
-    prompt: str
-    max_new_tokens: int
-    stop: tuple[str, ...]
+    route: Route
     model: str
-    full_text: bool = False  # hf/tgi ``return_full_text``: the prompt comes first
+    target: str  # the path and query it was sent to; redirects point back to it
+    request: Request | BadRequest  # BadRequest when the body cannot be read
 
-
-def parse_request(protocol: Protocol, raw: bytes, model: str) -> Request:
-    """The request in ``raw``, a body in ``protocol``'s shape; raises BadRequest."""
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(400, f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest(422, "request body must be a JSON object")
-    if protocol == "openai":
-        return _parse_chat(body)
-    if "inputs" not in body:
-        raise BadRequest(400, "missing field 'inputs'")
-    inputs, params = body["inputs"], body.get("parameters") or {}
-    if not isinstance(inputs, str) or not isinstance(params, dict):
-        raise BadRequest(422, "'inputs' must be a string and 'parameters' an object")
-    if not isinstance(full_text := params.get("return_full_text", False), bool):
-        raise BadRequest(422, "'return_full_text' must be a boolean")
-    _check_sampling(params, strict=True)
-    limit = _max_tokens(params.get("max_new_tokens"))
-    return Request(inputs, limit, _stop(params.get("stop")), model, full_text)
-
-
-def _parse_chat(body: dict[str, Any]) -> Request:
-    messages, model = body.get("messages"), body.get("model", DEFAULT_MODEL)
-    if messages is None:
-        raise BadRequest(400, "missing field 'messages'")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise BadRequest(422, "'messages' must be a list of objects")
-    if not isinstance(model, str) or not model:
-        raise BadRequest(422, "'model' must be a non-empty string")
-    users = [m for m in messages if m.get("role") == "user"]
-    if not users:
-        raise BadRequest(400, "'messages' has no message with role 'user'")
-    if not isinstance(prompt := users[-1].get("content"), str):
-        raise BadRequest(422, "the last user message's 'content' must be a string")
-    _check_sampling(body, strict=False)
-    return Request(prompt, _max_tokens(body.get("max_tokens")), _stop(body.get("stop")), model)
-
-
-def _check_sampling(params: dict[str, Any], *, strict: bool) -> None:
-    for name in ("temperature", "top_p"):
-        value = params.get(name)
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise BadRequest(422, f"'{name}' must be a number")
-        # HF and TGI refuse the neutral values OpenAI accepts: 0 < temperature, 0 < top_p < 1.
-        if strict and value is not None and (value <= 0 or (name == "top_p" and value >= 1)):
-            raise BadRequest(422, f"'{name}' is out of range for this protocol: {value}")
-
-
-def _max_tokens(value: object) -> int:
-    if value is None:
-        return DEFAULT_MAX_NEW_TOKENS
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(422, "the token limit must be a non-negative integer")
-    return value
-
-
-def _stop(value: object) -> tuple[str, ...]:
-    if value is None or isinstance(value, str):
-        return () if value is None else (value,)
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return tuple(value)
-    raise BadRequest(422, "'stop' must be a string or a list of strings")
+    @property
+    def redirected(self) -> bool:
+        """Whether mode ``redirect`` already sent this call here (its marker is in the query)."""
+        return REDIRECT_MARK in parse_qs(urlsplit(self.target).query)
 
 
 class Mode(StrEnum):
@@ -134,11 +60,15 @@ class Mode(StrEnum):
     HANG = "hang"  # wait hang_s, then answer normally: trips client read timeouts
     RATE_LIMIT = "rate_limit"  # 429 with Retry-After: retry_after_s
     LOADING = "loading"  # 503 with estimated_time, like a cold Hugging Face model
+    REDIRECT = "redirect"  # redirect_status to the same path once, then answer as mode ok
 
 
 @dataclass(frozen=True)
 class Reply:
-    """The answer to one generation call: status, JSON body, headers and delay, or a drop."""
+    """The answer to one generation call: status, JSON body, headers and delay, or a drop.
+
+    A ``body`` of None is sent as an empty body (redirects).
+    """
 
     status: int
     body: object = None
@@ -150,29 +80,32 @@ class Reply:
     @property
     def outcome(self) -> str:
         """The key this reply is counted under in ``stats()["by_outcome"]``."""
-        return self.label or ("ok" if self.status == 200 else f"error_{self.status}")
+        if self.label or self.status == 200:
+            return self.label or "ok"
+        return f"{'redirect' if 300 <= self.status < 400 else 'error'}_{self.status}"
 
 
 @dataclass(frozen=True)
 class Step:
     """One scripted answer, consumed by one generation call before the mode applies."""
 
-    status: int  # 200 without a body answers normally
+    status: int  # 200 without a body answers normally; 3xx redirects to the same path
     retry_after: float | None = None  # sent as Retry-After; no header when None
     estimated_time: float | None = None  # turns the default body into a "loading" one
     body: object = None  # sent verbatim; None means the default body for the status
 
-    def reply(self, model: str, normal: Reply, delay_s: float) -> Reply:
+    def reply(self, call: Call, normal: Reply, delay_s: float) -> Reply:
         """This step's answer; ``normal`` is the one the call would get without faults."""
         if self.status == 200 and self.body is None:
             return replace(normal, delay_s=delay_s)
+        if 300 <= self.status < 400:  # to the same path: the next call takes the next step
+            return _redirect(self.status, call.target, delay_s, self.body)
         headers = _retry_after(self.retry_after) if self.retry_after is not None else ()
         body = self.body
         if body is None and self.estimated_time is not None:
-            body = _loading(model, self.estimated_time)
+            body = _loading(call.model, self.estimated_time)
         elif body is None:
-            known = {401: BAD_TOKEN, 429: RATE_LIMITED, 500: INTERNAL_ERROR, 503: OUTAGE}
-            body = known.get(self.status, {"error": f"simulated HTTP {self.status}"})
+            body = error_body(call.route.family, self.status)
         return Reply(self.status, body, headers, delay_s)
 
 
@@ -189,6 +122,8 @@ class SimulatorConfig:
     estimated_time_s: float = 20.0  # estimated_time of mode "loading"
     script: tuple[Step, ...] = ()  # steps still to be consumed, the next one first
     require_token: str | None = None  # when set, any other bearer token (or none) gets 401
+    redirect_status: int = 307  # the status of mode "redirect": 307 or 308
+    max_context_tokens: int | None = None  # prompt + token limit above it: refused (400/422)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form served by ``/_sim/config`` and ``/_sim/stats``."""
@@ -210,6 +145,9 @@ class SimulatorConfig:
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         if not isinstance(mode := changes.get("mode", self.mode), str) or mode not in list(Mode):
             raise ConfigError(f"mode must be one of {', '.join(Mode)}, got {mode!r}")
+        redirect = changes.get("redirect_status", self.redirect_status)
+        if not isinstance(redirect, int) or redirect not in REDIRECT_STATUSES:
+            raise ConfigError(f"redirect_status must be 307 or 308, got {redirect!r}")
         return SimulatorConfig(
             latency_ms=_number(changes, "latency_ms", self.latency_ms),
             error_rate=_number(changes, "error_rate", self.error_rate, high=1.0),
@@ -220,6 +158,8 @@ class SimulatorConfig:
             estimated_time_s=_number(changes, "estimated_time_s", self.estimated_time_s),
             script=_script(changes["script"]) if "script" in changes else self.script,
             require_token=token,
+            redirect_status=redirect,
+            max_context_tokens=_limit(changes, "max_context_tokens", self.max_context_tokens),
         )
 
 
@@ -227,36 +167,59 @@ _FIELD_NAMES = frozenset(f.name for f in fields(SimulatorConfig))
 
 
 def decide(
-    config: SimulatorConfig, draw: Callable[[], float], token: str | None, model: str, normal: Reply
+    config: SimulatorConfig, draw: Callable[[], float], token: str | None, call: Call
 ) -> tuple[Reply, SimulatorConfig]:
     """The answer to one call, and the configuration after it (a script step is consumed).
 
-    ``normal`` is the fault-free answer; ``draw`` returns the next number in [0, 1) of the
-    seeded sequence that ``error_rate`` is compared against.
+    ``draw`` returns the next number in [0, 1) of the seeded sequence that ``error_rate``
+    is compared against.
     """
-    delay = config.latency_ms / 1000.0
+    delay, family = config.latency_ms / 1000.0, call.route.family
     if config.require_token is not None and token != config.require_token:
-        return Reply(401, BAD_TOKEN, delay_s=delay), config
+        return Reply(401, error_body(family, 401), delay_s=delay), config
+    normal = _normal(call, config)
     if config.script:
         after = replace(config, script=config.script[1:])
-        return config.script[0].reply(model, normal, delay), after
+        return config.script[0].reply(call, normal, delay), after
     match config.mode:
         case Mode.DOWN:
             return Reply(0, delay_s=delay, drop=True, label="down"), config
         case Mode.HANG:
             return replace(normal, delay_s=delay + config.hang_s, label="hang"), config
         case Mode.OUTAGE:
-            return Reply(503, OUTAGE, delay_s=delay), config
+            return Reply(503, error_body(family, 503), delay_s=delay), config
         case Mode.RATE_LIMIT:
-            return Reply(429, RATE_LIMITED, _retry_after(config.retry_after_s), delay), config
+            headers = _retry_after(config.retry_after_s)
+            return Reply(429, error_body(family, 429), headers, delay), config
         case Mode.LOADING:
-            return Reply(503, _loading(model, config.estimated_time_s), delay_s=delay), config
+            return Reply(503, _loading(call.model, config.estimated_time_s), delay_s=delay), config
+        case Mode.REDIRECT if not call.redirected:
+            separator = "&" if "?" in call.target else "?"
+            location = f"{call.target}{separator}{REDIRECT_MARK}=1"
+            return _redirect(config.redirect_status, location, delay), config
     if config.error_rate > 0 and draw() < config.error_rate:
-        return Reply(500, INTERNAL_ERROR, delay_s=delay), config
+        return Reply(500, error_body(family, 500), delay_s=delay), config
     return replace(normal, delay_s=delay), config
 
 
+def _normal(call: Call, config: SimulatorConfig) -> Reply:
+    """The fault-free answer: the body's refusal, a context-length refusal, or the answer."""
+    route, request = call.route, call.request
+    if isinstance(request, BadRequest):
+        body = error_body(route.family, request.status, str(request), request.param)
+        return Reply(request.status, body)
+    limit = config.max_context_tokens
+    if limit is not None and (refusal := context_error(route, request, limit)) is not None:
+        return Reply(*refusal)
+    return Reply(200, render(route, request))
+
+
+def _redirect(status: int, location: str, delay: float, body: object = None) -> Reply:
+    return Reply(status, body, (("Location", location),), delay, label=f"redirect_{status}")
+
+
 def _loading(model: str, estimated_time: float) -> dict[str, object]:
+    # The Hugging Face API's answer for a cold model, whatever the route.
     return {"error": f"Model {model} is currently loading", "estimated_time": estimated_time}
 
 
@@ -271,6 +234,13 @@ def _number(changes: Mapping[str, object], name: str, default: float, high: floa
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= high:
         return float(value)
     raise ConfigError(f"{name} must be a number from 0 to {high:g}, got {value!r}")
+
+
+def _limit(changes: Mapping[str, object], name: str, default: int | None) -> int | None:
+    value = changes.get(name, default)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
 
 
 def _script(value: object) -> tuple[Step, ...]:

@@ -1,8 +1,10 @@
 """An upstream simulator for development and tests: a stand-in HTTP server, not a model.
 
-It speaks hf (``POST /models/{model}``), tgi (``POST /generate``) and openai
-(``POST /v1/chat/completions``); every answer is :func:`simulated_text` of the prompt.
-Faults (``simulator.behaviour``) are switched at run time through ``POST /_sim/config``,
+It speaks hf (``POST /models/{model}``), tgi (``POST /generate``, ``POST /``) and openai
+(``POST /v1/chat/completions``, ``POST /v1/completions``) as ``simulator.protocols`` reads
+and ``simulator.answers`` renders them; every answer is :func:`simulated_text` of the
+prompt. Faults (``simulator.behaviour``) are switched at run time through
+``POST /_sim/config``,
 ``POST /_sim/reset``, ``GET /_sim/stats``, ``GET /_sim/health``, or :class:`SimulatorServer`.
 Stdlib only. TCP_NODELAY and HTTP/1.1 keep-alive: sequential calls on one connection
 must not stall ~40 ms each on Nagle's algorithm meeting delayed ACKs.
@@ -16,8 +18,6 @@ import random
 import socket
 import sys
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,70 +25,26 @@ from socketserver import TCPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from simulator.behaviour import (
-    DEFAULT_MODEL,
-    BadRequest,
-    Protocol,
-    Reply,
-    Request,
-    SimulatorConfig,
-    decide,
-    parse_request,
-)
+from simulator.answers import simulated_text
+from simulator.behaviour import Call, Reply, SimulatorConfig, decide
+from simulator.protocols import DEFAULT_MODEL, BadRequest, Request, Route, parse_request, route
 
 __all__ = ["SimulatorServer", "simulated_text"]
 
-
-def simulated_text(prompt: str, max_new_tokens: int, *, stop: Iterable[str] = ()) -> str:
-    """``"simulated:"`` and the prompt's words reversed, at most ``max_new_tokens`` of them.
-
-    The text is cut just before the earliest occurrence of any non-empty ``stop`` string.
-    """
-    words = prompt.split()[::-1][: max(max_new_tokens, 0)]
-    text = " ".join(["simulated:", *words])
-    cuts = [index for s in stop if s and (index := text.find(s)) >= 0]
-    return text[: min(cuts)] if cuts else text
+GENERATION_ROUTES = (
+    "/, /generate, /models/{model}, /models/{model}/v1/chat/completions, "
+    "/v1/chat/completions, /v1/completions"
+)
 
 
-def route(path: str) -> tuple[Protocol, str | None] | None:
-    """The protocol and, for hf, the model a POST path addresses; None for other paths."""
-    if path.startswith("/models/") and len(path) > len("/models/"):
-        return "hf", path[len("/models/") :]
-    if path in ("/generate", "/v1/chat/completions"):
-        return ("tgi" if path == "/generate" else "openai"), None
-    return None
-
-
-def render(protocol: Protocol, request: Request) -> object:
-    """The 200 body answering ``request`` in ``protocol``'s shape."""
-    text = simulated_text(request.prompt, request.max_new_tokens, stop=request.stop)
-    if protocol != "openai":
-        full = f"{request.prompt} {text}" if request.full_text else text
-        if protocol == "hf":
-            return [{"generated_text": full}]
-        details = {"finish_reason": "length", "generated_tokens": len(text.split())}
-        return {"generated_text": full, "details": details}
-    usage = {"prompt_tokens": len(request.prompt.split()), "completion_tokens": len(text.split())}
-    message = {"role": "assistant", "content": text}
-    choice = {"index": 0, "message": message, "finish_reason": "stop"}
-    return {
-        "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": request.model,
-        "choices": [choice],
-        "usage": {**usage, "total_tokens": sum(usage.values())},
-    }
-
-
-def _normal_reply(protocol: Protocol, path_model: str | None, raw: bytes) -> tuple[Reply, str]:
-    """The fault-free answer to a call, and the model it names."""
-    model = path_model or DEFAULT_MODEL
+def _call(target: Route, sent_to: str, raw: bytes) -> Call:
+    """The generation call that ``raw`` makes on ``target``, readable or not."""
     try:
-        request = parse_request(protocol, raw, model)
+        request: Request | BadRequest = parse_request(target, raw)
     except BadRequest as exc:
-        return Reply(exc.status, {"error": str(exc)}), model
-    return Reply(200, render(protocol, request)), request.model
+        request = exc
+    model = target.model or (request.model if isinstance(request, Request) else DEFAULT_MODEL)
+    return Call(target, model, sent_to, request)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -128,11 +84,11 @@ class Control:
             config = self._config.as_dict()
             return {"calls": self._calls, "by_outcome": dict(self._outcomes), "config": config}
 
-    def admit(self, token: str | None, model: str, normal: Reply) -> Reply:
-        """Count one generation call and decide its answer: ``normal`` unless a fault claims it."""
+    def admit(self, token: str | None, call: Call) -> Reply:
+        """Count one generation call and decide its answer: normal unless a fault claims it."""
         with self._lock:
             self._calls += 1
-            reply, self._config = decide(self._config, self._rng.random, token, model, normal)
+            reply, self._config = decide(self._config, self._rng.random, token, call)
             self._outcomes[reply.outcome] += 1
             return reply
 
@@ -158,19 +114,18 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         target = route(unquote(path))
         if target is not None:
-            self._generate(target[0], target[1], raw)
+            self._generate(_call(target, self.path, raw))
         elif path == "/_sim/config":
             self._configure(raw)
         elif path == "/_sim/reset":
             self._send(200, self.server.control.reset())
         else:
-            routes = "/models/{model}, /generate, /v1/chat/completions, /_sim/config"
+            routes = f"{GENERATION_ROUTES}, /_sim/config, /_sim/reset"
             self._send(404, {"error": f"no POST route {path}; try {routes}"})
 
-    def _generate(self, protocol: Protocol, path_model: str | None, raw: bytes) -> None:
-        normal, model = _normal_reply(protocol, path_model, raw)
+    def _generate(self, call: Call) -> None:
         token = _bearer(self.headers.get("Authorization"))
-        reply = self.server.control.admit(token, model, normal)
+        reply = self.server.control.admit(token, call)
         if reply.delay_s > 0 and self.server.stopping.wait(reply.delay_s):
             reply = Reply(0, drop=True)  # the server is stopping: answer nothing
         if reply.drop:
@@ -191,10 +146,12 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _send(self, status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> None:
-        payload = json.dumps(body).encode()
+        """Answer ``body`` as JSON; None answers an empty body (a redirect)."""
+        payload = b"" if body is None else json.dumps(body).encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if body is not None:
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             for name, value in headers:
                 self.send_header(name, value)

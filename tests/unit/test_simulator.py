@@ -60,12 +60,63 @@ def test_hf_return_full_text_prepends_the_prompt(sim: SimulatorServer) -> None:
 
 
 def test_tgi_answers_text_and_details(sim: SimulatorServer) -> None:
-    """tgi POST /generate answers generated_text and details with the token count."""
+    """tgi POST /generate answers generated_text and TGI's details: reason, count, seed, tokens."""
     body = tgi(sim, "alpha beta gamma", max_new_tokens=5).json()
-    assert body == {
-        "generated_text": "simulated: gamma beta alpha",
-        "details": {"finish_reason": "length", "generated_tokens": 4},
+    details = body.pop("details")
+    tokens = details.pop("tokens")
+    assert body == {"generated_text": "simulated: gamma beta alpha"}
+    assert details == {
+        "finish_reason": "eos_token",
+        "generated_tokens": 4,
+        "seed": None,
+        "prefill": [],
     }
+    assert [t["text"] for t in tokens] == ["simulated:", " gamma", " beta", " alpha"]
+    assert all(isinstance(t["id"], int) and t["special"] is False for t in tokens)
+    assert all(t["logprob"] == 0.0 for t in tokens)
+
+
+def test_compat_root_answers_a_list_with_details_only_when_asked(sim: SimulatorServer) -> None:
+    """POST / (TGI's compat route) answers a one-item list; details only when asked for."""
+    url, body = f"{sim.url}/", {"inputs": "a b", "parameters": {}, "stream": False}
+    plain = requests.post(url, json=body, timeout=TIMEOUT).json()
+    body["parameters"] = {"details": True, "decoder_input_details": True, "seed": 9}
+    detailed = requests.post(url, json=body, timeout=TIMEOUT).json()
+    assert plain == [{"generated_text": "simulated: b a"}]
+    assert detailed[0]["details"]["seed"] == 9
+    prefill = detailed[0]["details"]["prefill"]
+    assert [(t["text"], t["logprob"]) for t in prefill] == [("a", None), (" b", 0.0)]
+
+
+def test_hf_answers_details_when_asked(sim: SimulatorServer) -> None:
+    """hf POST /models/{model} with details=true adds TGI's details to the list item."""
+    [item] = hf(sim, "x y z", max_new_tokens=1, details=True).json()
+    assert item["generated_text"] == "simulated: z"
+    assert (item["details"]["finish_reason"], item["details"]["generated_tokens"]) == ("length", 2)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "tgi_reason", "openai_reason"),
+    [
+        ("a b c", {"max_new_tokens": 2}, "length", "length"),
+        ("a b c", {"max_new_tokens": 3}, "eos_token", "stop"),
+        ("a b c", {"max_new_tokens": 2, "stop": ["b"]}, "stop_sequence", "stop"),
+        ("a b c", {"max_new_tokens": 9, "stop": ["zzz"]}, "eos_token", "stop"),
+    ],
+)
+def test_finish_reason_says_what_ended_the_text(
+    sim: SimulatorServer, prompt: str, params: dict[str, Any], tgi_reason: str, openai_reason: str
+) -> None:
+    """finish_reason is length when the token limit cut the text, else a stop or end of text."""
+    details = tgi(sim, prompt, **params).json()["details"]
+    chat = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": params["max_new_tokens"],
+        "stop": params.get("stop"),
+    }
+    answer = requests.post(f"{sim.url}/v1/chat/completions", json=chat, timeout=TIMEOUT).json()
+    assert details["finish_reason"] == tgi_reason
+    assert answer["choices"][0]["finish_reason"] == openai_reason
 
 
 def test_openai_answers_a_chat_completion_from_the_last_user_message(sim: SimulatorServer) -> None:
@@ -88,10 +139,53 @@ def test_openai_answers_a_chat_completion_from_the_last_user_message(sim: Simula
         {
             "index": 0,
             "message": {"role": "assistant", "content": "simulated: here question"},
-            "finish_reason": "stop",
+            "logprobs": None,
+            "finish_reason": "length",
         }
     ]
     assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert isinstance(data["system_fingerprint"], str)  # TGI's client requires it
+
+
+def test_max_completion_tokens_wins_over_max_tokens(sim: SimulatorServer) -> None:
+    """Chat max_completion_tokens, OpenAI's newer name, bounds the words over max_tokens."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a b c d"}]}]
+    body = {"messages": messages, "max_tokens": 3, "max_completion_tokens": 1, "seed": 4}
+    data = requests.post(f"{sim.url}/v1/chat/completions", json=body, timeout=TIMEOUT).json()
+    assert data["choices"][0]["message"]["content"] == "simulated: d"
+    assert data["model"] == "simulator/echo-1"
+
+
+def test_completions_answer_a_text_completion(sim: SimulatorServer) -> None:
+    """POST /v1/completions answers text_completion choices with usage; echo prepends the prompt."""
+    body = {"model": "m", "prompt": "one two three", "max_tokens": 2, "echo": True}
+    data = requests.post(f"{sim.url}/v1/completions", json=body, timeout=TIMEOUT).json()
+    assert (data["object"], data["model"]) == ("text_completion", "m")
+    assert data["id"].startswith("cmpl-")
+    assert data["choices"] == [
+        {
+            "text": "one two three simulated: three two",
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+    ]
+    assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+
+
+def test_completions_default_to_16_tokens(sim: SimulatorServer) -> None:
+    """Without max_tokens, /v1/completions generates at most 16 words, as OpenAI's default."""
+    prompt = " ".join(f"w{i}" for i in range(30))
+    data = requests.post(f"{sim.url}/v1/completions", json={"prompt": prompt}, timeout=TIMEOUT)
+    assert data.json()["choices"][0]["text"] == simulated_text(prompt, 16)
+
+
+def test_chat_under_a_model_path_names_that_model(sim: SimulatorServer) -> None:
+    """POST /models/{model}/v1/chat/completions answers a chat completion for that model."""
+    body = {"model": "dummy", "messages": [{"role": "user", "content": "hi"}]}
+    url = f"{sim.url}/models/org/m-1/v1/chat/completions"
+    data = requests.post(url, json=body, timeout=TIMEOUT).json()
+    assert (data["model"], data["choices"][0]["message"]["content"]) == ("org/m-1", "simulated: hi")
 
 
 def test_stop_strings_cut_the_answer(sim: SimulatorServer) -> None:
@@ -107,18 +201,30 @@ def test_stop_strings_cut_the_answer(sim: SimulatorServer) -> None:
         ("/generate", b'{"inputs": 42}', 422),
         ("/generate", b'["a list"]', 422),
         ("/generate", b'{"inputs": "a", "parameters": {"max_new_tokens": "5"}}', 422),
+        ("/", b'{"inputs": "a", "stream": true}', 422),
         ("/models/m", b'{"inputs": "a", "parameters": {"temperature": 0}}', 422),
+        ("/models/m", b'{"inputs": "a", "parameters": {"details": "yes"}}', 422),
         ("/v1/chat/completions", b'{"model": "m"}', 400),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 1}]}', 422),
+        ("/v1/completions", b'{"model": "m"}', 400),
+        ("/v1/completions", b'{"prompt": "a", "seed": -1}', 422),
     ],
 )
 def test_bad_requests_get_400_or_422(
     sim: SimulatorServer, path: str, body: bytes, status: int
 ) -> None:
-    """Unreadable or missing fields answer 400 and wrong types 422, with an error message."""
+    """Unreadable or missing fields answer 400, wrong types 422, in the protocol's error shape."""
     response = requests.post(f"{sim.url}{path}", data=body, timeout=TIMEOUT)
+    error = response.json()
     assert response.status_code == status
-    assert isinstance(response.json()["error"], str)
+    if path.startswith("/v1/"):
+        assert isinstance(error["error"]["message"], str)
+        assert error["error"]["type"] == "invalid_request_error"
+        assert set(error["error"]) == {"message", "type", "param", "code"}
+    elif path.startswith("/models/"):
+        assert set(error) == {"error"} and isinstance(error["error"], str)
+    else:
+        assert isinstance(error["error"], str) and error["error_type"] == "validation"
 
 
 def test_unknown_path_is_404(sim: SimulatorServer) -> None:
@@ -141,12 +247,13 @@ def test_outage_mode_answers_503_without_estimated_time(sim: SimulatorServer) ->
 
 
 def test_rate_limit_mode_answers_429_with_retry_after(sim: SimulatorServer) -> None:
-    """Mode rate_limit answers 429 with Retry-After set to retry_after_s."""
+    """Mode rate_limit answers 429 with Retry-After: HF's body on hf, TGI's overloaded on tgi."""
     sim.configure(mode="rate_limit", retry_after_s=3)
-    response = tgi(sim)
-    assert response.status_code == 429
-    assert response.headers["Retry-After"] == "3"
-    assert response.json() == {"error": "Rate limit reached"}
+    on_tgi, on_hf = tgi(sim), hf(sim)
+    assert (on_tgi.status_code, on_hf.status_code) == (429, 429)
+    assert on_tgi.headers["Retry-After"] == on_hf.headers["Retry-After"] == "3"
+    assert on_tgi.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+    assert on_hf.json() == {"error": "Rate limit reached"}
 
 
 def test_loading_mode_answers_503_with_estimated_time(sim: SimulatorServer) -> None:
@@ -172,6 +279,141 @@ def test_down_mode_drops_the_connection(sim: SimulatorServer) -> None:
     sim.configure(mode="down")
     with pytest.raises(requests.ConnectionError):
         tgi(sim)
+
+
+OPENAI_500 = {"message": "The server had an error (simulated)", "type": "server_error"}
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/models/m", {"error": "Internal Server Error (simulated)"}),
+        (
+            "/generate",
+            {"error": "Incomplete generation (simulated)", "error_type": "incomplete_generation"},
+        ),
+        (
+            "/",
+            {"error": "Incomplete generation (simulated)", "error_type": "incomplete_generation"},
+        ),
+        ("/v1/chat/completions", {"error": {**OPENAI_500, "param": None, "code": None}}),
+        ("/v1/completions", {"error": {**OPENAI_500, "param": None, "code": None}}),
+    ],
+)
+def test_a_500_is_shaped_as_each_service_sends_it(
+    sim: SimulatorServer, path: str, expected: dict[str, object]
+) -> None:
+    """A simulated 500 is HF's {"error"}, TGI's {"error", "error_type"} or OpenAI's error object."""
+    sim.configure(error_rate=1.0)
+    body = {"inputs": "a", "prompt": "a", "messages": [{"role": "user", "content": "a"}]}
+    response = requests.post(f"{sim.url}{path}", json=body, timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (500, expected)
+
+
+def test_openai_errors_carry_type_and_code(sim: SimulatorServer) -> None:
+    """On /v1 routes, 401, 429 and 503 answer OpenAI error objects with their type and code."""
+    url, body = f"{sim.url}/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}]}
+    sim.configure(script=[{"status": 401}, {"status": 429, "retry_after": 2}, {"status": 503}])
+    errors = [requests.post(url, json=body, timeout=TIMEOUT) for _ in range(3)]
+    found = [(r.status_code, r.json()["error"]["type"], r.json()["error"]["code"]) for r in errors]
+    assert found == [
+        (401, "invalid_request_error", "invalid_api_key"),
+        (429, "requests", "rate_limit_exceeded"),
+        (503, "server_error", None),
+    ]
+    assert errors[1].headers["Retry-After"] == "2"
+
+
+def test_loading_body_is_hf_s_on_every_route(sim: SimulatorServer) -> None:
+    """Mode loading answers HF's {"error", "estimated_time"} on chat routes too."""
+    sim.configure(mode="loading", estimated_time_s=3)
+    body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "a"}]}
+    response = requests.post(f"{sim.url}/v1/chat/completions", json=body, timeout=TIMEOUT)
+    assert response.status_code == 503
+    assert response.json() == {"error": "Model gpt-sim is currently loading", "estimated_time": 3.0}
+
+
+def test_context_limit_refuses_chat_as_llama_cpp_does(sim: SimulatorServer) -> None:
+    """Over max_context_tokens, chat answers the recorded 400 context_length_exceeded body."""
+    sim.configure(max_context_tokens=10)
+    body = {"messages": [{"role": "user", "content": "x " * 7}], "max_tokens": 8}
+    response = requests.post(f"{sim.url}/v1/chat/completions", json=body, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": "This model's maximum context length is 10 tokens. However, you requested "
+            "15 tokens (7 in the messages, 8 in the completion). Please reduce the length of the "
+            "messages or completion.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    assert sim.stats()["by_outcome"] == {"error_400": 1}
+
+
+def test_context_limit_refuses_completions_and_tgi_in_their_words(sim: SimulatorServer) -> None:
+    """Completions get the recorded completion wording; tgi and hf get TGI's 422 validation."""
+    sim.configure(max_context_tokens=4)
+    completion = {"prompt": "a b c", "max_tokens": 2}
+    refused = requests.post(f"{sim.url}/v1/completions", json=completion, timeout=TIMEOUT)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "This model's maximum context length is 4 tokens, however you requested 5 tokens "
+        "(3 in your prompt; 2 for the completion). Please reduce your prompt; or completion length."
+    )
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    expected = {
+        "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4. "
+        "Given: 3 `inputs` tokens and 2 `max_new_tokens`",
+        "error_type": "validation",
+    }
+    for response in (tgi(sim, "a b c", max_new_tokens=2), hf(sim, "a b c", max_new_tokens=2)):
+        assert (response.status_code, response.json()) == (422, expected)
+    assert tgi(sim, "a b", max_new_tokens=2).status_code == 200  # 4 tokens fit
+
+
+def test_redirect_mode_redirects_once_to_the_same_path(sim: SimulatorServer) -> None:
+    """Mode redirect answers 307 to the same path, marked; the marked call is answered normally."""
+    sim.configure(mode="redirect")
+    url, body = f"{sim.url}/generate?x=1", {"inputs": "a b"}
+    first = requests.post(url, json=body, timeout=TIMEOUT, allow_redirects=False)
+    assert (first.status_code, first.content) == (307, b"")
+    assert first.headers["Location"] == "/generate?x=1&_sim_redirected=1"
+    followed = requests.post(url, json=body, timeout=TIMEOUT)  # requests follows 307
+    assert (followed.status_code, followed.json()["generated_text"]) == (200, "simulated: b a")
+    assert followed.history[0].status_code == 307
+    assert sim.stats()["calls"] == 3
+    assert sim.stats()["by_outcome"] == {"redirect_307": 2, "ok": 1}
+
+
+def test_redirect_status_308_and_script_redirect_steps(sim: SimulatorServer) -> None:
+    """redirect_status=308 sets the mode's status; a scripted 3xx step redirects to the same URL."""
+    sim.configure(mode="redirect", redirect_status=308)
+    response = hf(sim)
+    assert (response.status_code, response.history[0].status_code) == (200, 308)
+    sim.configure(mode="ok", script=[{"status": 307}, {"status": 500}])
+    url = f"{sim.url}/v1/completions"
+    step = requests.post(url, json={"prompt": "a"}, timeout=TIMEOUT, allow_redirects=False)
+    assert (step.status_code, step.headers["Location"]) == (307, "/v1/completions")
+    assert requests.post(url, json={"prompt": "a"}, timeout=TIMEOUT).status_code == 500
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"redirect_status": 302},
+        {"redirect_status": True},
+        {"max_context_tokens": 0},
+        {"max_context_tokens": "8"},
+    ],
+)
+def test_config_rejects_bad_redirect_status_and_context_limit(
+    sim: SimulatorServer, changes: dict[str, object]
+) -> None:
+    """redirect_status must be 307 or 308, max_context_tokens a positive integer or null."""
+    with pytest.raises(ConfigError, match=next(iter(changes))):
+        sim.configure(**changes)
 
 
 def test_script_steps_are_consumed_in_order_then_normal_answers_resume(
