@@ -77,6 +77,18 @@ class ErrorType(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
 
     @property
+    def is_unavailable(self) -> bool:
+        """The upstream (or genq's store) could not answer now; later may work."""
+        return self in (
+            ErrorType.UPSTREAM_TIMEOUT,
+            ErrorType.UPSTREAM_UNAVAILABLE,
+            ErrorType.UPSTREAM_RATE_LIMITED,
+            ErrorType.CIRCUIT_OPEN,
+            ErrorType.SERVICE_UNAVAILABLE,
+            ErrorType.STORAGE_UNAVAILABLE,
+        )
+
+    @property
     def is_client_error(self) -> bool:
         """The request itself was wrong: retrying it unchanged will not help."""
         return self in (ErrorType.UPSTREAM_REJECTED, ErrorType.INVALID_JOB)

@@ -208,7 +208,8 @@ def _messages(
             "request": request.model_dump(mode="json", exclude_defaults=True),
             "batch": item | {"endpoint": batch.endpoint},
         }
-        yield messages.message(request_id, payload, f"[{custom_id!r} of {batch.id}]")
+        # Flower shows argsrepr: the item's ids, never its prompt.
+        yield messages.message(request_id, payload, f"[{request_id!r}, {batch.id!r}]")
 
 
 @router.get("/{batch_id}")

@@ -13,12 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.routes.jobs import POLL_AFTER_S, enqueue
 from api.schemas import Job, JobCreate
-from core.contract import ErrorType
 from core.errors import StorageUnavailable
 from core.records import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
+#: Retry-After of a failed answer whose error names no time of its own.
+RETRY_AFTER_S = 5
 #: How often the route looks at the job record while it waits.
 POLL_INTERVAL_S = 0.02
 
@@ -28,6 +29,8 @@ POLL_INTERVAL_S = 0.02
     response_model=Job,
     responses={
         202: {"description": "still running: poll Location"},
+        422: {"description": "bad input, or the upstream rejected the request"},
+        502: {"description": "the upstream answered something unusable: see Retry-After"},
         503: {"description": "upstream unavailable and no fallback: see Retry-After"},
     },
 )
@@ -67,8 +70,9 @@ def _answer(record: JobRecord) -> Response:
     error = record.error
     if error is None:
         return JSONResponse(job)
-    if error.type is ErrorType.SERVICE_UNAVAILABLE:
-        retry_after = str(max(1, round(error.retry_after or 1)))
-        return JSONResponse(job, status_code=503, headers={"Retry-After": retry_after})
-    code = 422 if error.type.is_client_error else status.HTTP_502_BAD_GATEWAY
-    return JSONResponse(job, status_code=code)
+    if error.type.is_client_error:
+        return JSONResponse(job, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    # The upstream (or genq's store) could not answer and nothing else could: come back.
+    retry_after = {"Retry-After": str(max(1, round(error.retry_after or RETRY_AFTER_S)))}
+    code = 503 if error.type.is_unavailable else status.HTTP_502_BAD_GATEWAY
+    return JSONResponse(job, status_code=code, headers=retry_after)

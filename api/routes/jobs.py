@@ -83,6 +83,9 @@ def _publish(body: JobCreate, principal: Principal, store: JobStore, celery: Cel
             task_id=job_id,
             queue=QUEUE_INTERACTIVE,
             ignore_result=True,
+            # What Flower shows for the task: its id, never the prompt it carries.
+            argsrepr=f"[{job_id!r}]",
+            kwargsrepr="{}",
         )
     except (OperationalError, OSError, redis.RedisError) as exc:
         with contextlib.suppress(StorageUnavailable):  # the same Redis may be down

@@ -267,3 +267,15 @@ def test_circuits_report_the_retry_after_a_job_is_told(
     in_health = {c["name"]: c["retry_after"] for c in health.json()["circuits"]}[name]
     assert in_health == pytest.approx(told, abs=0.3)
     assert sim.stats()["calls"] == 0
+
+
+def test_generate_answers_503_with_retry_after_when_retries_run_out(
+    api_url: str, sim: SimulatorServer
+) -> None:
+    """Upstream down, retries spent, nothing to fall back on: 503 + Retry-After, not 502."""
+    sim.configure(mode="outage", latency_ms=0)
+    body = {"prompt": "nothing can answer", "model": own_model(), "fallback": "none"}
+    resp = requests.post(f"{api_url}/v1/generate?wait_s=15", json=body, headers=auth(), timeout=20)
+    assert resp.status_code == 503, resp.text
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert resp.json()["error"]["type"] == "upstream_unavailable"

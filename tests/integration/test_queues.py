@@ -8,8 +8,11 @@ import json
 import pytest
 import redis
 
+from api.auth import Principal
 from api.publish import TaskMessages
-from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
+from api.routes.jobs import _publish
+from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest
+from core.records import JobStore
 from tests.integration.conftest import genq_env, publisher_for, settings_for
 
 pytestmark = pytest.mark.integration
@@ -57,5 +60,24 @@ def test_batch_messages_are_the_ones_kombu_writes(redis_url: str) -> None:
     assert {k: v for k, v in ours["properties"].items() if k not in per_publish} == {
         k: v for k, v in theirs["properties"].items() if k not in per_publish
     }
+    client.flushdb()
+    client.close()
+
+
+def test_task_messages_show_flower_ids_never_prompts(redis_url: str) -> None:
+    """What Flower shows of a job's or a batch item's task (argsrepr) holds its id, not
+    the prompt the task carries."""
+    url = redis_url.rsplit("/", 1)[0] + "/6"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    app = publisher_for(settings_for(genq_env(url, "http://127.0.0.1:9")))
+    store = JobStore(redis.Redis.from_url(url, decode_responses=True), ttl_s=60)
+    secret = "a very private prompt"
+    record = _publish(GenerateRequest(prompt=secret), Principal("owner", False), store, app)
+    job = json.loads(client.rpop(QUEUE_INTERACTIVE))  # type: ignore[arg-type]
+    assert job["headers"]["argsrepr"] == f"[{record.id!r}]"
+    item = TaskMessages(app, QUEUE_BATCH).message("req-9", {"request": {"prompt": secret}}, "[id]")
+    assert secret not in json.loads(item)["headers"]["argsrepr"]
+    assert secret not in json.dumps(job["headers"])
     client.flushdb()
     client.close()
