@@ -52,8 +52,8 @@ def limit_errors(body: GenerateRequest, settings: Settings) -> list[tuple[str, s
             f"{settings.max_context_docs} (GENQ_MAX_CONTEXT_DOCS)"
         )
         errors.append(("context", reason))
-    allowed = settings.allowed_models
-    if body.model and allowed and body.model not in {*allowed, settings.upstream_model}:
+    served = settings.served_models
+    if body.model and served is not None and body.model not in served:
         errors.append(("model", f"model {body.model!r} is not served here (GENQ_ALLOWED_MODELS)"))
     return errors
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from enum import IntEnum, StrEnum
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from redis import Redis
 
@@ -30,6 +32,7 @@ __all__ = [
     "CircuitState",
     "Control",
     "Event",
+    "circuit_name",
     "control",
     "force_closed",
     "force_open",
@@ -42,6 +45,22 @@ logger = logging.getLogger("core.circuits")
 
 KEY_TTL_MS = 86_400_000
 """Idle circuits vanish after a day: every write refreshes the expiry of its keys."""
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def circuit_name(protocol: str, base_url: str, model: str) -> str:
+    """The circuit of one upstream target, ``<protocol>~<host[:port][path]>~<model>``.
+
+    Scheme, credentials and query of the URL are dropped; in host, path and model, each
+    character outside ``[A-Za-z0-9._:-]`` becomes ``.``, so ``~`` only separates and the
+    name is one safe URL path segment: ``hf~127.0.0.1:8081~simulator.echo-1``.
+    """
+    url = urlsplit(base_url)
+    where = (url.hostname or "") + (f":{url.port}" if url.port else "") + url.path
+    safe = _UNSAFE_NAME_CHARS.sub
+    return f"{protocol}~{safe('.', where.rstrip('/'))}~{safe('.', model)}"
 
 
 class CircuitState(IntEnum):

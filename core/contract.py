@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 __all__ = [
     "QUEUE_BATCH",
@@ -33,6 +40,7 @@ __all__ = [
     "JobMessage",
     "JobResult",
     "JobStatus",
+    "ModelId",
     "RefusalReason",
     "Source",
     "utcnow",
@@ -43,6 +51,26 @@ QUEUE_INTERACTIVE = "interactive"
 QUEUE_BATCH = "batch"
 
 MAX_CONTEXT_DOC_CHARS = 100_000
+
+
+def _not_a_path(model: str) -> str:
+    if ".." in model:
+        raise ValueError("a model id has no '..'")
+    return model
+
+
+ModelId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        # A Hugging Face repo id, ``name`` or ``org/name``, optionally ``:provider`` (as
+        # the Inference Providers router takes it): it becomes part of an upstream URL.
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(:[A-Za-z0-9._-]+)?$",
+    ),
+    AfterValidator(_not_a_path),
+]
+"""A model id: letters, digits, ``-``, ``_`` and ``.``, one ``/`` at most, never ``..``."""
 
 
 class JobStatus(StrEnum):
@@ -152,7 +180,7 @@ class GenerateRequest(_Strict):
 
     prompt: str | None = Field(default=None, min_length=1)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
-    model: str | None = Field(default=None, min_length=1, max_length=256)
+    model: ModelId | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
     context: list[ContextDoc] = Field(default_factory=list)
     cache: CachePolicy = "fallback"

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.contract import ModelId
+
 __all__ = ["Protocol", "Settings", "get_settings"]
 
 Protocol = Literal["hf", "tgi", "openai"]
@@ -66,14 +68,15 @@ class Settings(BaseSettings):
     upstream_url: HttpUrl = HttpUrl("http://127.0.0.1:8081")
     """Base URL of the model endpoint (HF Inference API, TGI server, OpenAI-compatible)."""
     upstream_protocol: Protocol = "hf"
-    upstream_model: str = Field(default="simulator/echo-1", min_length=1)
+    upstream_model: ModelId = "simulator/echo-1"
     upstream_prompt_route: Literal["completions", "chat"] | None = None
     """Where a prompt job goes on ``openai`` and ``tgi`` upstreams: ``completions``
     (``/v1/completions``; TGI's ``/generate``) or ``chat`` (one user message on
     ``/v1/chat/completions``). Unset: ``chat`` for openai, ``completions`` for tgi."""
-    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Comma-separated models a job may name (besides the default); empty: any model.
-    Each model has its own circuit, so an open list lets clients create circuits."""
+    allowed_models: Annotated[list[ModelId], NoDecode] = Field(default_factory=list)
+    """Comma-separated models a job may name (besides the default). Empty: in
+    development any model; in production only the default. Each model has its own
+    circuit, so an open list lets clients create circuits."""
     upstream_token: SecretStr | None = None
     """Bearer token sent upstream; never logged, never stored in a result."""
     upstream_timeout_s: PositiveFloat = 30.0
@@ -155,6 +158,13 @@ class Settings(BaseSettings):
             if not urlsplit(part.strip()).hostname and port is None:
                 raise ValueError("GENQ_REDIS_URL names no host")
         return value
+
+    @property
+    def served_models(self) -> frozenset[str] | None:
+        """The models jobs may name; None: any (development with no list)."""
+        if self.allowed_models:
+            return frozenset([*self.allowed_models, self.upstream_model])
+        return None if self.env == "development" else frozenset([self.upstream_model])
 
     @property
     def uses_sentinel(self) -> bool:

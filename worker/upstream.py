@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import requests
 from pydantic import SecretStr
@@ -27,6 +26,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
+from core.circuits import circuit_name
 from core.contract import GenerateRequest
 from core.errors import (
     UpstreamError,
@@ -56,7 +56,6 @@ MAX_DETAIL_CHARS = 300  # longest piece of upstream error text quoted in a messa
 MAX_ERROR_BODY_BYTES = 64 * 1024  # of an error body, decoded to find its message
 MAX_REDIRECTS = 3  # a generation route that moved is followed this far, no further
 
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _DECIMAL = re.compile(r"[+-]?\d+(\.\d+)?")
 
@@ -77,16 +76,8 @@ class UpstreamTarget:
 
     @functools.cached_property
     def name(self) -> str:
-        """The circuit name, ``<protocol>~<host[:port][path]>~<model>``.
-
-        Scheme, credentials and query of the URL are dropped; in host, path and model,
-        each character outside ``[A-Za-z0-9._:-]`` becomes ``.``, so ``~`` only separates
-        and the name is one safe URL path segment: ``hf~127.0.0.1:8081~simulator.echo-1``.
-        """
-        url = urlsplit(self.base_url)
-        where = (url.hostname or "") + (f":{url.port}" if url.port else "") + url.path
-        safe = _UNSAFE_NAME_CHARS.sub
-        return f"{self.protocol}~{safe('.', where.rstrip('/'))}~{safe('.', self.model)}"
+        """The circuit name (``core.circuits.circuit_name``)."""
+        return circuit_name(self.protocol, self.base_url, self.model)
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> UpstreamTarget:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from api.deps import PrincipalDep, SettingsDep
 from core import circuits
 from core.connections import get_redis
+from core.settings import Settings
 
 router = APIRouter(tags=["circuits"])
 
@@ -84,7 +85,23 @@ _ACTIONS = {
 }
 
 
-@router.post("/v1/circuits/{name}/{action}", response_model=Circuit)
+def _steerable(name: str, client: redis.Redis, settings: Settings) -> bool:
+    """A circuit that exists, or that a model jobs may name would use: with a list of
+    served models, one of theirs; with none (development), any of the upstream's."""
+    if name in {c["name"] for c in circuits.list_circuits(client)}:
+        return True
+    base = str(settings.upstream_url).rstrip("/")
+    served = settings.served_models
+    if served is None:
+        return name.startswith(circuits.circuit_name(settings.upstream_protocol, base, ""))
+    return name in {circuits.circuit_name(settings.upstream_protocol, base, m) for m in served}
+
+
+@router.post(
+    "/v1/circuits/{name}/{action}",
+    response_model=Circuit,
+    responses={403: {"description": "not an admin key"}, 404: {"description": "no such circuit"}},
+)
 def control_circuit(
     name: CircuitName,
     action: Literal["open", "close", "reset"],
@@ -92,10 +109,13 @@ def control_circuit(
     client: RedisDep,
     settings: SettingsDep,
 ) -> Circuit:
-    """Admin: force a circuit open, force it closed (breaker disabled), or reset it."""
+    """Admin: force a circuit open, force it closed (breaker disabled), or reset it.
+    Only a circuit that exists, or that a served model would use, can be steered (404)."""
     if not principal.admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="an admin key is required")
     try:
+        if not _steerable(name, client, settings):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no circuit {name!r}")
         circuits.control(client, name, _ACTIONS[action], settings.breaker_reset_timeout_s)
         return Circuit.model_validate(circuits.snapshot(client, name))
     except (redis.ConnectionError, redis.TimeoutError) as exc:

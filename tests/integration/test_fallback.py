@@ -279,3 +279,14 @@ def test_generate_answers_503_with_retry_after_when_retries_run_out(
     assert resp.status_code == 503, resp.text
     assert int(resp.headers["Retry-After"]) >= 1
     assert resp.json()["error"]["type"] == "upstream_unavailable"
+
+
+def test_admin_cannot_steer_a_circuit_no_served_model_would_use(api_url: str) -> None:
+    """Forcing open a name that is not one of the upstream's circuits is a 404 that
+    creates nothing."""
+    admin = auth(ADMIN_KEY)
+    name = "openai~elsewhere.example~anything"
+    resp = requests.post(f"{api_url}/v1/circuits/{name}/open", headers=admin, timeout=5)
+    assert resp.status_code == 404
+    listed = requests.get(f"{api_url}/v1/circuits", headers=auth(), timeout=5).json()
+    assert name not in [c["name"] for c in listed]

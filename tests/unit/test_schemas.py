@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from api.auth import authenticate, owner_of
 from api.schemas import check_limits
@@ -75,3 +75,30 @@ def test_only_allowed_models_may_be_named() -> None:
     check_limits(GenerateRequest(prompt="x", model="org/a"), settings)
     check_limits(GenerateRequest(prompt="x", model="org/default"), settings)
     check_limits(GenerateRequest(prompt="x", model="anything"), Settings())
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt2", "org/name-1.5_b", "meta-llama/Llama-3.1-8B-Instruct:novita"]
+)
+def test_repo_ids_are_models(model: str) -> None:
+    """Hugging Face repo ids (with an optional :provider) are accepted as models."""
+    assert GenerateRequest(prompt="p", model=model).model == model
+
+
+@pytest.mark.parametrize(
+    "model", ["../_sim/reset", "a/b/c", "/lead", "trail/", "a..b", "sp ace", "org/../x", "%2e%2e"]
+)
+def test_a_model_is_never_a_path(model: str) -> None:
+    """Anything that could walk the upstream URL (.., a second /, odd characters) is refused."""
+    with pytest.raises(ValidationError):
+        GenerateRequest(prompt="p", model=model)
+
+
+def test_production_serves_only_the_configured_model_by_default() -> None:
+    """With no GENQ_ALLOWED_MODELS, production serves the default model alone; development any."""
+    keys = [SecretStr("k" * 20)]
+    production = Settings(env="production", api_keys=keys, upstream_model="org/m")
+    assert production.served_models == {"org/m"}
+    assert Settings(env="development").served_models is None
+    listed = Settings(allowed_models=["org/a"], upstream_model="org/m")
+    assert listed.served_models == {"org/a", "org/m"}
