@@ -2,8 +2,8 @@
 
 ``/v1/files`` and ``/v1/batches`` answer errors as OpenAI does,
 ``{"error": {"message", "type", "param", "code"}}``, so the ``openai`` SDK shows the
-message; genq's own routes keep FastAPI's ``{"detail": …}`` (with ``detail[].loc`` for
-bad input).
+message; genq's own routes keep FastAPI's ``{"detail": …}`` (with ``detail[].loc`` and
+``detail[].msg`` for bad input, but never the input itself).
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,7 +42,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     if not request.url.path.startswith(OPENAI_ROUTES):
-        return await request_validation_exception_handler(request, exc)
+        # The field and the reason, never the input: it may be a secret, a prompt, or
+        # NaN / a lone surrogate that no JSON encoder would take back.
+        detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first["loc"][1:]) or None
     return _openai(422, f"{param}: {first['msg']}", param)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from api import errors, metrics
+from api.limits import BodyLimits
 from api.routes import batches, circuits, files, generate, health, jobs
 from core.logs import configure_logging
 from core.settings import get_settings
@@ -30,6 +31,7 @@ def create_app() -> FastAPI:
         description="Text-generation jobs that keep answering when the model provider fails.",
     )
     errors.install(application)
+    application.add_middleware(BodyLimits)
     application.include_router(health.router)
     application.include_router(jobs.router)
     application.include_router(generate.router)

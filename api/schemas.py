@@ -52,6 +52,13 @@ def limit_errors(body: GenerateRequest, settings: Settings) -> list[tuple[str, s
             f"{settings.max_context_docs} (GENQ_MAX_CONTEXT_DOCS)"
         )
         errors.append(("context", reason))
+    context_chars = sum(len(doc.text) for doc in body.context)
+    if context_chars > settings.max_context_chars:
+        reason = (
+            f"the context documents hold {context_chars} characters; the limit is "
+            f"{settings.max_context_chars} (GENQ_MAX_CONTEXT_CHARS)"
+        )
+        errors.append(("context", reason))
     served = settings.served_models
     if body.model and served is not None and body.model not in served:
         errors.append(("model", f"model {body.model!r} is not served here (GENQ_ALLOWED_MODELS)"))

@@ -53,6 +53,20 @@ QUEUE_BATCH = "batch"
 MAX_CONTEXT_DOC_CHARS = 100_000
 
 
+def _unicode(text: str) -> str:
+    """Refuse text that no UTF-8 store can hold (a lone surrogate, e.g. JSON ``\\ud800``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone surrogate, which is not valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+"""A string of valid Unicode: every text a client sends is one."""
+MAX_STOP_CHARS = 256
+
+
 def _not_a_path(model: str) -> str:
     if ".." in model:
         raise ValueError("a model id has no '..'")
@@ -138,7 +152,8 @@ FallbackReason = Literal[RefusalReason, "upstream_failed"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity are not numbers a client means (and not JSON): refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GenerationParams(_Strict):
@@ -154,7 +169,9 @@ class GenerationParams(_Strict):
     )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    stop: list[Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=8
+    )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
@@ -162,23 +179,23 @@ class ChatMessage(_Strict):
     """One message of a chat job."""
 
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_CONTEXT_DOC_CHARS)
+    content: Text = Field(max_length=MAX_CONTEXT_DOC_CHARS)
 
 
 class ContextDoc(_Strict):
     """A document the job carries: the material an excerpt is built from."""
 
-    id: str = Field(min_length=1, max_length=256)
-    text: str = Field(min_length=1, max_length=MAX_CONTEXT_DOC_CHARS)
-    title: str | None = Field(default=None, max_length=1024)
-    url: str | None = Field(default=None, max_length=2048)
+    id: Text = Field(min_length=1, max_length=256)
+    text: Text = Field(min_length=1, max_length=MAX_CONTEXT_DOC_CHARS)
+    title: Text | None = Field(default=None, max_length=1024)
+    url: Text | None = Field(default=None, max_length=2048)
 
 
 class GenerateRequest(_Strict):
     """One generation as a client asks for it, a ``prompt`` or chat ``messages`` (exactly
     one); limits that depend on settings are the API's."""
 
-    prompt: str | None = Field(default=None, min_length=1)
+    prompt: Text | None = Field(default=None, min_length=1)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
     model: ModelId | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
@@ -217,7 +234,7 @@ class BatchItem(_Strict):
 
     batch_id: str = Field(min_length=1, max_length=64)
     index: int = Field(ge=0)
-    custom_id: str = Field(min_length=1, max_length=512)
+    custom_id: Text = Field(min_length=1, max_length=512)
     endpoint: BatchEndpoint
 
 

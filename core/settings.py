@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     """Most request lines a batch input file may hold."""
     max_upload_bytes: PositiveInt = 100 * 1024 * 1024
     """Largest file ``POST /v1/files`` accepts (413 above it)."""
+    max_body_bytes: PositiveInt = 1024 * 1024
+    """Largest request body of every other route (413 above it)."""
+    body_timeout_s: PositiveFloat = 10.0
+    """A request body still arriving this long after the request began is cut off (408)."""
+    max_context_chars: PositiveInt = 200_000
+    """Most characters a job's context documents may hold together."""
 
     task_soft_time_limit_s: PositiveInt = 60
     task_time_limit_s: PositiveInt = 90

@@ -90,6 +90,9 @@ def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
         # Small enough for the batch tests to go past them.
         "GENQ_MAX_UPLOAD_BYTES": "2000000",
         "GENQ_MAX_BATCH_REQUESTS": "300",
+        "GENQ_MAX_BODY_BYTES": "200000",
+        "GENQ_BODY_TIMEOUT_S": "2",
+        "GENQ_MAX_CONTEXT_CHARS": "50000",
         **extra,
     }
 
