@@ -245,6 +245,8 @@ class JobMessage(_Strict):
     job_id: str = Field(min_length=1, max_length=64)
     request: GenerateRequest
     batch: BatchItem | None = None
+    owner: str | None = Field(default=None, max_length=64)
+    """The digest of the key that submitted it: the scope of its cached answers."""
 
 
 class Citation(_Strict):

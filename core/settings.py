@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     """First retry waits up to this long (full jitter), doubling per retry."""
     retry_cap_s: PositiveFloat = 30.0
     """No retry waits longer, whatever ``Retry-After`` says."""
+    cache_scope: Literal["key", "shared"] = "key"
+    """``key``: a cached answer serves only jobs of the API key that caused it; ``shared``:
+    any key's job with the same request (only where every key may see every answer)."""
     cache_ttl_s: PositiveInt = 86_400
     """How long a successful generation is kept for fallback answers."""
     cache_max_entry_bytes: PositiveInt = 64 * 1024

@@ -3,15 +3,17 @@
 Every successful upstream generation is stored under ``keys.cache(digest)``, where the
 digest is the SHA-256 of the canonical JSON (sorted keys, no whitespace, UTF-8) of::
 
-    {"v": 3, "protocol": ..., "model": ..., "prompt": ..., "messages": [...],
+    {"v": 3, "scope": <owner digest, or null if shared>, "protocol": ..., "model": ...,
+     "prompt": ..., "messages": [...],
      "params": <every GenerationParams field>, "context": <sha256 of the context docs>,
      "context_mode": ...}
 
 so it covers everything the model was sent (``worker.prompt`` builds that from these)
 
 and the order in which a client lists parameters or document fields never changes the
-key (LiteLLM's cache key does depend on it). Not in the key: the job id, the ``cache``
-and ``fallback`` policies and the upstream's base URL. Entries expire after
+key (LiteLLM's cache key does depend on it). The scope is the submitting key's owner
+digest unless ``GENQ_CACHE_SCOPE=shared``. Not in the key: the job id, the ``cache`` and
+``fallback`` policies and the upstream's base URL. Entries expire after
 ``GENQ_CACHE_TTL_S``; an entry larger than ``GENQ_CACHE_MAX_ENTRY_BYTES`` is not stored.
 
 A cache never fails a job: Redis errors and corrupt entries read as a miss, and a write
@@ -79,10 +81,15 @@ def _context_digest(request: GenerateRequest) -> str:
     return digest.hexdigest()
 
 
-def cache_key(protocol: str, model: str, request: GenerateRequest) -> str:
-    """The Redis key of ``request``'s answer from ``model`` over ``protocol`` (pure)."""
+def cache_key(
+    protocol: str, model: str, request: GenerateRequest, scope: str | None = None
+) -> str:
+    """The Redis key of ``request``'s answer from ``model`` over ``protocol`` (pure), in
+    ``scope`` (the owner's digest: one key's answers never serve another key's jobs;
+    None: shared by every key)."""
     canonical = {
         "v": KEY_VERSION,
+        "scope": scope,
         "protocol": protocol,
         "model": model,
         "prompt": request.prompt,

@@ -105,7 +105,10 @@ class GenerationService:
         records = self.records_for(message)
         recorder = Recorder(records)
         target = self._target_for(request.model)
-        key = cache_key(target.protocol, target.model, request) if request.cache != "off" else None
+        key = None
+        if request.cache != "off":
+            scope = message.owner if self.settings.cache_scope == "key" else None
+            key = cache_key(target.protocol, target.model, request, scope)
         if key and request.cache == "prefer":
             answered = self.fallback.cached(message, key, recorder)
             if answered is not None:

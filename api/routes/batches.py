@@ -207,6 +207,7 @@ def _messages(
             "job_id": request_id,
             "request": request.model_dump(mode="json", exclude_defaults=True),
             "batch": item | {"endpoint": batch.endpoint},
+            "owner": batch.owner,
         }
         # Flower shows argsrepr: the item's ids, never its prompt.
         yield messages.message(request_id, payload, f"[{request_id!r}, {batch.id!r}]")

@@ -71,7 +71,7 @@ def enqueue(
 
 def _publish(body: JobCreate, principal: Principal, store: JobStore, celery: Celery) -> JobRecord:
     job_id = uuid.uuid4().hex
-    message = JobMessage(job_id=job_id, request=body)
+    message = JobMessage(job_id=job_id, request=body, owner=principal.owner)
     try:
         record = store.create(job_id, principal.owner)
     except StorageUnavailable as exc:

@@ -12,7 +12,7 @@ import requests
 
 from core.settings import Settings
 from simulator.server import SimulatorServer
-from tests.integration.conftest import ADMIN_KEY, auth, wait_final
+from tests.integration.conftest import ADMIN_KEY, OTHER_KEY, auth, wait_final
 from worker.upstream import UpstreamTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("celery_session_worker")]
@@ -290,3 +290,30 @@ def test_admin_cannot_steer_a_circuit_no_served_model_would_use(api_url: str) ->
     assert resp.status_code == 404
     listed = requests.get(f"{api_url}/v1/circuits", headers=auth(), timeout=5).json()
     assert name not in [c["name"] for c in listed]
+
+
+def test_a_cached_answer_serves_only_the_key_that_caused_it(
+    api_url: str, sim: SimulatorServer, genq_settings: Settings
+) -> None:
+    """With the circuit open, key A's job is answered from A's cached answer; key B's
+    same prompt is not (it gets no answer rather than A's)."""
+    model = own_model()
+    body = {"prompt": f"private question {uuid.uuid4().hex}", "model": model}
+    primed = run(api_url, body)
+    assert primed["result"]["source"] == "upstream"
+    name = circuit(genq_settings, model)
+    admin = auth(ADMIN_KEY)
+    requests.post(f"{api_url}/v1/circuits/{name}/open", headers=admin, timeout=5)
+    time.sleep(0.3)  # a forced open reaches every worker within its view TTL (0.25 s)
+    try:
+        mine = run(api_url, body)
+        location = requests.post(
+            f"{api_url}/v1/jobs", json=body, headers=auth(OTHER_KEY), timeout=10
+        ).headers["Location"]
+        theirs = wait_final(api_url, location, key=OTHER_KEY)
+    finally:
+        requests.post(f"{api_url}/v1/circuits/{name}/reset", headers=admin, timeout=5)
+    assert mine["result"]["source"] == "cache"
+    assert mine["result"]["text"] == primed["result"]["text"]
+    assert theirs["status"] == "failed"
+    assert theirs["error"]["type"] == "service_unavailable"

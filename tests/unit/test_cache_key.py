@@ -126,3 +126,10 @@ def test_messages_and_context_mode_change_the_key() -> None:
     chat = GenerateRequest(messages=[{"role": "user", "content": "hi"}], context=docs)
     fallback_only = GenerateRequest(prompt="hi", context=docs, context_mode="fallback_only")
     assert len({key(prompt), key(chat), key(fallback_only)}) == 3
+
+
+def test_the_scope_changes_the_key() -> None:
+    """Two keys' owners, and the shared scope, give three different keys."""
+    req = request()
+    keys = {cache_key("hf", "m", req, "owner-a"), cache_key("hf", "m", req, "owner-b")}
+    assert len(keys | {cache_key("hf", "m", req)}) == 3
