@@ -1,50 +1,62 @@
 """``/metrics``: Prometheus metrics of this API process, and of the cluster read from Redis.
 
 Counters of this process (jobs accepted) are prometheus-client counters. The cluster's
-state (circuits, queue depth) lives in Redis, so a collector reads it at scrape time:
-any API replica reports the same numbers. A scrape while Redis is down reports
-``genq_redis_up 0`` instead of failing.
+state (circuits, queue depth) lives in Redis, so each scrape reads it (on the probes'
+own threads, ``api.probes``): any API replica reports the same numbers. A scrape while
+Redis is down or hung reports ``genq_redis_up 0`` at once instead of failing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from api.probes import probe
 from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
 from worker.app import QUEUES
 
-__all__ = ["JOBS_SUBMITTED", "ClusterCollector", "router"]
+__all__ = ["JOBS_SUBMITTED", "ClusterCollector", "read_cluster", "router"]
 
 JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API process")
 STATE_LABELS = tuple(code.label for code in CircuitState)
 
 
-class ClusterCollector(Collector):
-    """Circuit states and transitions, and queue depths, read from Redis per scrape."""
+Cluster = tuple[list[dict[str, Any]], list[tuple[str, int]]]
+"""What a scrape reads from Redis: every circuit's snapshot, and each queue's depth."""
 
-    def describe(self) -> Iterator[Metric]:
-        # Registration would otherwise call collect(): Redis I/O at import time.
-        return iter(())
+
+def read_cluster() -> Cluster:
+    client = get_redis()
+    return list_circuits(client), [(queue, int(client.llen(queue))) for queue in QUEUES]
+
+
+class ClusterCollector(Collector):
+    """Circuit states and transitions, and queue depths, as one scrape read them from
+    Redis (None: Redis did not answer within the probe budget)."""
+
+    def __init__(self, cluster: Cluster | None) -> None:
+        self._cluster = cluster
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("genq_redis_up", "Whether Redis answered this scrape")
-        try:
-            client = get_redis()
-            circuits = list_circuits(client)
-            depths = [(queue, int(client.llen(queue))) for queue in QUEUES]
-        except (redis.ConnectionError, redis.TimeoutError):
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up.add_metric([], 0 if self._cluster is None else 1)
         yield up
+        if self._cluster is None:
+            return
+        circuits, depths = self._cluster
         state = GaugeMetricFamily(
             "genq_circuit_state", "1 for the state each circuit is in", labels=["circuit", "state"]
         )
@@ -67,12 +79,18 @@ class ClusterCollector(Collector):
         yield from (state, retry, transitions, queued)
 
 
-REGISTRY.register(ClusterCollector())
-
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    """Prometheus text format; no key needed."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics() -> Response:
+    """Prometheus text format; no key needed. Never waits for the request threads."""
+    try:
+        cluster: Cluster | None = await probe(read_cluster)
+    except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
+        cluster = None
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(ClusterCollector(cluster))
+    return Response(
+        generate_latest(REGISTRY) + generate_latest(scrape), media_type=CONTENT_TYPE_LATEST
+    )

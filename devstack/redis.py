@@ -189,6 +189,12 @@ class RedisProcess:
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         _wait_pong(self.port, self.password, "redis-server")
 
+    @property
+    def pid(self) -> int:
+        """The running server's pid (tests freeze it with SIGSTOP)."""
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.kill()
