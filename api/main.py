@@ -9,7 +9,10 @@ from fastapi import FastAPI
 
 from api import errors, metrics
 from api.limits import BodyLimits
+from api.metrics import read_cluster
+from api.probes import Monitor
 from api.routes import batches, circuits, files, generate, health, jobs
+from core.connections import get_redis
 from core.logs import configure_logging
 from core.settings import get_settings
 
@@ -17,13 +20,18 @@ __all__ = ["app", "create_app"]
 
 
 @contextlib.asynccontextmanager
-async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(application: FastAPI) -> AsyncIterator[None]:
     configure_logging(get_settings())
+    monitor = Monitor(lambda: get_redis().ping(), read_cluster)
+    await monitor.check()  # ready from the first request if Redis is
+    monitor.start()
+    application.state.monitor = monitor
     yield
+    await monitor.stop()
 
 
 def create_app() -> FastAPI:
-    """Build the application; no I/O happens until the first request."""
+    """Build the application; no I/O happens until it starts (the Redis monitor)."""
     application = FastAPI(
         lifespan=_lifespan,
         title="genq",

@@ -1,9 +1,10 @@
 """``/metrics``: Prometheus metrics of this API process, and of the cluster read from Redis.
 
 Counters of this process (jobs accepted) are prometheus-client counters. The cluster's
-state (circuits, queue depth) lives in Redis, so each scrape reads it (on the probes'
-own threads, ``api.probes``): any API replica reports the same numbers. A scrape while
-Redis is down or hung reports ``genq_redis_up 0`` at once instead of failing.
+state (circuits, queue depth) lives in Redis; the API's background monitor
+(``api.probes``) reads it every few seconds, so any API replica reports the same numbers
+and a scrape never waits on Redis: while Redis is down or hung it reports
+``genq_redis_up 0`` at once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.probes import probe
+from api.probes import Monitor
 from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
 from worker.app import QUEUES
@@ -83,12 +83,11 @@ router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    """Prometheus text format; no key needed. Never waits for the request threads."""
-    try:
-        cluster: Cluster | None = await probe(read_cluster)
-    except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
-        cluster = None
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; no key needed. The cluster's state is what the background
+    monitor last read (at most ``CLUSTER_EVERY_S`` old), so a scrape never waits on Redis."""
+    monitor: Monitor = request.app.state.monitor
+    cluster: Cluster | None = monitor.cluster if monitor.redis.fresh_up() else None
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(ClusterCollector(cluster))
     return Response(

@@ -57,8 +57,11 @@ class JobStore:
             scripts.load("core", "write_unless_final")
         )
 
-    def create(self, job_id: str, owner: str) -> JobRecord:
-        """Write a new ``queued`` record."""
+    def create(
+        self, job_id: str, owner: str, enqueue: tuple[str, bytes] | None = None
+    ) -> JobRecord:
+        """Write a new ``queued`` record; with ``enqueue`` (a queue and a message), push the
+        job's message in the same transaction, so neither exists without the other."""
         record = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=utcnow())
         fields: dict[Any, str] = {
             "owner": owner,
@@ -67,9 +70,11 @@ class JobStore:
         }
 
         def write() -> None:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=enqueue is not None)
             pipe.hset(keys.job(job_id), mapping=fields)
             pipe.expire(keys.job(job_id), self._ttl_s)
+            if enqueue is not None:
+                pipe.lpush(*enqueue)
             pipe.execute()
 
         self._guard(write)

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import uuid
 from typing import Annotated
 
-import redis
 from celery import Celery
 from fastapi import APIRouter, Header, HTTPException, Response, status
-from kombu.exceptions import OperationalError
 
 from api.auth import Principal
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
 from api.idempotency import Idempotency, fingerprint
 from api.metrics import JOBS_SUBMITTED
+from api.publish import TaskMessages
 from api.schemas import Job, JobCreate, check_limits
 from core.connections import get_redis
-from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, JobMessage
+from core.contract import QUEUE_INTERACTIVE, JobMessage
 from core.errors import StorageUnavailable
 from core.records import JobRecord, JobStore
 from core.settings import Settings
@@ -70,30 +69,26 @@ def enqueue(
 
 
 def _publish(body: JobCreate, principal: Principal, store: JobStore, celery: Celery) -> JobRecord:
+    """Write the job's record and its ``genq.generate`` message in one Redis transaction:
+    a submit that fails leaves neither behind (the broker and the job store are one Redis)."""
     job_id = uuid.uuid4().hex
-    message = JobMessage(job_id=job_id, request=body, owner=principal.owner)
+    payload = JobMessage(job_id=job_id, request=body, owner=principal.owner)
+    # What Flower shows for the task (argsrepr): its id, never the prompt it carries.
+    message = _messages(celery).message(
+        job_id, payload.model_dump(mode="json", exclude_defaults=True), f"[{job_id!r}]"
+    )
     try:
-        record = store.create(job_id, principal.owner)
+        record = store.create(job_id, principal.owner, enqueue=(QUEUE_INTERACTIVE, message))
     except StorageUnavailable as exc:
-        raise _unavailable("the job store") from exc
-    try:
-        celery.send_task(
-            TASK_GENERATE,
-            args=[message.model_dump(mode="json", exclude_defaults=True)],
-            task_id=job_id,
-            queue=QUEUE_INTERACTIVE,
-            ignore_result=True,
-            # What Flower shows for the task: its id, never the prompt it carries.
-            argsrepr=f"[{job_id!r}]",
-            kwargsrepr="{}",
-        )
-    except (OperationalError, OSError, redis.RedisError) as exc:
-        with contextlib.suppress(StorageUnavailable):  # the same Redis may be down
-            store.delete(job_id)
-        log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": type(exc).__name__})
-        raise _unavailable("the broker") from exc
+        log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": exc.message})
+        raise _unavailable("the job store and broker (Redis)") from exc
     JOBS_SUBMITTED.inc()
     return record
+
+
+@functools.cache
+def _messages(celery: Celery) -> TaskMessages:
+    return TaskMessages(celery, QUEUE_INTERACTIVE)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job)

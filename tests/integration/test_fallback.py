@@ -226,8 +226,12 @@ def test_generate_route_answers_503_or_degraded_while_forced_open(
         result = degraded.json()["result"]
         assert result["source"] == "excerpt"
         assert result["fallback_reason"] == "circuit_forced_open"
-        metrics = requests.get(f"{api_url}/metrics", timeout=5).text
-        assert f'genq_circuit_state{{circuit="{name}",state="forced_open"}} 1.0' in metrics
+        # /metrics shows the cluster as the API's monitor last read it (every 5 s).
+        shown = f'genq_circuit_state{{circuit="{name}",state="forced_open"}} 1.0'
+        deadline = time.monotonic() + 7
+        while shown not in requests.get(f"{api_url}/metrics", timeout=5).text:
+            assert time.monotonic() < deadline, "the forced-open circuit never reached /metrics"
+            time.sleep(0.5)
         health = requests.get(f"{api_url}/v1/health/circuit-breaker", headers=auth(), timeout=5)
         assert health.status_code == 503
         assert "Retry-After" in health.headers
