@@ -14,6 +14,7 @@ worker died can be run and recorded again safely. Every call raises
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -56,28 +57,43 @@ class JobStore:
         self._write_unless_final = client.register_script(
             scripts.load("core", "write_unless_final")
         )
+        self._create_job = client.register_script(scripts.load("core", "create_job"))
 
     def create(
-        self, job_id: str, owner: str, enqueue: tuple[str, bytes] | None = None
+        self,
+        job_id: str,
+        owner: str,
+        enqueue: tuple[str, bytes] | None = None,
+        within_s: float = 5.0,
     ) -> JobRecord:
-        """Write a new ``queued`` record; with ``enqueue`` (a queue and a message), push the
-        job's message in the same transaction, so neither exists without the other."""
+        """Write a new ``queued`` record. With ``enqueue`` (a queue and the job's message),
+        push the message in the same script, which does nothing once ``within_s`` (the
+        caller's own timeout) has passed: a Redis that hangs and resumes late finds a
+        caller that already said no, and leaves no half-accepted job (clocks of the caller
+        and Redis are assumed to agree to well within ``within_s``)."""
         record = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=utcnow())
         fields: dict[Any, str] = {
             "owner": owner,
             "status": record.status.value,
             "created_at": record.created_at,
         }
+        if enqueue is None:
 
-        def write() -> None:
-            pipe = self._redis.pipeline(transaction=enqueue is not None)
-            pipe.hset(keys.job(job_id), mapping=fields)
-            pipe.expire(keys.job(job_id), self._ttl_s)
-            if enqueue is not None:
-                pipe.lpush(*enqueue)
-            pipe.execute()
+            def write() -> object:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.hset(keys.job(job_id), mapping=fields)
+                pipe.expire(keys.job(job_id), self._ttl_s)
+                return pipe.execute()
 
-        self._guard(write)
+            self._guard(write)
+            return record
+        queue, message = enqueue
+        deadline_ms = int((time.time() + within_s) * 1000)
+        pairs = [item for pair in fields.items() for item in pair]
+        args: list[str | bytes | int] = [deadline_ms, self._ttl_s, message, *pairs]
+        created = self._guard(lambda: self._create_job([keys.job(job_id), queue], args))
+        if not created:
+            raise StorageUnavailable("the job store answered too late; nothing was accepted")
         return record
 
     def delete(self, job_id: str) -> None:

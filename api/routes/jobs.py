@@ -57,7 +57,7 @@ def enqueue(
             found = store.get(earlier)
             if found is not None:
                 return found
-        record = _publish(body, principal, store, celery)
+        record = _publish(body, principal, store, celery, settings.redis_socket_timeout_s)
     except StorageUnavailable as exc:
         claim.release()
         raise _unavailable("the job store") from exc
@@ -68,7 +68,13 @@ def enqueue(
     return record
 
 
-def _publish(body: JobCreate, principal: Principal, store: JobStore, celery: Celery) -> JobRecord:
+def _publish(
+    body: JobCreate,
+    principal: Principal,
+    store: JobStore,
+    celery: Celery,
+    within_s: float = 5.0,
+) -> JobRecord:
     """Write the job's record and its ``genq.generate`` message in one Redis transaction:
     a submit that fails leaves neither behind (the broker and the job store are one Redis)."""
     job_id = uuid.uuid4().hex
@@ -78,7 +84,8 @@ def _publish(body: JobCreate, principal: Principal, store: JobStore, celery: Cel
         job_id, payload.model_dump(mode="json", exclude_defaults=True), f"[{job_id!r}]"
     )
     try:
-        record = store.create(job_id, principal.owner, enqueue=(QUEUE_INTERACTIVE, message))
+        enqueue = (QUEUE_INTERACTIVE, message)
+        record = store.create(job_id, principal.owner, enqueue=enqueue, within_s=within_s)
     except StorageUnavailable as exc:
         log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": exc.message})
         raise _unavailable("the job store and broker (Redis)") from exc

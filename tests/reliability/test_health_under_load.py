@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 import requests
 
 from devstack.redis import RedisProcess, ensure_redis_server, free_port
@@ -78,3 +79,26 @@ def test_probes_answer_at_once_while_redis_hangs_under_load(
     assert timings["/healthz"][1].status_code == 200
     assert timings["/readyz"][1].status_code == 503
     assert "genq_redis_up 0.0" in timings["/metrics"][1].text
+
+
+def test_a_submit_answered_503_on_a_hung_redis_leaves_nothing_behind(
+    hung_api: tuple[str, RedisProcess],
+) -> None:
+    """Redis frozen: the submit answers 503 after the socket timeout; once Redis resumes
+    (and runs what it had buffered), there is no job record and no queued message."""
+    url, own = hung_api
+    client = redis.Redis.from_url(own.url)
+    # A first submit warms the API's connection: the next one's script is then written
+    # to a socket Redis will read when it resumes.
+    warm = requests.post(f"{url}/v1/jobs", json={"prompt": "warm"}, headers=auth(), timeout=5)
+    assert warm.status_code == 202
+    before = (set(client.scan_iter("genq:job:*")), client.llen("interactive"))
+    os.kill(own.pid, signal.SIGSTOP)
+    try:
+        resp = requests.post(f"{url}/v1/jobs", json={"prompt": "p"}, headers=auth(), timeout=15)
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+    assert resp.status_code == 503, resp.text
+    assert "nothing was accepted" in resp.json()["detail"]
+    time.sleep(0.5)  # Redis has read and run whatever was left in its sockets
+    assert (set(client.scan_iter("genq:job:*")), client.llen("interactive")) == before
