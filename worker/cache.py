@@ -81,9 +81,7 @@ def _context_digest(request: GenerateRequest) -> str:
     return digest.hexdigest()
 
 
-def cache_key(
-    protocol: str, model: str, request: GenerateRequest, scope: str | None = None
-) -> str:
+def cache_key(protocol: str, model: str, request: GenerateRequest, scope: str | None = None) -> str:
     """The Redis key of ``request``'s answer from ``model`` over ``protocol`` (pure), in
     ``scope`` (the owner's digest: one key's answers never serve another key's jobs;
     None: shared by every key)."""
