@@ -49,13 +49,54 @@ def test_compose_env_names_are_settings() -> None:
     assert set(env) <= fields, set(env) - fields
 
 
-def test_worker_and_redis_are_wired_for_recovery() -> None:
-    """Redis keeps an append-only file, services wait for healthy redis, workers restart."""
+def test_compose_is_production_shaped() -> None:
+    """Redis keeps an AOF, needs a password and never evicts; every service restarts and
+    has a healthcheck; services wait for a healthy Redis, which genq reaches with the
+    password."""
     services = compose()["services"]
-    assert "--appendonly" in services["redis"]["command"]
+    redis_command = " ".join(services["redis"]["command"])
+    for flag in (
+        "--appendonly yes",
+        "--appendfsync everysec",
+        "--maxmemory-policy noeviction",
+        "--requirepass",
+    ):
+        assert flag in redis_command
+    for name, service in services.items():
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"], name
     for name in ("worker", "api", "flower"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert services["worker"]["restart"] == "unless-stopped"
+    assert compose()["x-genq-env"]["GENQ_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+
+
+def env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def test_env_example_names_every_variable_compose_needs_and_nothing_else() -> None:
+    """Every ${VAR} of docker-compose.yml is in .env.example, and every name there is read
+    by compose or is a genq setting."""
+    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
+    example = set(env_example())
+    assert used <= example, used - example
+    settings = {f"GENQ_{name.upper()}" for name in Settings.model_fields}
+    assert example <= used | settings, example - used - settings
+
+
+def test_env_example_leaves_every_secret_to_fill_in() -> None:
+    """No secret has a value in the example."""
+    example = env_example()
+    for name in (
+        "REDIS_PASSWORD",
+        "GENQ_API_KEYS",
+        "GENQ_ADMIN_API_KEYS",
+        "FLOWER_BASIC_AUTH",
+        "GENQ_UPSTREAM_TOKEN",
+    ):
+        assert example[name] == "", name
 
 
 def test_compose_flower_requires_a_login() -> None:
