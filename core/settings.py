@@ -169,6 +169,13 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def longest_attempt_s(self) -> float:
+        """The longest one run of a job can take: the upstream call's deadline (connect +
+        read timeout) plus one stalled read, then the record write."""
+        upstream = self.upstream_connect_timeout_s + 2 * self.upstream_timeout_s
+        return upstream + self.redis_socket_timeout_s
+
+    @property
     def served_models(self) -> frozenset[str] | None:
         """The models jobs may name; None: any (development with no list)."""
         if self.allowed_models:
@@ -196,6 +203,12 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s <= self.task_time_limit_s:
             # A shorter visibility timeout redelivers a job that is still running.
             raise ValueError("GENQ_VISIBILITY_TIMEOUT_S must exceed GENQ_TASK_TIME_LIMIT_S")
+        if self.visibility_timeout_s <= self.longest_attempt_s:
+            raise ValueError(
+                "GENQ_VISIBILITY_TIMEOUT_S must exceed the longest attempt: connect + 2 x "
+                "GENQ_UPSTREAM_TIMEOUT_S + GENQ_REDIS_SOCKET_TIMEOUT_S "
+                f"({self.longest_attempt_s:g} s)"
+            )
         if self.retry_base_s > self.retry_cap_s:
             raise ValueError("GENQ_RETRY_BASE_S must not exceed GENQ_RETRY_CAP_S")
         if self.breaker_max_reset_timeout_s < self.breaker_reset_timeout_s:

@@ -55,6 +55,8 @@ POOL_HOSTS = 4  # hosts whose pools are kept (normally one upstream)
 MAX_DETAIL_CHARS = 300  # longest piece of upstream error text quoted in a message
 MAX_ERROR_BODY_BYTES = 64 * 1024  # of an error body, decoded to find its message
 MAX_REDIRECTS = 3  # a generation route that moved is followed this far, no further
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger 2xx answer is malformed, not read whole
+READ_CHUNK_BYTES = 64 * 1024
 
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _DECIMAL = re.compile(r"[+-]?\d+(\.\d+)?")
@@ -218,15 +220,18 @@ def generate(
     origin = f"{target.protocol} {target.model}"
     wire = wire_request(target, request)
     started = time.perf_counter()
+    deadline = time.monotonic() + target.connect_timeout_s + target.read_timeout_s
     response = _post(session or get_session(), target, wire)
-    latency_ms = (time.perf_counter() - started) * 1000.0
     status = response.status_code
-    if not 200 <= status < 300:
-        text = response.content[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")
+    ok = 200 <= status < 300
+    body = _read(response, deadline, MAX_BODY_BYTES if ok else MAX_ERROR_BODY_BYTES, origin)
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    if not ok:
+        text = body.decode("utf-8", "replace")
         raise classify(status, response.headers, text, target.token, origin=origin)
     try:
-        answer = parse_response(wire.route, response.json(), origin)
-    except ValueError:  # requests.JSONDecodeError; parse_response raises no ValueError
+        answer = parse_response(wire.route, json.loads(body), origin)
+    except ValueError:  # not JSON, or not UTF-8; parse_response raises no ValueError
         message = f"upstream {status} from {origin}: the body is not JSON"
         raise UpstreamMalformed(message, status=status) from None
     except UpstreamMalformed as exc:
@@ -241,9 +246,41 @@ def generate(
     )
 
 
+def _read(response: requests.Response, deadline: float, limit: int, origin: str) -> bytes:
+    """The body, read chunk by chunk until ``deadline``: an upstream that trickles its
+    answer is cut off (UpstreamTimeout) rather than held for as long as it trickles.
+
+    A read that stalls completely still waits out one read timeout, so an attempt lasts
+    at most connect + 2 x read timeout (``Settings`` checks the visibility timeout
+    against that). At most ``limit`` bytes are kept; past them an answer is malformed.
+    """
+    chunks, size = [], 0
+    try:
+        # read1: whatever has arrived (at least a byte, within the read timeout), so the
+        # deadline is checked as a trickle goes on, not once a whole chunk has filled.
+        while chunk := response.raw.read1(READ_CHUNK_BYTES, decode_content=True):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit and limit == MAX_BODY_BYTES:
+                raise UpstreamMalformed(f"upstream {origin} answered more than {limit} bytes")
+            if size > limit or time.monotonic() > deadline:
+                break
+    except (requests.Timeout, ReadTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {origin} timed out reading the body") from exc
+    except requests.RequestException as exc:  # the answer broke off, or stalled mid-body
+        if exc.args and isinstance(exc.args[0], ReadTimeoutError):
+            raise UpstreamTimeout(f"upstream {origin} timed out reading the body") from exc
+        raise UpstreamUnavailable(f"upstream {origin} failed ({type(exc).__name__})") from exc
+    finally:
+        response.close()
+    if time.monotonic() > deadline:
+        raise UpstreamTimeout(f"upstream {origin} took longer than its deadline to answer")
+    return b"".join(chunks)[:limit]
+
+
 def _post(session: Session, target: UpstreamTarget, wire: WireRequest) -> requests.Response:
-    """POST once (redirects followed, at most MAX_REDIRECTS); transport failures become
-    UpstreamErrors."""
+    """POST once (redirects followed, at most MAX_REDIRECTS), the body left to ``_read``;
+    transport failures become UpstreamErrors."""
     token = target.token.get_secret_value() if target.token is not None else ""
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     headers = {"Content-Type": "application/json", "Accept": "application/json", **auth}
@@ -253,7 +290,7 @@ def _post(session: Session, target: UpstreamTarget, wire: WireRequest) -> reques
     try:
         # requests keeps a POST a POST on 307/308 and drops the Authorization header
         # when a redirect leaves the host, so the token never follows one elsewhere.
-        return session.post(wire.url, json=wire.body, headers=headers, timeout=limit)
+        return session.post(wire.url, json=wire.body, headers=headers, timeout=limit, stream=True)
     except requests.TooManyRedirects as exc:
         raise UpstreamUnavailable(
             f"upstream {origin} redirected more than {MAX_REDIRECTS} times"

@@ -159,3 +159,16 @@ def test_validation_errors_never_show_the_refused_secret(
     assert "hunter2-pw" not in repr(caught.value)
     # pydantic shortens a long input to its first characters: no echo of the input at all.
     assert "input_value" not in str(caught.value)
+
+
+def test_a_visibility_timeout_shorter_than_the_longest_attempt_is_refused() -> None:
+    """Start-up refuses a visibility timeout that a slow upstream call plus the record
+    write could outlast (a second copy of the job would start while the first runs)."""
+    with pytest.raises(ValueError, match="longest attempt"):
+        Settings(
+            upstream_timeout_s=50,
+            task_soft_time_limit_s=55,
+            task_time_limit_s=60,
+            visibility_timeout_s=100,
+        )
+    assert Settings(upstream_timeout_s=30).longest_attempt_s == 3.05 + 60 + 5

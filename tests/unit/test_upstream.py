@@ -530,3 +530,24 @@ def test_classify_408_is_a_transient_timeout() -> None:
     error = classify(408, {}, "", None)
     assert isinstance(error, UpstreamTimeout)
     assert error.transient
+
+
+def test_an_answer_that_trickles_is_cut_off_at_the_attempts_deadline(
+    httpserver: HTTPServer, base: str
+) -> None:
+    """A body sent a byte every 0.3 s (each read well inside the 1 s read timeout) ends the
+    attempt at connect + read timeout, not when the upstream stops trickling."""
+
+    def trickle(request: Request) -> Response:
+        def body() -> Any:
+            for byte in b'{"generated_text": "' + b"x" * 100 + b'"}':
+                time.sleep(0.3)
+                yield bytes([byte])
+
+        return Response(body(), status=200, content_type="application/json")
+
+    httpserver.expect_request("/generate").respond_with_handler(trickle)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="deadline"):
+        generate(target_for(base, "tgi", read_timeout_s=1.0), ASK)
+    assert time.monotonic() - started < 1.0 + 1.0 + 0.5  # connect + read, and one last read
