@@ -22,6 +22,7 @@ __all__ = [
     "idempotency",
     "job",
     "job_attempts",
+    "job_lease",
 ]
 
 PREFIX = "genq:"
@@ -35,6 +36,11 @@ def job(job_id: str) -> str:
 def job_attempts(job_id: str) -> str:
     """List of one job's upstream attempts, oldest first."""
     return f"{PREFIX}job:{job_id}:attempts"
+
+
+def job_lease(job_id: str) -> str:
+    """The running lease of one job: the token of the copy calling the upstream for it."""
+    return f"{PREFIX}job:{job_id}:lease"
 
 
 def breaker(circuit: str, part: str) -> str:

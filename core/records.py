@@ -14,8 +14,10 @@ worker died can be run and recorded again safely. Every call raises
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
 from typing import Any, TypeVar
 
 import redis
@@ -25,12 +27,23 @@ from core import keys, scripts
 from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
 from core.errors import StorageUnavailable
 
-__all__ = ["ExtraSet", "JobRecord", "JobStore"]
+__all__ = ["LEASE_MS", "ExtraSet", "JobRecord", "JobStore", "Start"]
 
 T = TypeVar("T")
 
 #: A key, value and TTL (seconds) to write along with a job's final record.
 ExtraSet = tuple[str, bytes, int]
+LEASE_MS = 10_000
+"""A running job's lease lasts this long unless its holder renews it (a third as often)."""
+
+
+class Start(Enum):
+    """What ``mark_running`` found: run the job, it is done (or gone), or another copy of
+    it is running (its lease is alive)."""
+
+    RUN = "run"
+    DONE = "done"
+    BUSY = "busy"
 
 
 class JobRecord(BaseModel):
@@ -120,12 +133,20 @@ class JobStore:
             attempts=[Attempt.model_validate_json(a) for a in attempts],
         )
 
-    def mark_running(self, job_id: str) -> bool:
-        """Set ``running``; False when the record is missing or already final."""
-        started = self._guard(
-            lambda: self._mark_running([keys.job(job_id)], [utcnow(), self._ttl_s])
-        )
-        return bool(started)
+    def mark_running(self, job_id: str) -> Start:
+        """Set ``running`` and take the job's running lease (``Start.RUN``); ``DONE`` when
+        the record is missing or final, ``BUSY`` when another copy holds the lease."""
+        job_keys = [keys.job(job_id), keys.job_lease(job_id)]
+        args: list[str | int] = [utcnow(), self._ttl_s, secrets.token_hex(8), LEASE_MS]
+        found: Any = self._guard(lambda: self._mark_running(job_keys, args))
+        return {1: Start.RUN, 2: Start.BUSY}.get(int(found), Start.DONE)
+
+    def renew_leases(self, job_ids: Iterable[str]) -> None:
+        """Extend the running leases of jobs this process is running (one round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.pexpire(keys.job_lease(job_id), LEASE_MS)
+        self._guard(pipe.execute)
 
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
         """Back to ``queued`` while a retry waits for its countdown (with the failed attempt)."""
@@ -167,7 +188,7 @@ class JobStore:
     ) -> object:
         # A direct EVALSHA: a Script inside a redis-py pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute.
-        job_keys = [keys.job(job_id), keys.job_attempts(job_id)]
+        job_keys = [keys.job(job_id), keys.job_attempts(job_id), keys.job_lease(job_id)]
         extra: list[str | bytes | int] = ["", 0]
         if also_set is not None:
             job_keys.append(also_set[0])

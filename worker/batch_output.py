@@ -22,7 +22,7 @@ from typing import Any
 
 from core.batches import BatchStore
 from core.contract import Attempt, BatchItem, JobError, JobResult
-from core.records import ExtraSet
+from core.records import ExtraSet, Start
 
 __all__ = ["BatchItemRecords", "error_line", "output_line"]
 
@@ -94,9 +94,10 @@ class BatchItemRecords:
         self._store = store
         self._item = item
 
-    def mark_running(self, job_id: str) -> bool:
+    def mark_running(self, job_id: str) -> Start:
         """Whether the item may run: not done, not cancelled, its batch not stopped."""
-        return self._store.item_start(self._item.batch_id, self._item.index)
+        running = self._store.item_start(self._item.batch_id, self._item.index)
+        return Start.RUN if running else Start.DONE
 
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
         """A retry waits: nothing to record (the item stays running until its last line)."""

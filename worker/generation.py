@@ -8,8 +8,10 @@ and turns the :class:`Outcome` into a Celery retry or nothing. The rules:
 
 - ``cache: "prefer"`` and a hit: answer from the cache, no upstream call.
 - The shared breaker admits the call (``admit``), the job is marked running outside the
-  guarded call (job-store errors never count against the circuit), then the upstream is
-  called under ``guard``. Success is cached and recorded in one write; a transient error
+  guarded call (job-store errors never count against the circuit) and takes its running
+  lease (kept alive by ``worker.leases`` while the call lasts; a redelivered copy that
+  finds it held retries later instead of calling the upstream too), then the upstream
+  is called under ``guard``. Success is cached and recorded in one write; a transient error
   is retried (``Outcome.retry_in``) while retries remain, then the job falls back with
   ``upstream_failed``; a rejection (4xx) fails at once.
 - The breaker refuses (open, forced open, probe in flight): no retry, no wait: the
@@ -36,13 +38,14 @@ from core.errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from core.records import JobStore
+from core.records import LEASE_MS, JobStore, Start
 from core.settings import Settings, get_settings
 from worker.backoff import RetryPolicy
 from worker.batch_output import BatchItemRecords
 from worker.breaker import SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.fallback import Fallback, Refusal
+from worker.leases import Heartbeat
 from worker.outcome import Outcome, Recorder, Records
 from worker.upstream import Generation, UpstreamTarget, generate
 
@@ -70,6 +73,7 @@ class GenerationService:
         self.batches = batches
         self.cache = cache
         self.fallback = Fallback(settings, cache)
+        self.heartbeat = Heartbeat(store.renew_leases)
         self._breaker_for = breaker_for
         self._call_upstream = call_upstream
         self.retry_policy = RetryPolicy(
@@ -118,17 +122,22 @@ class GenerationService:
             permit = breaker.admit()
         except CircuitOpenError as exc:
             return self.fallback.answer(message, key, Refusal.of(exc, exc.reason), recorder)
-        running = False
+        start = Start.DONE
         try:
-            running = records.mark_running(job_id)
+            start = records.mark_running(job_id)
         finally:
-            if not running:
+            if start is not Start.RUN:
                 breaker.cancel(permit)  # no call will be made: a probe hands its lease back
-        if not running:
+        if start is Start.DONE:
             log.info("generation.already_final", extra={"job_id": job_id})
             return Outcome()
+        if start is Start.BUSY:
+            # Another copy (redelivered while this one was thought lost) is calling the
+            # upstream: come back once its lease could have lapsed, in case it died.
+            log.info("generation.running_elsewhere", extra={"job_id": job_id})
+            return Outcome(retry_in=LEASE_MS / 1000)
         try:
-            with breaker.guard(permit):
+            with self.heartbeat.holding(job_id), breaker.guard(permit):
                 generation = self._call_upstream(target, request)
         except UpstreamRejected as exc:
             return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from core.contract import Attempt, JobError, JobResult, utcnow
 from core.errors import GenqError
-from core.records import ExtraSet
+from core.records import ExtraSet, Start
 
 __all__ = ["Outcome", "Recorder", "Records"]
 
@@ -35,8 +35,9 @@ class Records(Protocol):
     """Where a run is recorded: a job's record (``core.records.JobStore``) or a batch
     item's line (``worker.batch_output.BatchItemRecords``)."""
 
-    def mark_running(self, job_id: str) -> bool:
-        """Whether the run may call the upstream (False: already final, or stopped)."""
+    def mark_running(self, job_id: str) -> Start:
+        """Whether the run may call the upstream: run it, it is done (or stopped), or
+        another copy of it is running."""
         ...
 
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:

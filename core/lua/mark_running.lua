@@ -1,7 +1,13 @@
--- Moves a job to 'running' unless it is missing or already final: a redelivered copy of
--- a job that did finish must not reopen it. KEYS: job hash. ARGV: started_at, ttl s.
+-- Moves a job to 'running' and takes its running lease, unless it is missing or final (a
+-- redelivered copy of a finished job must not reopen it: 0), or another copy holds the
+-- lease (that copy is alive and calling the upstream: 2). KEYS: job hash, lease.
+-- ARGV: started_at, ttl s, token, lease ms. The holder renews the lease while it runs;
+-- its final write (or its retry) deletes it.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[3] then return 2 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1

@@ -1,0 +1,48 @@
+"""Two copies of one job (a redelivery while the first copy still runs): only one calls
+the upstream; the other comes back later instead."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from core.contract import GenerateRequest, JobMessage
+from core.records import LEASE_MS, JobStore
+from core.settings import Settings
+from simulator.server import SimulatorServer
+from worker.cache import ResultCache
+from worker.generation import GenerationService, Outcome, breaker_factory
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_redelivered_copy_does_not_call_the_upstream_while_the_first_runs(
+    genq_settings: Settings, r: redis.Redis, sim: SimulatorServer
+) -> None:
+    """The first copy holds the running lease through a 1.5 s call; the second, started
+    mid-call, retries after the lease's length and makes no call; one answer is recorded."""
+    sim.configure(latency_ms=1500)
+    store = JobStore(r, ttl_s=60)
+    cache = ResultCache(r, ttl_s=60, max_entry_bytes=1 << 16)
+    services = [
+        GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
+        for _ in range(2)
+    ]
+    job_id = uuid.uuid4().hex
+    store.create(job_id, owner="o")
+    message = JobMessage(job_id=job_id, request=GenerateRequest(prompt=f"p {job_id}"))
+    outcomes: list[Outcome] = []
+    first = threading.Thread(target=lambda: outcomes.append(services[0].run(message)))
+    first.start()
+    time.sleep(0.5)
+    second = services[1].run(message)
+    first.join(timeout=10)
+    assert second.retry_in == LEASE_MS / 1000 and second.result is None
+    assert outcomes[0].result is not None and outcomes[0].result.source == "upstream"
+    assert sim.stats()["calls"] == 1
+    assert services[1].run(message).result is None  # done now: nothing more to do
+    assert sim.stats()["calls"] == 1
