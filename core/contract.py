@@ -117,6 +117,7 @@ class ErrorType(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     INVALID_JOB = "invalid_job"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    JOB_LOST = "job_lost"
 
     @property
     def is_unavailable(self) -> bool:

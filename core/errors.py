@@ -11,6 +11,7 @@
     │                                 ``CircuitBreakerError``); carries ``retry_after``
     ├── ServiceUnavailable            the upstream cannot be used and the job has no fallback
     ├── InvalidJob                    a task payload that does not validate        (final)
+    ├── JobLost                       no message will finish the job (the reconciler)
     └── StorageUnavailable            Redis could not be reached for a job record  (transient)
 
 ``transient`` errors are worth retrying later. Upstream failures count against the
@@ -28,6 +29,7 @@ __all__ = [
     "CircuitOpenError",
     "GenqError",
     "InvalidJob",
+    "JobLost",
     "ServiceUnavailable",
     "StorageUnavailable",
     "UpstreamError",
@@ -127,6 +129,12 @@ class InvalidJob(GenqError):
     """Raised when a task payload does not validate; the job fails without a retry."""
 
     type = ErrorType.INVALID_JOB
+
+
+class JobLost(GenqError):
+    """Recorded by the reconciler for a job whose message is gone: submit it again."""
+
+    type = ErrorType.JOB_LOST
 
 
 class StorageUnavailable(GenqError):

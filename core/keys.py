@@ -23,6 +23,7 @@ __all__ = [
     "job",
     "job_attempts",
     "job_lease",
+    "open_jobs",
 ]
 
 PREFIX = "genq:"
@@ -36,6 +37,12 @@ def job(job_id: str) -> str:
 def job_attempts(job_id: str) -> str:
     """List of one job's upstream attempts, oldest first."""
     return f"{PREFIX}job:{job_id}:attempts"
+
+
+def open_jobs() -> str:
+    """Sorted set of jobs not final yet, scored by their record's last write (ms): what
+    the reconciler looks through for jobs that no message will finish."""
+    return f"{PREFIX}jobs:open"
 
 
 def job_lease(job_id: str) -> str:

@@ -104,7 +104,8 @@ class JobStore:
         deadline_ms = int((time.time() + within_s) * 1000)
         pairs = [item for pair in fields.items() for item in pair]
         args: list[str | bytes | int] = [deadline_ms, self._ttl_s, message, *pairs]
-        created = self._guard(lambda: self._create_job([keys.job(job_id), queue], args))
+        job_keys = [keys.job(job_id), queue, keys.open_jobs()]
+        created = self._guard(lambda: self._create_job(job_keys, args))
         if not created:
             raise StorageUnavailable("the job store answered too late; nothing was accepted")
         return record
@@ -136,7 +137,7 @@ class JobStore:
     def mark_running(self, job_id: str) -> Start:
         """Set ``running`` and take the job's running lease (``Start.RUN``); ``DONE`` when
         the record is missing or final, ``BUSY`` when another copy holds the lease."""
-        job_keys = [keys.job(job_id), keys.job_lease(job_id)]
+        job_keys = [keys.job(job_id), keys.job_lease(job_id), keys.open_jobs()]
         args: list[str | int] = [utcnow(), self._ttl_s, secrets.token_hex(8), LEASE_MS]
         found: Any = self._guard(lambda: self._mark_running(job_keys, args))
         return {1: Start.RUN, 2: Start.BUSY}.get(int(found), Start.DONE)
@@ -188,7 +189,12 @@ class JobStore:
     ) -> object:
         # A direct EVALSHA: a Script inside a redis-py pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute.
-        job_keys = [keys.job(job_id), keys.job_attempts(job_id), keys.job_lease(job_id)]
+        job_keys = [
+            keys.job(job_id),
+            keys.job_attempts(job_id),
+            keys.job_lease(job_id),
+            keys.open_jobs(),
+        ]
         extra: list[str | bytes | int] = ["", 0]
         if also_set is not None:
             job_keys.append(also_set[0])

@@ -6,13 +6,15 @@ import contextlib
 import logging
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 from pydantic import ValidationError
 
+from core.connections import get_redis
 from core.contract import TASK_GENERATE, JobMessage, JobResult
 from core.errors import GenqError, InvalidJob, StorageUnavailable
-from worker.app import app
+from worker.app import QUEUES, app
 from worker.generation import get_service
+from worker.reconciler import Reconciler
 
 __all__ = ["generate"]
 
@@ -50,6 +52,12 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
     if outcome.result is None:
         return None
     return summary(outcome.result)
+
+
+@signals.worker_ready.connect
+def _start_reconciler(**_: Any) -> None:
+    """Every worker runs the sweep for lost jobs; a lock in Redis lets one sweep at a time."""
+    Reconciler(get_redis(), get_service().store, QUEUES).start()
 
 
 def summary(result: JobResult) -> str:

@@ -1,7 +1,8 @@
 -- Writes fields (and appends an attempt) unless the job is missing or already final, in
 -- one round trip: the first final answer wins, whichever copy of a job gives it. The
 -- running lease goes with it (the job is final, or waits for its retry).
--- KEYS: job hash, attempts list, lease[, one more key to SET with the answer (the cache's)].
+-- KEYS: job hash, attempts list, lease, open jobs[, one more key to SET with the answer
+-- (the cache's)]. A final status leaves the open jobs; any other write refreshes its score.
 -- ARGV: ttl, attempt JSON or '', started_at or '' (kept if already set: a job answered
 -- without being marked running still gets one), extra value, extra ttl, field, value, ...
 -- Returns -1 (no such job), 0 (already final) or 1 (written).
@@ -13,8 +14,16 @@ if ARGV[2] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
 if ARGV[3] ~= '' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
-if KEYS[4] then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5]) end
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5]) end
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+local id = string.match(KEYS[1], '[^:]+$')
+local new = redis.call('HGET', KEYS[1], 'status')
+if new == 'succeeded' or new == 'failed' then
+  redis.call('ZREM', KEYS[4], id)
+else
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], 'XX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)
+end
 return 1
