@@ -15,6 +15,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 __all__ = ["OPENAI_ROUTES", "install"]
 
@@ -27,8 +28,22 @@ def _openai(status: int, message: str, param: str | None, headers: Any = None) -
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+def _allowed(request: Request) -> str:
+    """Every method the path answers: Starlette's 405 names only the first route's, and
+    ``GET /v1/batches`` and ``POST /v1/batches`` are two routes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": _allowed(request)}
     if not request.url.path.startswith(OPENAI_ROUTES):
         return await http_exception_handler(request, exc)
     detail = exc.detail

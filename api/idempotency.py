@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated
 
 import redis
-from fastapi import HTTPException, status
+from fastapi import Header, HTTPException, status
 
 from core import keys
 from core.errors import StorageUnavailable
 
-__all__ = ["TTL_S", "Idempotency", "fingerprint"]
+__all__ = ["TTL_S", "Idempotency", "IdempotencyKey", "fingerprint"]
 
 TTL_S = 86_400
 MAX_KEY_CHARS = 255
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=MAX_KEY_CHARS,
+        description="Retrying with the same key gives back what the first request created",
+    ),
+]
+"""The ``Idempotency-Key`` header parameter of a route that creates something."""
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -43,11 +54,6 @@ class Idempotency:
     def of(
         cls, client: redis.Redis, owner: str, scope: str, header: str | None, print_: str
     ) -> Idempotency:
-        if header is not None and not 0 < len(header) <= MAX_KEY_CHARS:
-            raise HTTPException(
-                status.HTTP_400_BAD_REQUEST,
-                detail=f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters",
-            )
         redis_key = keys.idempotency(owner, scope, header) if header else None
         return cls(client, redis_key, print_)
 

@@ -14,8 +14,10 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     model_validator,
 )
 
@@ -64,6 +66,17 @@ def _unicode(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_unicode)]
 """A string of valid Unicode: every text a client sends is one."""
+
+
+def _json_number(value: object) -> object:
+    """Numbers as JSON types them: ``true`` is not 1 nor ``"5"`` 5 (but ``5.0`` is 5)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_number)]
+Float = Annotated[float, BeforeValidator(_json_number)]
 MAX_STOP_CHARS = 256
 
 
@@ -162,18 +175,20 @@ class GenerationParams(_Strict):
     (``max_new_tokens`` is sent as ``max_tokens`` to OpenAI-compatible routes; it may be
     given under that name, or as ``max_completion_tokens``, too)."""
 
-    max_new_tokens: int = Field(
+    max_new_tokens: Int = Field(
         default=256,
         ge=1,
         le=8192,
         validation_alias=AliasChoices("max_new_tokens", "max_tokens", "max_completion_tokens"),
     )
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: Float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: Float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
         default_factory=list, max_length=8
     )
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**53 - 1), BeforeValidator(_json_number)] | None = None
+    """Bounded as I-JSON (RFC 7493) bounds integers: every JSON parser reads it exactly.
+    (The bounds come before the validator, or pydantic leaves them out of the schema.)"""
 
 
 class ChatMessage(_Strict):
@@ -192,9 +207,24 @@ class ContextDoc(_Strict):
     url: Text | None = Field(default=None, max_length=2048)
 
 
+_EXACTLY_ONE_INPUT: list[JsonValue] = [
+    {
+        "required": ["prompt"],
+        "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}},
+    },
+    {
+        "required": ["messages"],
+        "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
+    },
+]
+"""The schema's word for "exactly one of ``prompt`` and ``messages``" (the validator's)."""
+
+
 class GenerateRequest(_Strict):
     """One generation as a client asks for it, a ``prompt`` or chat ``messages`` (exactly
     one); limits that depend on settings are the API's."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": _EXACTLY_ONE_INPUT})
 
     prompt: Text | None = Field(default=None, min_length=1)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)

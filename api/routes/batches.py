@@ -16,21 +16,22 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal
 from api.batch_input import parse_lines
 from api.deps import BatchesDep, CeleryDep, FilesDep, PrincipalDep, RedisDep, SettingsDep
-from api.idempotency import Idempotency, fingerprint
+from api.idempotency import Idempotency, IdempotencyKey, fingerprint
 from api.publish import TaskMessages
+from api.responses import BY_ID, CREATES, V1
 from api.routes.files import owned, unavailable
 from core.batches import BatchRecord, BatchStore
 from core.contract import QUEUE_BATCH, BatchEndpoint, GenerateRequest
 from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1)
 
 #: The metadata key by which a batch refuses degraded answers.
 REFUSE_DEGRADED_KEY = "genq_fallback"
@@ -108,7 +109,12 @@ def _request_id(batch_id: str, index: int) -> str:
     return f"batch_req_{digest.hexdigest()[:24]}"
 
 
-@router.post("", responses={413: {"description": "more lines than GENQ_MAX_BATCH_REQUESTS"}})
+@router.post(
+    "",
+    responses=CREATES
+    | BY_ID
+    | {400: {"description": "the input file is not a batch file, or a bad Idempotency-Key"}},
+)
 def create(
     body: BatchCreate,
     principal: PrincipalDep,
@@ -117,7 +123,7 @@ def create(
     batches: BatchesDep,
     celery: CeleryDep,
     client: RedisDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Validate the input file and enqueue every request; the batch comes back
     ``in_progress``, or ``failed`` with the line errors (nothing enqueued)."""
@@ -213,13 +219,13 @@ def _messages(
         yield messages.message(request_id, payload, f"[{request_id!r}, {batch.id!r}]")
 
 
-@router.get("/{batch_id}")
+@router.get("/{batch_id}", responses=BY_ID)
 def retrieve(batch_id: str, principal: PrincipalDep, batches: BatchesDep) -> dict[str, Any]:
     """The batch object."""
     return batch_object(_owned(batches, batch_id, principal))
 
 
-@router.post("/{batch_id}/cancel")
+@router.post("/{batch_id}/cancel", responses=BY_ID)
 def cancel(batch_id: str, principal: PrincipalDep, batches: BatchesDep) -> dict[str, Any]:
     """Stop the batch: requests not yet started will not run; running ones finish; it
     ends ``cancelled`` with its partial files."""

@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.deps import PrincipalDep, SettingsDep
+from api.responses import V1
 from core import circuits
 from core.connections import get_redis
 from core.settings import Settings
 
-router = APIRouter(tags=["circuits"])
+router = APIRouter(tags=["circuits"], responses=V1)
 
 #: States in which the upstream is not being called normally.
 UNHEALTHY = {"open", "half-open", "forced_open"}
@@ -63,7 +64,14 @@ def list_circuits(_: PrincipalDep, client: RedisDep) -> list[Circuit]:
     return _circuits(client)
 
 
-@router.get("/v1/health/circuit-breaker", response_model=None)
+@router.get(
+    "/v1/health/circuit-breaker",
+    response_model=None,
+    responses={
+        200: {"description": "every circuit closed (or forced closed)"},
+        503: {"description": "a circuit is open, half-open or forced open; see Retry-After"},
+    },
+)
 def circuit_health(_: PrincipalDep, client: RedisDep) -> JSONResponse:
     """200 when every circuit is closed; 503 with ``Retry-After`` when one is not."""
     known = _circuits(client)

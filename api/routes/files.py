@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from api.auth import Principal
 from api.deps import BatchesDep, FilesDep, PrincipalDep, RedisDep, SettingsDep
-from api.idempotency import Idempotency, fingerprint
+from api.idempotency import Idempotency, IdempotencyKey, fingerprint
+from api.responses import BY_ID, CREATES, V1
 from core.batches import BatchStore
 from core.errors import StorageUnavailable
 from core.files import FileRecord, FileStore, TooLarge
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=V1)
 
 #: Bytes read from an upload at a time.
 UPLOAD_CHUNK_BYTES = 1 << 20
@@ -73,21 +74,18 @@ def file_object(record: FileRecord, batches: BatchStore, ttl_s: int) -> dict[str
     }
 
 
-@router.post("", responses={413: {"description": "the file is over GENQ_MAX_UPLOAD_BYTES"}})
+@router.post("", responses=CREATES)
 def upload(
     file: Annotated[UploadFile, File(description="A JSONL file of batch request lines")],
-    purpose: Annotated[str, Form(description="Only `batch` is served here")],
+    purpose: Annotated[Literal["batch"], Form(description="Only `batch` is served here")],
     principal: PrincipalDep,
     settings: SettingsDep,
     files: FilesDep,
     batches: BatchesDep,
     client: RedisDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Upload a batch input file (multipart, ``purpose=batch``)."""
-    if purpose != "batch":
-        detail = [{"loc": ["body", "purpose"], "msg": "only purpose 'batch' is served here"}]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=detail)
     limit = settings.max_upload_bytes  # the whole body's: api.limits
     digest = hashlib.sha256()
 
@@ -119,7 +117,7 @@ def upload(
         raise unavailable() from exc
 
 
-@router.get("/{file_id}")
+@router.get("/{file_id}", responses=BY_ID)
 def retrieve(
     file_id: str,
     principal: PrincipalDep,
@@ -135,7 +133,7 @@ def retrieve(
         raise unavailable() from exc
 
 
-@router.get("/{file_id}/content", response_class=StreamingResponse)
+@router.get("/{file_id}/content", response_class=StreamingResponse, responses=BY_ID)
 def content(
     file_id: str, principal: PrincipalDep, files: FilesDep, batches: BatchesDep
 ) -> StreamingResponse:
@@ -147,7 +145,7 @@ def content(
     return StreamingResponse(lines, media_type="application/jsonl")
 
 
-@router.delete("/{file_id}")
+@router.delete("/{file_id}", responses=BY_ID)
 def delete(file_id: str, principal: PrincipalDep, files: FilesDep) -> dict[str, Any]:
     """Delete the file (a batch's output file: the file, not the batch's lines)."""
     record = owned(files, file_id, principal)

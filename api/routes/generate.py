@@ -6,17 +6,19 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
+from api.idempotency import IdempotencyKey
+from api.responses import CREATES, V1
 from api.routes.jobs import POLL_AFTER_S, enqueue
 from api.schemas import Job, JobCreate
 from core.errors import StorageUnavailable
 from core.records import JobRecord
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=V1 | CREATES)
 
 #: Retry-After of a failed answer whose error names no time of its own.
 RETRY_AFTER_S = 5
@@ -41,7 +43,7 @@ async def generate(
     store: StoreDep,
     celery: CeleryDep,
     wait_s: Annotated[float, Query(gt=0, le=60, description="How long to wait")] = 10.0,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """200 with the result (degraded or not), 202 + Location if still running, 503 +
     Retry-After when the upstream is unavailable and the job has no fallback."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from typing import Annotated
 
 from celery import Celery
-from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from api.auth import Principal
 from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
-from api.idempotency import Idempotency, fingerprint
+from api.idempotency import Idempotency, IdempotencyKey, fingerprint
 from api.metrics import JOBS_SUBMITTED
 from api.publish import TaskMessages
+from api.responses import BY_ID, CREATES, V1
 from api.schemas import Job, JobCreate, check_limits
 from core.connections import get_redis
 from core.contract import QUEUE_INTERACTIVE, JobMessage
@@ -22,7 +22,7 @@ from core.errors import StorageUnavailable
 from core.records import JobRecord, JobStore
 from core.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1)
 log = logging.getLogger(__name__)
 
 #: How soon a client polling an unfinished job should come back, in seconds.
@@ -98,7 +98,7 @@ def _messages(celery: Celery) -> TaskMessages:
     return TaskMessages(celery, QUEUE_INTERACTIVE)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=CREATES)
 def submit_job(
     body: JobCreate,
     principal: PrincipalDep,
@@ -106,7 +106,7 @@ def submit_job(
     store: StoreDep,
     celery: CeleryDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Job:
     """Accept a generation job; poll the ``Location`` it returns."""
     record = enqueue(body, principal, settings, store, celery, idempotency_key)
@@ -115,7 +115,7 @@ def submit_job(
     return Job.from_record(record)
 
 
-@router.get("/{job_id}", response_model=Job)
+@router.get("/{job_id}", response_model=Job, responses=BY_ID)
 def get_job(job_id: str, principal: PrincipalDep, store: StoreDep, response: Response) -> Job:
     """The job object; ``Retry-After`` says when to poll again while it is not final."""
     try:
