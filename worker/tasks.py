@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from celery import Task, signals
+from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from core.connections import get_redis
@@ -48,7 +49,13 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         raise
     if outcome.retry_in is not None:
         # The only retry layer: the slot is freed while the countdown runs.
-        raise self.retry(countdown=outcome.retry_in)
+        try:
+            raise self.retry(countdown=outcome.retry_in)
+        except Reject as exc:
+            # Celery could not publish the retry (the broker is down) and would drop the
+            # message: it goes back to its queue instead, once Redis is back.
+            log.warning("task.retry_unpublished", extra={"job_id": message.job_id})
+            raise Reject(exc.args[0] if exc.args else None, requeue=True) from exc
     if outcome.result is None:
         return None
     return summary(outcome.result)
