@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -195,9 +196,10 @@ class RedisProcess:
         assert self._proc is not None, "not started"
         return self._proc.pid
 
-    def stop(self) -> None:
+    def stop(self, how: signal.Signals = signal.SIGKILL) -> None:
+        """Stop it: killed by default; ``SIGTERM`` is a clean shutdown (it flushes the AOF)."""
         if self._proc is not None:
-            self._proc.kill()
+            self._proc.send_signal(how)
             self._proc.wait(timeout=10)
             self._proc = None
 
@@ -258,8 +260,9 @@ class SentinelProcess:
         )
         _wait_pong(self.port, self.password, "redis sentinel")
 
-    def stop(self) -> None:
+    def stop(self, how: signal.Signals = signal.SIGKILL) -> None:
+        """Stop it: killed by default; ``SIGTERM`` is a clean shutdown (it flushes the AOF)."""
         if self._proc is not None:
-            self._proc.kill()
+            self._proc.send_signal(how)
             self._proc.wait(timeout=10)
             self._proc = None
