@@ -3,8 +3,9 @@
 The simulator is a development and test tool. Given a call already read by
 ``simulator.protocols``, it decides the reply under the run-time configuration: a 401 for
 the wrong token, the next scripted step, the mode's fault (outage, down, hang, rate_limit,
-loading, redirect), a random 500, a context-length refusal, or the normal answer; error
-bodies are in the shape of the protocol called. ``simulator.server`` carries it out.
+loading, redirect), a random 500 or a random fault of ``fault_rates``, a context-length
+refusal, or the normal answer; error bodies are in the shape of the protocol called.
+``simulator.server`` carries it out.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class SimulatorConfig:
 
     latency_ms: float = 0.0  # added before every generation answer, faults included
     error_rate: float = 0.0  # fraction (0..1) of mode-"ok" calls answered 500
+    # Fractions of mode-"ok" calls answered as a fault mode would, e.g. {"hang": 0.05,
+    # "down": 0.05}: a mix of faults, drawn from the seeded sequence (a chaos run's upstream).
+    fault_rates: tuple[tuple[Mode, float], ...] = ()
     seed: int = 0  # seed of the error_rate RNG; setting it restarts the sequence
     mode: Mode = Mode.OK
     hang_s: float = 30.0  # how long mode "hang" waits before answering
@@ -128,7 +132,8 @@ class SimulatorConfig:
     def as_dict(self) -> dict[str, object]:
         """The JSON form served by ``/_sim/config`` and ``/_sim/stats``."""
         steps = [{k: v for k, v in asdict(s).items() if v is not None} for s in self.script]
-        return {**asdict(self), "mode": self.mode.value, "script": steps}
+        rates = {mode.value: rate for mode, rate in self.fault_rates}
+        return {**asdict(self), "mode": self.mode.value, "script": steps, "fault_rates": rates}
 
     def merged(self, changes: object) -> SimulatorConfig:
         """A copy with ``changes`` applied; raises ConfigError naming the first bad field."""
@@ -157,6 +162,11 @@ class SimulatorConfig:
             retry_after_s=_number(changes, "retry_after_s", self.retry_after_s),
             estimated_time_s=_number(changes, "estimated_time_s", self.estimated_time_s),
             script=_script(changes["script"]) if "script" in changes else self.script,
+            fault_rates=(
+                _fault_rates(changes["fault_rates"])
+                if "fault_rates" in changes
+                else self.fault_rates
+            ),
             require_token=token,
             redirect_status=redirect,
             max_context_tokens=_limit(changes, "max_context_tokens", self.max_context_tokens),
@@ -181,25 +191,43 @@ def decide(
     if config.script:
         after = replace(config, script=config.script[1:])
         return config.script[0].reply(call, normal, delay), after
-    match config.mode:
+    if (fault := _fault(config.mode, call, config, normal, delay)) is not None:
+        return fault, config
+    if config.error_rate > 0 and draw() < config.error_rate:
+        return Reply(500, error_body(family, 500), delay_s=delay), config
+    if config.fault_rates:
+        point = draw()
+        for mode, rate in config.fault_rates:
+            if point < rate:
+                return _fault(mode, call, config, normal, delay) or replace(
+                    normal, delay_s=delay
+                ), config
+            point -= rate
+    return replace(normal, delay_s=delay), config
+
+
+def _fault(
+    mode: Mode, call: Call, config: SimulatorConfig, normal: Reply, delay: float
+) -> Reply | None:
+    """Mode ``mode``'s answer to ``call``; None for mode ``ok`` (and a redirected call)."""
+    family = call.route.family
+    match mode:
         case Mode.DOWN:
-            return Reply(0, delay_s=delay, drop=True, label="down"), config
+            return Reply(0, delay_s=delay, drop=True, label="down")
         case Mode.HANG:
-            return replace(normal, delay_s=delay + config.hang_s, label="hang"), config
+            return replace(normal, delay_s=delay + config.hang_s, label="hang")
         case Mode.OUTAGE:
-            return Reply(503, error_body(family, 503), delay_s=delay), config
+            return Reply(503, error_body(family, 503), delay_s=delay)
         case Mode.RATE_LIMIT:
             headers = _retry_after(config.retry_after_s)
-            return Reply(429, error_body(family, 429), headers, delay), config
+            return Reply(429, error_body(family, 429), headers, delay)
         case Mode.LOADING:
-            return Reply(503, _loading(call.model, config.estimated_time_s), delay_s=delay), config
+            return Reply(503, _loading(call.model, config.estimated_time_s), delay_s=delay)
         case Mode.REDIRECT if not call.redirected:
             separator = "&" if "?" in call.target else "?"
             location = f"{call.target}{separator}{REDIRECT_MARK}=1"
-            return _redirect(config.redirect_status, location, delay), config
-    if config.error_rate > 0 and draw() < config.error_rate:
-        return Reply(500, error_body(family, 500), delay_s=delay), config
-    return replace(normal, delay_s=delay), config
+            return _redirect(config.redirect_status, location, delay)
+    return None
 
 
 def _normal(call: Call, config: SimulatorConfig) -> Reply:
@@ -241,6 +269,21 @@ def _limit(changes: Mapping[str, object], name: str, default: int | None) -> int
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return value
     raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
+
+
+def _fault_rates(value: object) -> tuple[tuple[Mode, float], ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"fault_rates must be an object like {{'hang': 0.05}}, got {value!r}")
+    faults = set(Mode) - {Mode.OK}
+    if unknown := sorted(str(name) for name in value if name not in faults):
+        raise ConfigError(f"fault_rates: unknown mode(s) {', '.join(unknown)}")
+    try:
+        rates = tuple((Mode(name), _number(value, name, 0.0, high=1.0)) for name in sorted(value))
+    except ConfigError as exc:
+        raise ConfigError(f"fault_rates: {exc}") from None
+    if sum(rate for _, rate in rates) > 1.0:
+        raise ConfigError("fault_rates must add up to at most 1")
+    return rates
 
 
 def _script(value: object) -> tuple[Step, ...]:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -458,6 +459,32 @@ def test_error_rate_is_reproducible_for_a_seed(sim: SimulatorServer) -> None:
     again = [tgi(sim).status_code for _ in range(20)]
     assert first == again
     assert {200, 500} == set(first)
+
+
+def test_fault_rates_mix_faults_in_their_proportions(sim: SimulatorServer) -> None:
+    """Each fault of ``fault_rates`` answers about its share of calls, as its mode would."""
+    sim.configure(
+        fault_rates={"rate_limit": 0.2, "loading": 0.1, "outage": 0.1}, retry_after_s=2, seed=3
+    )
+    answers = [tgi(sim) for _ in range(400)]
+    by_status = Counter(a.status_code for a in answers)
+    assert 60 <= by_status[429] <= 100  # 20% of 400
+    assert 50 <= by_status[503] <= 110  # loading + outage: 20%
+    assert 180 <= by_status[200] <= 300
+    assert all(a.headers["Retry-After"] == "2" for a in answers if a.status_code == 429)
+    loading = [a for a in answers if a.status_code == 503 and "estimated_time" in a.json()]
+    assert 20 <= len(loading) <= 70
+
+
+@pytest.mark.parametrize(
+    "rates",
+    [{"ok": 0.1}, {"hang": 1.5}, {"hang": 0.6, "down": 0.6}, ["hang"], {"hang": "0.1"}],
+)
+def test_bad_fault_rates_are_refused(sim: SimulatorServer, rates: object) -> None:
+    """Not a fault mode, not a fraction, more than all calls, not an object: refused."""
+    with pytest.raises(ConfigError, match="fault_rates"):
+        sim.configure(fault_rates=rates)
+    assert sim.stats()["config"]["fault_rates"] == {}  # type: ignore[index]
 
 
 def test_stats_count_every_generation_call_by_outcome(sim: SimulatorServer) -> None:
