@@ -8,7 +8,8 @@ Everything expires ``GENQ_RESULT_TTL_S`` after its last write.
 Lifecycle: ``create`` writes the batch as ``validating``; the API validates every input
 line, then either ``fail``s it with the line errors or ``start``s it, which in one Redis
 transaction enqueues every item and moves it to ``in_progress`` (a batch is never
-partly enqueued). Workers call ``item_start`` and ``item_finish`` (Lua, ``core/lua/``):
+partly enqueued). Workers call ``item_start`` (which takes the item's running lease, as
+a job's ``mark_running`` does) and ``item_finish`` (Lua, ``core/lua/``):
 the first final line of an item wins, and the item that accounts for the last one
 finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a cancel or the
 24 h window stopped items before they ran). A batch still ``validating`` after
@@ -18,7 +19,9 @@ finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a cancel
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -29,8 +32,9 @@ from pydantic import BaseModel
 
 from core import keys, scripts
 from core.errors import StorageUnavailable
+from core.records import LEASE_MS, Start
 
-__all__ = ["BatchError", "BatchRecord", "BatchStore", "new_batch_id"]
+__all__ = ["BatchError", "BatchRecord", "BatchStore", "item_request_id", "new_batch_id"]
 
 T = TypeVar("T")
 BatchStatus = Literal[
@@ -59,6 +63,7 @@ _TIMES = (
     "expired_at",
     "cancelling_at",
     "cancelled_at",
+    "active_at",  # genq's own: when an item last started or ended (the reconciler's clock)
 )
 _COUNTS = ("total", "completed", "failed", "cancelled", "output_bytes", "error_bytes")
 SOURCES = ("upstream", "cache", "excerpt")
@@ -66,6 +71,13 @@ SOURCES = ("upstream", "cache", "excerpt")
 
 def new_batch_id() -> str:
     return f"batch_{uuid.uuid4().hex}"
+
+
+def item_request_id(batch_id: str, index: int) -> str:
+    """An item's request id (its task id, and ``id`` in its output line): the same for
+    every run of the item."""
+    digest = hashlib.sha1(f"{batch_id}:{index}".encode(), usedforsecurity=False)
+    return f"batch_req_{digest.hexdigest()[:24]}"
 
 
 class BatchError(BaseModel):
@@ -189,6 +201,7 @@ class BatchStore:
                     "total": total,
                 }
                 pipe.hset(key, mapping=fields)
+                pipe.zadd(keys.open_batches(), {batch_id: time.time() * 1000})
                 pipe.execute()
                 return True
 
@@ -250,15 +263,29 @@ class BatchStore:
 
     # The worker's side ----------------------------------------------------------
 
-    def item_start(self, batch_id: str, index: int) -> bool:
-        """Whether the item may run now (see batch_item_start.lua)."""
-        args = [index, int(time.time()), self._ttl_s]
-        return bool(self._guard(lambda: self._start(self._keys(batch_id)[:2], args)))
+    def item_start(self, batch_id: str, index: int, request_id: str) -> Start:
+        """Whether the item may run now, its running lease taken (``RUN``); ``BUSY`` when
+        another copy holds the lease; ``DONE`` when it must not run (batch_item_start.lua)."""
+        item_keys = [*self._keys(batch_id)[:2], keys.job_lease(request_id)]
+        args: list[str | int] = [
+            index,
+            int(time.time()),
+            self._ttl_s,
+            secrets.token_hex(8),
+            LEASE_MS,
+        ]
+        found: Any = self._guard(lambda: self._start(item_keys, args))
+        return {1: Start.RUN, 2: Start.BUSY}.get(int(found), Start.DONE)
+
+    def item_release(self, request_id: str) -> None:
+        """Give the item's running lease back: a retry waits for its countdown."""
+        self._guard(lambda: self._redis.delete(keys.job_lease(request_id)))
 
     def item_finish(
         self,
         batch_id: str,
         index: int,
+        request_id: str,
         line: str,
         *,
         error: bool,
@@ -266,14 +293,31 @@ class BatchStore:
         also_set: tuple[str, bytes, int] | None = None,
     ) -> bool:
         """Append the item's output (or error) line, and ``also_set`` (key, value, ttl: the
-        cache entry) in the same round trip; False if the item was already final."""
+        cache entry) in the same round trip, releasing its lease; False if the item was
+        already final."""
         kind = "error" if error else "output"
         args: list[str | int | bytes] = [index, kind, line, source, int(time.time()), self._ttl_s]
-        batch_keys = self._keys(batch_id)
+        batch_keys = [*self._keys(batch_id), keys.job_lease(request_id)]
         if also_set is not None:
             batch_keys.append(also_set[0])
             args += [also_set[1], also_set[2]]
         return bool(self._guard(lambda: self._finish(batch_keys, args)))
+
+    # The reconciler's side ------------------------------------------------------
+
+    def started(self, limit: int = 1000) -> list[str]:
+        """Batches that were started and not yet seen final by the reconciler."""
+        ids: list[Any] = self._guard(lambda: self._redis.zrange(keys.open_batches(), 0, limit - 1))
+        return [_text(i) for i in ids]
+
+    def forget(self, batch_id: str) -> None:
+        """Take a final (or expired) batch out of :meth:`started`."""
+        self._guard(lambda: self._redis.zrem(keys.open_batches(), batch_id))
+
+    def unfinished(self, batch_id: str, total: int) -> list[int]:
+        """The items neither done nor cancelled: queued, running, or lost."""
+        states = _text_map(self._guard(lambda: self._redis.hgetall(keys.batch_items(batch_id))))
+        return [i for i in range(total) if states.get(str(i)) not in ("done", "cancelled")]
 
     @staticmethod
     def _keys(batch_id: str) -> list[str]:

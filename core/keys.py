@@ -102,6 +102,12 @@ def batch_errors(batch_id: str) -> str:
     return f"{PREFIX}batch:{{{batch_id}}}:errors"
 
 
+def open_batches() -> str:
+    """Sorted set of batches that were started, scored by their start (ms): what the
+    reconciler looks through for items that no message will finish."""
+    return f"{PREFIX}batches:open"
+
+
 def batches(owner: str) -> str:
     """Sorted set of one owner's batch ids, scored by creation time (ms)."""
     return f"{PREFIX}batches:{owner}"

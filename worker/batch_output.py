@@ -95,12 +95,14 @@ class BatchItemRecords:
         self._item = item
 
     def mark_running(self, job_id: str) -> Start:
-        """Whether the item may run: not done, not cancelled, its batch not stopped."""
-        running = self._store.item_start(self._item.batch_id, self._item.index)
-        return Start.RUN if running else Start.DONE
+        """Whether the item may run: not done, not cancelled, its batch not stopped, and no
+        other copy running it."""
+        return self._store.item_start(self._item.batch_id, self._item.index, job_id)
 
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
-        """A retry waits: nothing to record (the item stays running until its last line)."""
+        """A retry waits: its lease is given back (the item stays running until its last
+        line)."""
+        self._store.item_release(job_id)
 
     def finish(
         self,
@@ -119,6 +121,7 @@ class BatchItemRecords:
             return self._store.item_finish(
                 item.batch_id,
                 item.index,
+                job_id,
                 line,
                 error=False,
                 source=result.source,
@@ -126,4 +129,4 @@ class BatchItemRecords:
             )
         assert error is not None, "an item ends with a result or an error"
         line = error_line(item, job_id, error)
-        return self._store.item_finish(item.batch_id, item.index, line, error=True)
+        return self._store.item_finish(item.batch_id, item.index, job_id, line, error=True)

@@ -8,6 +8,14 @@ lock) looks at the open jobs whose record has not changed for ``GRACE_S``: a job
 message is in no queue and no worker's hands (kombu's unacked hash) and whose running
 lease has lapsed is a suspect; a suspect found so in two sweeps in a row is failed with
 ``job_lost`` and a message saying what to do. Entries whose record expired are dropped.
+
+Batch items are swept alike, batch by batch (``keys.open_batches()``): once a batch has
+been quiet for ``GRACE_S`` (no item started or ended), an item neither done nor
+cancelled whose message is nowhere and whose lease has lapsed is a suspect, and after two
+sweeps it gets its error line (``job_lost``; its ``custom_id`` read back from the input
+file), so the batch's counts add up and it completes. In a batch being cancelled or past
+its window, the item is counted as cancelled instead. A batch found final is dropped from
+the index.
 """
 
 from __future__ import annotations
@@ -21,15 +29,20 @@ from collections.abc import Iterable
 import redis
 
 from core import keys
-from core.contract import JobError
+from core.batches import BatchRecord, BatchStore, item_request_id
+from core.contract import BatchItem, JobError
 from core.errors import JobLost, StorageUnavailable
-from core.records import JobStore
+from core.files import FileStore
+from core.records import JobStore, Start
+from worker.batch_output import error_line
 
-__all__ = ["GRACE_S", "SWEEP_EVERY_S", "Reconciler"]
+__all__ = ["GRACE_S", "MAX_SCAN", "SWEEP_EVERY_S", "Reconciler"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 30.0
+MAX_SCAN = 10_000
+"""Queued messages the sweep reads at most (~2 kB each: ~20 MB); beyond, it waits."""
 GRACE_S = 60.0
 """A record unchanged this long (ms resolution) may have lost its message."""
 #: kombu's defaults: where the Redis transport keeps queued and unacked messages.
@@ -51,16 +64,21 @@ class Reconciler:
         store: JobStore,
         queues: Iterable[str],
         *,
+        batches: BatchStore | None = None,
+        files: FileStore | None = None,
         every_s: float = SWEEP_EVERY_S,
         grace_s: float = GRACE_S,
     ) -> None:
         self._redis, self._store = client, store
+        self._batches, self._files = batches, files
         self._queues = tuple(queues)
         self._every_s, self._grace_s = every_s, grace_s
         self._suspects: set[str] = set()
+        self._item_suspects: set[tuple[str, int]] = set()
 
     def sweep(self) -> list[str]:
-        """One sweep, if this process gets the lock; returns the jobs it failed."""
+        """One sweep, if this process gets the lock; returns the jobs (and batch items, by
+        request id) it failed."""
         lock = f"{keys.PREFIX}reconciler:lock"
         if not self._redis.set(lock, "1", nx=True, px=int(self._every_s * 900)):
             return []
@@ -68,16 +86,83 @@ class Reconciler:
         quiet = [
             _text(j) for j in self._redis.zrangebyscore(keys.open_jobs(), 0, cutoff_ms, 0, 1000)
         ]
-        if not quiet:
+        items = self._quiet_items(cutoff_ms / 1000)
+        if not quiet and not items:
             self._suspects.clear()
+            self._item_suspects.clear()
             return []
         present = self._ids_with_messages()
-        suspects = {
-            j for j in quiet if j not in present and not self._redis.exists(keys.job_lease(j))
-        }
+        if present is None:
+            log.info("reconciler.deferred", extra={"reason": "queues over MAX_SCAN messages"})
+            return []
+        suspects = {j for j in quiet if j not in present and not self._leased(j)}
         lost = sorted(suspects & self._suspects)  # missing in two sweeps in a row
         self._suspects = suspects - set(lost)
-        return [job_id for job_id in lost if self._fail(job_id)]
+        item_suspects = {
+            (batch.id, index)
+            for batch, index in items
+            if (rid := item_request_id(batch.id, index)) not in present and not self._leased(rid)
+        }
+        lost_items = item_suspects & self._item_suspects
+        self._item_suspects = item_suspects - lost_items
+        failed = [job_id for job_id in lost if self._fail(job_id)]
+        by_id = {batch.id: batch for batch, _ in items}
+        for batch_id, index in sorted(lost_items):
+            if self._fail_item(by_id[batch_id], index):
+                failed.append(item_request_id(batch_id, index))
+        return failed
+
+    def _leased(self, request_id: str) -> bool:
+        return bool(self._redis.exists(keys.job_lease(request_id)))
+
+    def _quiet_items(self, cutoff_s: float) -> list[tuple[BatchRecord, int]]:
+        """Unfinished items of the started batches quiet since ``cutoff_s``."""
+        if self._batches is None:
+            return []
+        items: list[tuple[BatchRecord, int]] = []
+        for batch_id in self._batches.started():
+            batch = self._batches.get(batch_id)
+            if batch is None or batch.status not in ("in_progress", "cancelling"):
+                self._batches.forget(batch_id)
+                continue
+            times = batch.times
+            if max(times.get("in_progress_at", 0), times.get("active_at", 0)) > cutoff_s:
+                continue  # items are moving: nothing is stuck yet
+            total = batch.counts["total"]
+            items += [(batch, index) for index in self._batches.unfinished(batch_id, total)]
+        return items
+
+    def _fail_item(self, batch: BatchRecord, index: int) -> bool:
+        """The lost item's error line; taken as a run would take it, so a batch being
+        cancelled (or past its window) counts it cancelled instead, and a copy that came
+        back to life meanwhile keeps it."""
+        assert self._batches is not None
+        request_id = item_request_id(batch.id, index)
+        start = self._batches.item_start(batch.id, index, request_id)
+        if start is not Start.RUN:
+            return start is Start.DONE
+        custom_id = self._custom_id(batch.input_file_id, index) or f"(line {index + 1})"
+        endpoint = "/v1/chat/completions" if "chat" in batch.endpoint else "/v1/completions"
+        item = BatchItem(batch_id=batch.id, index=index, custom_id=custom_id, endpoint=endpoint)
+        error = JobLost(LOST)
+        line = error_line(item, request_id, JobError(type=error.type, message=error.message))
+        written = self._batches.item_finish(batch.id, index, request_id, line, error=True)
+        if written:
+            log.warning("reconciler.item_lost", extra={"batch_id": batch.id, "index": index})
+        return written
+
+    def _custom_id(self, file_id: str, index: int) -> str | None:
+        """The ``custom_id`` of the batch's ``index``-th request line (blank lines skipped,
+        as the API numbered them), or None if the input file is gone."""
+        if self._files is None:
+            return None
+        lines = (raw for raw in self._files.lines(file_id) if raw.strip())
+        for number, raw in enumerate(lines):
+            if number == index:
+                line = _loads(raw)
+                custom_id = line.get("custom_id") if isinstance(line, dict) else None
+                return custom_id if isinstance(custom_id, str) and custom_id else None
+        return None
 
     def _fail(self, job_id: str) -> bool:
         if not self._redis.exists(keys.job(job_id)):
@@ -90,12 +175,16 @@ class Reconciler:
             log.warning("reconciler.job_lost", extra={"job_id": job_id})
         return written
 
-    def _ids_with_messages(self) -> set[str]:
-        """Task ids of every message queued or held (unacked) by a worker."""
+    def _ids_with_messages(self) -> set[str] | None:
+        """Task ids of every message queued or held (unacked) by a worker; None when the
+        queues hold more than ``MAX_SCAN`` (a backlog: what waits in it is not lost, and
+        the sweep comes back once it has drained)."""
         ids: set[str] = set()
         names = [
             q if p == 0 else f"{q}{PRIORITY_SEP}{p}" for q in self._queues for p in PRIORITY_STEPS
         ]
+        if sum(int(self._redis.llen(name)) for name in names) > MAX_SCAN:
+            return None
         for name in names:
             ids.update(_task_id(_loads(raw)) for raw in self._redis.lrange(name, 0, -1))
         for raw in self._redis.hvals(UNACKED_KEY):  # [message, exchange, routing key]

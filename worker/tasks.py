@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from core.connections import get_redis
 from core.contract import TASK_GENERATE, JobMessage, JobResult
 from core.errors import GenqError, InvalidJob, StorageUnavailable
+from core.files import FileStore
 from worker.app import QUEUES, app
 from worker.generation import get_service
 from worker.reconciler import Reconciler
@@ -64,7 +65,9 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
 @signals.worker_ready.connect
 def _start_reconciler(**_: Any) -> None:
     """Every worker runs the sweep for lost jobs; a lock in Redis lets one sweep at a time."""
-    Reconciler(get_redis(), get_service().store, QUEUES).start()
+    service = get_service()
+    files = FileStore(get_redis(), service.settings.result_ttl_s)
+    Reconciler(get_redis(), service.store, QUEUES, batches=service.batches, files=files).start()
 
 
 def summary(result: JobResult) -> str:

@@ -11,7 +11,6 @@ cancel or the expiry kept from running.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -26,7 +25,7 @@ from api.idempotency import Idempotency, IdempotencyKey, fingerprint
 from api.publish import TaskMessages
 from api.responses import BY_ID, CREATES, V1
 from api.routes.files import owned, unavailable
-from core.batches import BatchRecord, BatchStore
+from core.batches import BatchRecord, BatchStore, item_request_id
 from core.contract import QUEUE_BATCH, BatchEndpoint, GenerateRequest
 from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
@@ -101,12 +100,6 @@ def _owned(batches: BatchStore, batch_id: str, principal: Principal) -> BatchRec
     if record is None or record.owner != principal.owner:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch {batch_id!r}")
     return record
-
-
-def _request_id(batch_id: str, index: int) -> str:
-    """An item's request id: the same for every run of the item."""
-    digest = hashlib.sha1(f"{batch_id}:{index}".encode(), usedforsecurity=False)
-    return f"batch_req_{digest.hexdigest()[:24]}"
 
 
 @router.post(
@@ -207,7 +200,7 @@ def _messages(
     item's request id), built as a plain dict from values validated already: building
     the model again costs more than the rest of the message (the worker validates it)."""
     for index, (custom_id, request) in enumerate(requests):
-        request_id = _request_id(batch.id, index)
+        request_id = item_request_id(batch.id, index)
         item = {"batch_id": batch.id, "index": index, "custom_id": custom_id}
         payload = {
             "job_id": request_id,

@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from core import keys
-from core.batches import STALE_VALIDATING_S, BatchStore
+from core.batches import STALE_VALIDATING_S, BatchStore, item_request_id
+from core.records import Start
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +19,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store(r: redis.Redis) -> BatchStore:
     return BatchStore(r, ttl_s=600)
+
+
+def rid(batch_id: str, index: int) -> str:
+    return item_request_id(batch_id, index)
 
 
 def new_batch(store: BatchStore, queue: str, total: int) -> str:
@@ -31,11 +36,13 @@ def test_an_item_that_ends_twice_is_counted_once(store: BatchStore, r: redis.Red
     queue = f"test-{uuid.uuid4().hex}"
     batch_id = new_batch(store, queue, 2)
     assert r.llen(queue) == 2
-    assert store.item_start(batch_id, 0)
-    assert store.item_finish(batch_id, 0, '{"a":1}', error=False, source="cache")
-    assert not store.item_finish(batch_id, 0, '{"a":2}', error=False, source="upstream")
-    assert not store.item_start(batch_id, 0)
-    assert store.item_finish(batch_id, 1, '{"e":1}', error=True)
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
+    assert store.item_finish(batch_id, 0, rid(batch_id, 0), '{"a":1}', error=False, source="cache")
+    assert not store.item_finish(
+        batch_id, 0, rid(batch_id, 0), '{"a":2}', error=False, source="upstream"
+    )
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.DONE
+    assert store.item_finish(batch_id, 1, rid(batch_id, 1), '{"e":1}', error=True)
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "completed"
@@ -50,12 +57,12 @@ def test_after_a_cancel_items_not_started_are_counted_and_never_run(store: Batch
     """Cancelled with one item running: the others refuse to start, the running one
     still writes its line, and the batch ends cancelled with exact counts."""
     batch_id = new_batch(store, f"test-{uuid.uuid4().hex}", 3)
-    assert store.item_start(batch_id, 0)
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
     store.cancel(batch_id)
     assert store.get(batch_id).status == "cancelling"  # type: ignore[union-attr]
-    assert not store.item_start(batch_id, 1)
-    assert not store.item_start(batch_id, 2)
-    assert store.item_finish(batch_id, 0, "{}", error=False, source="upstream")
+    assert store.item_start(batch_id, 1, rid(batch_id, 1)) is Start.DONE
+    assert store.item_start(batch_id, 2, rid(batch_id, 2)) is Start.DONE
+    assert store.item_finish(batch_id, 0, rid(batch_id, 0), "{}", error=False, source="upstream")
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "cancelled"
@@ -94,11 +101,38 @@ def test_items_of_an_expired_batch_do_not_run(store: BatchStore, r: redis.Redis)
     """Past its 24 h window, items that have not started are counted and the batch ends
     expired."""
     batch_id = new_batch(store, f"test-{uuid.uuid4().hex}", 2)
-    assert store.item_start(batch_id, 0)
-    assert store.item_finish(batch_id, 0, "{}", error=False, source="upstream")
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
+    assert store.item_finish(batch_id, 0, rid(batch_id, 0), "{}", error=False, source="upstream")
     r.hset(keys.batch(batch_id), "expires_at", int(time.time()) - 1)
-    assert not store.item_start(batch_id, 1)
+    assert store.item_start(batch_id, 1, rid(batch_id, 1)) is Start.DONE
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "expired"
     assert batch.counts["cancelled"] == 1
+
+
+def test_a_second_copy_of_a_running_item_does_not_run_it(store: BatchStore, r: redis.Redis) -> None:
+    """While one copy holds the item's lease another is told BUSY; a retry's release or
+    the final line gives the lease back."""
+    batch_id = new_batch(store, f"test-{uuid.uuid4().hex}", 1)
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.BUSY
+    store.item_release(rid(batch_id, 0))
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
+    assert r.exists(keys.job_lease(rid(batch_id, 0)))
+    assert store.item_finish(batch_id, 0, rid(batch_id, 0), "{}", error=False, source="cache")
+    assert not r.exists(keys.job_lease(rid(batch_id, 0)))
+    assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.DONE
+
+
+def test_started_batches_are_listed_until_forgotten_with_their_unfinished_items(
+    store: BatchStore,
+) -> None:
+    """What the reconciler reads: started batches, and the items not yet accounted for."""
+    batch_id = new_batch(store, f"test-{uuid.uuid4().hex}", 4)
+    assert batch_id in store.started()
+    assert store.item_start(batch_id, 1, rid(batch_id, 1)) is Start.RUN
+    assert store.item_finish(batch_id, 2, rid(batch_id, 2), "{}", error=True)
+    assert store.unfinished(batch_id, 4) == [0, 1, 3]
+    store.forget(batch_id)
+    assert batch_id not in store.started()
