@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.probes import Monitor
+from core.capacity import with_limits
 from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
 from worker.app import QUEUES
@@ -40,7 +41,8 @@ Cluster = tuple[list[dict[str, Any]], list[tuple[str, int]]]
 
 def read_cluster() -> Cluster:
     client = get_redis()
-    return list_circuits(client), [(queue, int(client.llen(queue))) for queue in QUEUES]
+    circuits = with_limits(client, list_circuits(client))
+    return circuits, [(queue, int(client.llen(queue))) for queue in QUEUES]
 
 
 class ClusterCollector(Collector):
@@ -66,8 +68,11 @@ class ClusterCollector(Collector):
         transitions = CounterMetricFamily(
             "genq_circuit_transitions", "Transitions made", labels=["circuit", "kind"]
         )
+        limits = _LimitMetrics()
         for circuit in circuits:
             name = circuit["name"]
+            if circuit.get("limit"):
+                limits.add(name, circuit["limit"])
             for option in STATE_LABELS:
                 state.add_metric([name, option], float(circuit["state"] == option))
             retry.add_metric([name], float(circuit["retry_after"]))
@@ -76,7 +81,44 @@ class ClusterCollector(Collector):
         queued = GaugeMetricFamily("genq_queue_depth", "Messages waiting", labels=["queue"])
         for queue, depth in depths:
             queued.add_metric([queue], float(depth))
-        yield from (state, retry, transitions, queued)
+        yield from (state, retry, transitions, queued, *limits.families)
+
+
+class _LimitMetrics:
+    """Each target's call limit (``core.capacity``), labelled by its circuit's name."""
+
+    def __init__(self) -> None:
+        labels = ["circuit"]
+        self.limit = GaugeMetricFamily(
+            "genq_upstream_limit", "Calls the cluster may have in flight", labels=labels
+        )
+        self.in_flight = GaugeMetricFamily(
+            "genq_upstream_in_flight", "Calls in flight (live slot leases)", labels=labels
+        )
+        self.throttled = CounterMetricFamily(
+            "genq_upstream_throttled", "429s seen by calls holding a slot", labels=labels
+        )
+        self.waited = CounterMetricFamily(
+            "genq_upstream_slot_wait_seconds", "Time jobs waited for a call slot", labels=labels
+        )
+        self.waits = CounterMetricFamily(
+            "genq_upstream_slot_waits", "Jobs that waited for a call slot", labels=labels
+        )
+        self.timeouts = CounterMetricFamily(
+            "genq_upstream_slot_wait_timeouts", "Waits that ended without a slot", labels=labels
+        )
+
+    def add(self, name: str, limit: dict[str, Any]) -> None:
+        self.limit.add_metric([name], float(limit["limit"]))
+        self.in_flight.add_metric([name], float(limit["in_flight"]))
+        self.throttled.add_metric([name], float(limit["throttled"]))
+        self.waited.add_metric([name], float(limit["waited_s"]))
+        self.waits.add_metric([name], float(limit["waits"]))
+        self.timeouts.add_metric([name], float(limit["wait_timeouts"]))
+
+    @property
+    def families(self) -> tuple[Metric, ...]:
+        return (self.limit, self.in_flight, self.throttled, self.waited, self.waits, self.timeouts)
 
 
 router = APIRouter(tags=["metrics"])

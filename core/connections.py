@@ -19,7 +19,18 @@ from redis.sentinel import Sentinel
 
 from core.settings import Settings, get_settings
 
-__all__ = ["get_binary_redis", "get_redis", "redis_from_settings", "sentinel_options"]
+__all__ = [
+    "MIN_POOL",
+    "get_binary_redis",
+    "get_redis",
+    "redis_from_settings",
+    "sentinel_options",
+]
+
+MIN_POOL = 1000
+"""Connections a process's pools (Redis, and each upstream host's HTTP pool) may keep at
+least: above any thread count a worker is run with, unless GENQ_WORKER_CONCURRENCY says
+more. A pool holds only what its threads use at once."""
 
 
 def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Redis:
@@ -30,6 +41,11 @@ def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Red
         "socket_connect_timeout": settings.redis_socket_timeout_s,
         "health_check_interval": 30,
         "decode_responses": decode,
+        # redis-py 8 caps a pool at 100 connections and raises past it. A worker thread
+        # holds one at a time (a slot wait's BLPOP too), so every thread must find one,
+        # with room for the heartbeat, the reconciler and the breakers, even when a
+        # `celery worker -c N` overrides GENQ_WORKER_CONCURRENCY.
+        "max_connections": max(MIN_POOL, settings.worker_concurrency + 100),
     }
     if not settings.uses_sentinel:
         return redis.Redis.from_url(settings.redis_url, **common)

@@ -128,6 +128,7 @@ class ErrorType(StrEnum):
     UPSTREAM_REJECTED = "upstream_rejected"
     CIRCUIT_OPEN = "circuit_open"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    RATE_LIMITED = "rate_limited"
     INVALID_JOB = "invalid_job"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     JOB_LOST = "job_lost"
@@ -139,6 +140,7 @@ class ErrorType(StrEnum):
             ErrorType.UPSTREAM_TIMEOUT,
             ErrorType.UPSTREAM_UNAVAILABLE,
             ErrorType.UPSTREAM_RATE_LIMITED,
+            ErrorType.RATE_LIMITED,
             ErrorType.CIRCUIT_OPEN,
             ErrorType.SERVICE_UNAVAILABLE,
             ErrorType.STORAGE_UNAVAILABLE,
@@ -161,8 +163,9 @@ ContextMode = Literal["prompt", "fallback_only"]
 FallbackPolicy = Literal["auto", "none"]
 RefusalReason = Literal["circuit_open", "circuit_forced_open", "probe_in_flight"]
 """Why the shared breaker refused a call."""
-FallbackReason = Literal[RefusalReason, "upstream_failed"]
-"""Why a result is degraded: the breaker refused, or the upstream's retries ran out."""
+FallbackReason = Literal[RefusalReason, "upstream_failed", "rate_limited"]
+"""Why a result is degraded: the breaker refused, the upstream's retries ran out, or no
+call slot came free within the job's wait (the cluster's call limit was reached)."""
 
 
 class _Strict(BaseModel):
@@ -278,6 +281,9 @@ class JobMessage(_Strict):
     batch: BatchItem | None = None
     owner: str | None = Field(default=None, max_length=64)
     """The digest of the key that submitted it: the scope of its cached answers."""
+    throttled: int = Field(default=0, ge=0)
+    """Retries made so far because the upstream said "slower" (a 429, or no call slot in
+    time): they have their own budget (``GENQ_MAX_THROTTLED_RETRIES``)."""
 
 
 class Citation(_Strict):

@@ -10,6 +10,7 @@
     ├── CircuitOpenError              the shared breaker refused the call (also a pybreaker
     │                                 ``CircuitBreakerError``); carries ``retry_after``
     ├── ServiceUnavailable            the upstream cannot be used and the job has no fallback
+    ├── SlotUnavailable               no call slot came free in time (``core.capacity``)
     ├── InvalidJob                    a task payload that does not validate        (final)
     ├── JobLost                       no message will finish the job (the reconciler)
     └── StorageUnavailable            Redis could not be reached for a job record  (transient)
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidJob",
     "JobLost",
     "ServiceUnavailable",
+    "SlotUnavailable",
     "StorageUnavailable",
     "UpstreamError",
     "UpstreamMalformed",
@@ -82,10 +84,14 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamRateLimited(UpstreamError):
-    """Raised on 429; ``retry_after`` holds the upstream's ``Retry-After`` in seconds."""
+    """Raised on 429; ``retry_after`` holds the upstream's ``Retry-After`` in seconds.
+
+    A 429 asks for fewer calls, not for none: it lowers the call limit and counts against
+    the circuit only when ``at_floor`` (the limit could not go lower; ``worker.limiter``)."""
 
     type = ErrorType.UPSTREAM_RATE_LIMITED
     transient = True
+    at_floor: bool = False
 
 
 class UpstreamMalformed(UpstreamError):
@@ -123,6 +129,14 @@ class ServiceUnavailable(GenqError):
     """Raised (recorded) when the upstream cannot be used and no fallback answer exists."""
 
     type = ErrorType.SERVICE_UNAVAILABLE
+
+
+class SlotUnavailable(GenqError):
+    """Raised when every call slot of the target stayed taken for as long as the job may
+    wait (``GENQ_INTERACTIVE_SLOT_WAIT_S``, ``GENQ_BATCH_SLOT_WAIT_S``)."""
+
+    type = ErrorType.RATE_LIMITED
+    transient = True
 
 
 class InvalidJob(GenqError):

@@ -55,6 +55,14 @@ def breaker(circuit: str, part: str) -> str:
     return f"{PREFIX}breaker:{{{circuit}}}:{part}"
 
 
+def call_limit(target: str) -> list[str]:
+    """An upstream target's cluster-wide call limit (``core.capacity``): its state (hash),
+    the leases of the calls in flight (sorted set: token -> expiry ms), and the list a
+    freed slot is announced on (waiters block on it)."""
+    tag = f"{PREFIX}limit:{{{target}}}"
+    return [tag, f"{tag}:leases", f"{tag}:freed"]
+
+
 def cache(digest: str) -> str:
     """A cached generation, addressed by the digest of its canonical request."""
     return f"{PREFIX}cache:{digest}"

@@ -82,6 +82,24 @@ class Settings(BaseSettings):
     upstream_timeout_s: PositiveFloat = 30.0
     """Read timeout of one upstream call."""
     upstream_connect_timeout_s: PositiveFloat = 3.05
+    upstream_limit: Literal["adaptive", "fixed"] = "adaptive"
+    """How many calls the whole cluster keeps in flight per upstream target: ``adaptive``
+    finds the provider's capacity (AIMD: grow while calls succeed, cut on 429s, timeouts
+    and, with ``upstream_latency_target_s``, slow answers); ``fixed`` holds
+    ``upstream_max_in_flight``. docs/architecture.md, "One call limit for the cluster"."""
+    upstream_max_in_flight: PositiveInt = 512
+    """The fixed limit, or the adaptive limit's ceiling, of calls in flight per target."""
+    upstream_min_in_flight: PositiveInt = 1
+    """The adaptive limit's floor; 429s that persist at the floor count against the circuit."""
+    upstream_initial_in_flight: PositiveInt = 16
+    """Where an adaptive limit starts (it doubles per round of calls until the first cut)."""
+    upstream_latency_target_s: PositiveFloat | None = None
+    """If set, an adaptive limit is also cut when a call succeeds slower than this."""
+    interactive_slot_wait_s: float = Field(default=1.0, ge=0.0, le=30.0)
+    """How long an interactive job waits for a call slot before the fallback answers it
+    (``fallback_reason: rate_limited``)."""
+    batch_slot_wait_s: PositiveFloat = 60.0
+    """How long a batch item waits for a call slot before it is retried later."""
 
     breaker_fail_max: PositiveInt = 5
     """Consecutive failures that open the circuit (pybreaker's ``fail_max``)."""
@@ -101,6 +119,9 @@ class Settings(BaseSettings):
     """If set, a successful call slower than this counts as a failure."""
     max_retries: int = Field(default=3, ge=0, le=20)
     """Retries of a transient upstream failure while the circuit is closed."""
+    max_throttled_retries: int = Field(default=20, ge=0, le=100)
+    """Retries after a 429 (at ``Retry-After``) or a batch item's wait for a call slot;
+    they spend this budget, not ``max_retries``: the upstream asked for slower, not none."""
     retry_base_s: PositiveFloat = 1.0
     """First retry waits up to this long (full jitter), doubling per retry."""
     retry_cap_s: PositiveFloat = 30.0
@@ -147,7 +168,9 @@ class Settings(BaseSettings):
     """``json`` (one object per line) or ``text`` (``key=value``); unset: json in production."""
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
     """I/O-bound generation: threads measured ~4x prefork -c 2 at 50 ms (docs/benchmarks.md)."""
-    worker_concurrency: PositiveInt = 16
+    worker_concurrency: PositiveInt = 128
+    """Jobs (so upstream calls) one worker process holds at once; measured in
+    docs/benchmarks.md ("Filling the provider")."""
 
     @field_validator("redis_url")
     @classmethod
@@ -169,11 +192,17 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def longest_call_s(self) -> float:
+        """The longest one upstream call can take: its deadline (connect + read timeout)
+        plus one stalled read. A call slot's lease lasts this long (plus a second)."""
+        return self.upstream_connect_timeout_s + 2 * self.upstream_timeout_s
+
+    @property
     def longest_attempt_s(self) -> float:
-        """The longest one run of a job can take: the upstream call's deadline (connect +
-        read timeout) plus one stalled read, then the record write."""
-        upstream = self.upstream_connect_timeout_s + 2 * self.upstream_timeout_s
-        return upstream + self.redis_socket_timeout_s
+        """The longest one run of a job can take: the wait for a call slot, the upstream
+        call, then the record write."""
+        wait = max(self.batch_slot_wait_s, self.interactive_slot_wait_s)
+        return wait + self.longest_call_s + self.redis_socket_timeout_s
 
     @property
     def served_models(self) -> frozenset[str] | None:
@@ -205,10 +234,17 @@ class Settings(BaseSettings):
             raise ValueError("GENQ_VISIBILITY_TIMEOUT_S must exceed GENQ_TASK_TIME_LIMIT_S")
         if self.visibility_timeout_s <= self.longest_attempt_s:
             raise ValueError(
-                "GENQ_VISIBILITY_TIMEOUT_S must exceed the longest attempt: connect + 2 x "
-                "GENQ_UPSTREAM_TIMEOUT_S + GENQ_REDIS_SOCKET_TIMEOUT_S "
+                "GENQ_VISIBILITY_TIMEOUT_S must exceed the longest attempt: "
+                "GENQ_BATCH_SLOT_WAIT_S + connect + 2 x GENQ_UPSTREAM_TIMEOUT_S + "
+                "GENQ_REDIS_SOCKET_TIMEOUT_S "
                 f"({self.longest_attempt_s:g} s)"
             )
+        if not self.upstream_min_in_flight <= self.upstream_initial_in_flight:
+            raise ValueError(
+                "GENQ_UPSTREAM_INITIAL_IN_FLIGHT must be >= GENQ_UPSTREAM_MIN_IN_FLIGHT"
+            )
+        if not self.upstream_min_in_flight <= self.upstream_max_in_flight:
+            raise ValueError("GENQ_UPSTREAM_MAX_IN_FLIGHT must be >= its MIN_IN_FLIGHT")
         if self.retry_base_s > self.retry_cap_s:
             raise ValueError("GENQ_RETRY_BASE_S must not exceed GENQ_RETRY_CAP_S")
         if self.breaker_max_reset_timeout_s < self.breaker_reset_timeout_s:

@@ -5,7 +5,10 @@ The simulator is a development and test tool. Given a call already read by
 the wrong token, the next scripted step, the mode's fault (outage, down, hang, rate_limit,
 loading, redirect), a random 500 or a random fault of ``fault_rates``, a context-length
 refusal, or the normal answer; error bodies are in the shape of the protocol called.
-``simulator.server`` carries it out.
+It also models provider capacity: at most ``capacity`` calls served at once, the others
+turned away with 429 (:func:`over_capacity`) or queued (``overflow``), each call slower by
+``load_latency_ms`` for every other call being served. ``simulator.server`` carries it out
+and keeps the count of calls in flight.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ __all__ = [
     "Call",
     "ConfigError",
     "Mode",
+    "Overflow",
     "Reply",
     "SimulatorConfig",
     "decide",
+    "over_capacity",
 ]
 
 REDIRECT_MARK = "_sim_redirected"
@@ -62,6 +67,13 @@ class Mode(StrEnum):
     RATE_LIMIT = "rate_limit"  # 429 with Retry-After: retry_after_s
     LOADING = "loading"  # 503 with estimated_time, like a cold Hugging Face model
     REDIRECT = "redirect"  # redirect_status to the same path once, then answer as mode ok
+
+
+class Overflow(StrEnum):
+    """What a generation call gets when ``capacity`` calls are already being served."""
+
+    REJECT = "reject"  # 429 at once with Retry-After: retry_after_s, as hosted APIs answer
+    QUEUE = "queue"  # wait for a free place, as a self-hosted TGI or vLLM server queues
 
 
 @dataclass(frozen=True)
@@ -128,12 +140,23 @@ class SimulatorConfig:
     require_token: str | None = None  # when set, any other bearer token (or none) gets 401
     redirect_status: int = 307  # the status of mode "redirect": 307 or 308
     max_context_tokens: int | None = None  # prompt + token limit above it: refused (400/422)
+    capacity: int | None = None  # most generation calls served at once; None: unlimited
+    overflow: Overflow = Overflow.REJECT  # what a call beyond capacity gets
+    # Added to latency_ms for each other call being served when a call starts: latency
+    # grows with load, as on TGI or vLLM under continuous batching.
+    load_latency_ms: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form served by ``/_sim/config`` and ``/_sim/stats``."""
         steps = [{k: v for k, v in asdict(s).items() if v is not None} for s in self.script]
         rates = {mode.value: rate for mode, rate in self.fault_rates}
-        return {**asdict(self), "mode": self.mode.value, "script": steps, "fault_rates": rates}
+        return {
+            **asdict(self),
+            "mode": self.mode.value,
+            "overflow": self.overflow.value,
+            "script": steps,
+            "fault_rates": rates,
+        }
 
     def merged(self, changes: object) -> SimulatorConfig:
         """A copy with ``changes`` applied; raises ConfigError naming the first bad field."""
@@ -153,6 +176,9 @@ class SimulatorConfig:
         redirect = changes.get("redirect_status", self.redirect_status)
         if not isinstance(redirect, int) or redirect not in REDIRECT_STATUSES:
             raise ConfigError(f"redirect_status must be 307 or 308, got {redirect!r}")
+        overflow = changes.get("overflow", self.overflow)
+        if not isinstance(overflow, str) or overflow not in list(Overflow):
+            raise ConfigError(f"overflow must be one of {', '.join(Overflow)}, got {overflow!r}")
         return SimulatorConfig(
             latency_ms=_number(changes, "latency_ms", self.latency_ms),
             error_rate=_number(changes, "error_rate", self.error_rate, high=1.0),
@@ -170,6 +196,9 @@ class SimulatorConfig:
             require_token=token,
             redirect_status=redirect,
             max_context_tokens=_limit(changes, "max_context_tokens", self.max_context_tokens),
+            capacity=_limit(changes, "capacity", self.capacity),
+            overflow=Overflow(overflow),
+            load_latency_ms=_number(changes, "load_latency_ms", self.load_latency_ms),
         )
 
 
@@ -177,14 +206,20 @@ _FIELD_NAMES = frozenset(f.name for f in fields(SimulatorConfig))
 
 
 def decide(
-    config: SimulatorConfig, draw: Callable[[], float], token: str | None, call: Call
+    config: SimulatorConfig,
+    draw: Callable[[], float],
+    token: str | None,
+    call: Call,
+    load: int = 0,
 ) -> tuple[Reply, SimulatorConfig]:
     """The answer to one call, and the configuration after it (a script step is consumed).
 
     ``draw`` returns the next number in [0, 1) of the seeded sequence that ``error_rate``
-    is compared against.
+    is compared against; ``load`` is how many other calls are being served, each adding
+    ``load_latency_ms`` to the delay.
     """
-    delay, family = config.latency_ms / 1000.0, call.route.family
+    delay = (config.latency_ms + config.load_latency_ms * load) / 1000.0
+    family = call.route.family
     if config.require_token is not None and token != config.require_token:
         return Reply(401, error_body(family, 401), delay_s=delay), config
     normal = _normal(call, config)
@@ -204,6 +239,12 @@ def decide(
                 ), config
             point -= rate
     return replace(normal, delay_s=delay), config
+
+
+def over_capacity(config: SimulatorConfig, call: Call) -> Reply:
+    """The answer, at once, to a call beyond ``capacity`` in overflow mode ``reject``."""
+    headers = _retry_after(config.retry_after_s)
+    return Reply(429, error_body(call.route.family, 429), headers, label="over_capacity")
 
 
 def _fault(

@@ -3,9 +3,12 @@
 It speaks hf (``POST /models/{model}``), tgi (``POST /generate``, ``POST /``) and openai
 (``POST /v1/chat/completions``, ``POST /v1/completions``) as ``simulator.protocols`` reads
 and ``simulator.answers`` renders them; every answer is :func:`simulated_text` of the
-prompt. Faults (``simulator.behaviour``) are switched at run time through
+prompt. Faults and capacity (``simulator.behaviour``) are switched at run time through
 ``POST /_sim/config``,
 ``POST /_sim/reset``, ``GET /_sim/stats``, ``GET /_sim/health``, or :class:`SimulatorServer`.
+Every generation call passes a capacity gate first: it takes a place, is turned away with
+429, or queues for a place, and holds its place until its answer goes out; the stats count
+the calls in flight, queued and open at once, so that a test can see a client's concurrency.
 Stdlib only. TCP_NODELAY and HTTP/1.1 keep-alive: sequential calls on one connection
 must not stall ~40 ms each on Nagle's algorithm meeting delayed ACKs.
 """
@@ -19,14 +22,14 @@ import socket
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from simulator.answers import simulated_text
-from simulator.behaviour import Call, Reply, SimulatorConfig, decide
+from simulator.behaviour import Call, Overflow, Reply, SimulatorConfig, decide, over_capacity
 from simulator.protocols import DEFAULT_MODEL, BadRequest, Request, Route, parse_request, route
 
 __all__ = ["SimulatorServer", "simulated_text"]
@@ -57,10 +60,14 @@ class Control:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a place freed, or the rules changed
         self._config = SimulatorConfig()
         self._rng = random.Random(self._config.seed)
         self._calls = 0
         self._outcomes: Counter[str] = Counter()
+        self._stopping = False
+        self._in_flight = self._waiting = self._open = 0  # gauges: reset leaves them
+        self._peak_in_flight = self._peak_concurrent = self._over_capacity = 0
 
     def configure(self, changes: object) -> dict[str, object]:
         """Merge ``changes`` (all or nothing) and return the whole configuration."""
@@ -68,29 +75,112 @@ class Control:
             self._config = self._config.merged(changes)
             if isinstance(changes, Mapping) and "seed" in changes:
                 self._rng.seed(self._config.seed)
+            self._freed.notify_all()  # queued calls re-check capacity and overflow
             return self._config.as_dict()
 
     def reset(self) -> dict[str, object]:
-        """Default configuration, a fresh RNG and zero counters; returns the configuration."""
+        """Default configuration, a fresh RNG, zero counters and peaks; returns the configuration.
+
+        Calls holding a place keep it: the peaks restart from what is open now.
+        """
         with self._lock:
             self._config, self._calls = SimulatorConfig(), 0
             self._rng.seed(self._config.seed)
             self._outcomes.clear()
+            self._over_capacity = 0
+            self._peak_in_flight, self._peak_concurrent = self._in_flight, self._open
+            self._freed.notify_all()  # no capacity any more: queued calls go through
             return self._config.as_dict()
 
-    def stats(self) -> dict[str, object]:
-        """Generation calls received, ``by_outcome``, and the current ``config``."""
+    def stop(self) -> None:
+        """Drop the queued calls and any that arrive from now on: the server is stopping."""
         with self._lock:
-            config = self._config.as_dict()
-            return {"calls": self._calls, "by_outcome": dict(self._outcomes), "config": config}
+            self._stopping = True
+            self._freed.notify_all()
 
-    def admit(self, token: str | None, call: Call) -> Reply:
-        """Count one generation call and decide its answer: normal unless a fault claims it."""
+    def stats(self) -> dict[str, object]:
+        """Calls received, ``by_outcome``, the capacity gauges and peaks, and the ``config``."""
         with self._lock:
-            self._calls += 1
-            reply, self._config = decide(self._config, self._rng.random, token, call)
-            self._outcomes[reply.outcome] += 1
-            return reply
+            return {
+                "calls": self._calls,
+                "by_outcome": dict(self._outcomes),
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak_in_flight,
+                "waiting": self._waiting,
+                "peak_concurrent": self._peak_concurrent,
+                "over_capacity": self._over_capacity,
+                "config": self._config.as_dict(),
+            }
+
+    @contextlib.contextmanager
+    def admit(self, token: str | None, call: Call) -> Iterator[tuple[Reply, Callable[[], None]]]:
+        """Pass one generation call through the capacity gate, count it, decide its answer.
+
+        Yields the reply and ``leave``: the call is open, and holds its place if it got one,
+        until ``leave()`` or the end of the ``with`` block, whichever comes first. A call
+        queued when the server stops is dropped, uncounted.
+        """
+        refusal: Reply | None = Reply(0, drop=True)  # until the gate says otherwise
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if left:
+                return
+            left = True
+            with self._lock:
+                self._open -= 1
+                if refusal is None:  # it held a place
+                    self._in_flight -= 1
+                    self._freed.notify()
+
+        try:
+            with self._lock:
+                self._open += 1
+                self._peak_concurrent = max(self._peak_concurrent, self._open)
+                refusal = self._pass_gate(call)
+                reply = self._decide(token, call) if refusal is None else refusal
+            yield reply, leave
+        finally:
+            leave()
+
+    def _pass_gate(self, call: Call) -> Reply | None:
+        """With the lock held: take a place (None), or the answer of a call turned away.
+
+        In overflow mode ``queue`` this waits, the lock released, until a place is free;
+        a call arriving while others are queued queues behind them.
+        """
+        queued = False
+        try:
+            while not self._stopping:
+                capacity = self._config.capacity
+                if capacity is None or (
+                    self._in_flight < capacity and (queued or not self._waiting)
+                ):
+                    self._in_flight += 1
+                    self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+                    return None
+                if self._config.overflow is Overflow.REJECT:
+                    self._calls += 1
+                    self._over_capacity += 1
+                    reply = over_capacity(self._config, call)
+                    self._outcomes[reply.outcome] += 1
+                    return reply
+                if not queued:
+                    queued, self._waiting = True, self._waiting + 1
+                self._freed.wait()
+            return Reply(0, drop=True)
+        finally:
+            if queued:
+                self._waiting -= 1
+
+    def _decide(self, token: str | None, call: Call) -> Reply:
+        """With the lock held: count one admitted call and decide its answer."""
+        self._calls += 1
+        load = self._in_flight - 1  # the other calls holding a place
+        reply, self._config = decide(self._config, self._rng.random, token, call, load)
+        self._outcomes[reply.outcome] += 1
+        return reply
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -125,15 +215,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _generate(self, call: Call) -> None:
         token = _bearer(self.headers.get("Authorization"))
-        reply = self.server.control.admit(token, call)
-        if reply.delay_s > 0 and self.server.stopping.wait(reply.delay_s):
-            reply = Reply(0, drop=True)  # the server is stopping: answer nothing
-        if reply.drop:
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-        else:
-            self._send(reply.status, reply.body, reply.headers)
+        with self.server.control.admit(token, call) as (reply, leave):
+            if reply.delay_s > 0 and self.server.stopping.wait(reply.delay_s):
+                reply = Reply(0, drop=True)  # the server is stopping: answer nothing
+            # The place is given back as the answer goes out, not after: a client that has
+            # its answer and calls again at once must not find its old call still counted.
+            leave()
+            if reply.drop:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+            else:
+                self._send(reply.status, reply.body, reply.headers)
 
     def _configure(self, raw: bytes) -> None:
         try:
@@ -163,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hanging call never blocks stop() or interpreter exit
+    # socketserver's listen backlog is 5: hundreds of benchmark clients connecting at once
+    # would overflow it, and the kernel would drop their SYNs (a 1 s+ retransmit stall).
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], control: Control) -> None:
         self.control = control
@@ -228,8 +324,9 @@ class SimulatorServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving, wake hanging calls, close the port and every open connection."""
+        """Stop serving, wake hanging and queued calls, close the port and every connection."""
         self._httpd.stopping.set()
+        self._control.stop()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5.0)
@@ -242,11 +339,12 @@ class SimulatorServer:
         return self._control.configure(changes)
 
     def reset(self) -> None:
-        """Like ``POST /_sim/reset``: default configuration and zero counters."""
+        """Like ``POST /_sim/reset``: default configuration, zero counters and peaks."""
         self._control.reset()
 
     def stats(self) -> dict[str, object]:
-        """Like ``GET /_sim/stats``: ``calls``, ``by_outcome`` and ``config``."""
+        """Like ``GET /_sim/stats``: ``calls``, ``by_outcome``, ``in_flight``,
+        ``peak_in_flight``, ``waiting``, ``peak_concurrent``, ``over_capacity``, ``config``."""
         return self._control.stats()
 
     def __enter__(self) -> SimulatorServer:

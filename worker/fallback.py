@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from core.contract import Attempt, FallbackReason, JobMessage, JobResult
-from core.errors import CircuitOpenError, GenqError, ServiceUnavailable
+from core.errors import CircuitOpenError, GenqError, ServiceUnavailable, SlotUnavailable
 from core.settings import Settings
 from worker.cache import ResultCache
 from worker.excerpt import build_excerpt
@@ -40,7 +40,7 @@ class Refusal:
 
     @classmethod
     def of(cls, error: GenqError, reason: FallbackReason) -> Refusal:
-        refused = isinstance(error, CircuitOpenError)
+        refused = isinstance(error, CircuitOpenError | SlotUnavailable)
         attempt = Attempt.now("rejected" if refused else "failed", error.type)
         return cls(error, reason, attempt)
 

@@ -1,13 +1,19 @@
 """The generation service: one run of one job, in one order.
 
-    admit → mark running → upstream → one final write
-      └ refused / retries spent → fallback (cache → excerpt → one final write)
+    admit → call slot → mark running → upstream → one final write
+      └ refused / no slot in time / retries spent → fallback (cache → excerpt → one write)
 
 No Celery here: ``worker.tasks`` decodes the message, calls :meth:`GenerationService.run`
 and turns the :class:`Outcome` into a Celery retry or nothing. The rules:
 
 - ``cache: "prefer"`` and a hit: answer from the cache, no upstream call.
-- The shared breaker admits the call (``admit``), the job is marked running outside the
+- The shared breaker admits the call (``admit``), then the call takes one of the target's
+  slots under the cluster's call limit (``worker.limiter``): a batch item waits for one
+  (``GENQ_BATCH_SLOT_WAIT_S``, then retries later), an interactive job only briefly
+  (``GENQ_INTERACTIVE_SLOT_WAIT_S``, then the fallback answers, ``rate_limited``). The
+  call's outcome moves the limit; a 429 lowers it and is retried after ``Retry-After``,
+  and counts against the circuit only at the limit's floor.
+- The job is marked running outside the
   guarded call (job-store errors never count against the circuit) and takes its running
   lease (kept alive by ``worker.leases`` while the call lasts; a redelivered copy that
   finds it held retries later instead of calling the upstream too), then the upstream
@@ -34,18 +40,21 @@ from core.contract import Attempt, GenerateRequest, JobError, JobMessage, JobRes
 from core.errors import (
     CircuitOpenError,
     GenqError,
+    SlotUnavailable,
     StorageUnavailable,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamRejected,
 )
 from core.records import LEASE_MS, JobStore, Start
 from core.settings import Settings, get_settings
 from worker.backoff import RetryPolicy
 from worker.batch_output import BatchItemRecords
-from worker.breaker import SharedCircuitBreaker
+from worker.breaker import Permit, SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.fallback import Fallback, Refusal
 from worker.leases import Heartbeat
+from worker.limiter import ConcurrencyLimiter, Slot
 from worker.outcome import Outcome, Recorder, Records
 from worker.upstream import Generation, UpstreamTarget, generate
 
@@ -67,6 +76,7 @@ class GenerationService:
         breaker_for: Callable[[UpstreamTarget], SharedCircuitBreaker],
         call_upstream: CallUpstream = generate,
         batches: BatchStore | None = None,
+        limiter: ConcurrencyLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,6 +86,7 @@ class GenerationService:
         self.heartbeat = Heartbeat(store.renew_leases)
         self._breaker_for = breaker_for
         self._call_upstream = call_upstream
+        self.limiter = limiter or ConcurrencyLimiter.from_settings(settings, get_redis())
         self.retry_policy = RetryPolicy(
             settings.max_retries, settings.retry_base_s, settings.retry_cap_s
         )
@@ -122,12 +133,9 @@ class GenerationService:
             permit = breaker.admit()
         except CircuitOpenError as exc:
             return self.fallback.answer(message, key, Refusal.of(exc, exc.reason), recorder)
-        start = Start.DONE
-        try:
-            start = records.mark_running(job_id)
-        finally:
-            if start is not Start.RUN:
-                breaker.cancel(permit)  # no call will be made: a probe hands its lease back
+        slot, start = self._start(message, target, records, breaker, permit)
+        if slot is None:
+            return self._no_slot(message, key, target, recorder, retries_done)
         if start is Start.DONE:
             log.info("generation.already_final", extra={"job_id": job_id})
             return Outcome()
@@ -137,11 +145,17 @@ class GenerationService:
             log.info("generation.running_elsewhere", extra={"job_id": job_id})
             return Outcome(retry_in=LEASE_MS / 1000)
         try:
-            with self.heartbeat.holding(job_id), breaker.guard(permit):
+            with (
+                self.heartbeat.holding(job_id),
+                breaker.guard(permit),
+                self.limiter.holding(slot),
+            ):
                 generation = self._call_upstream(target, request)
         except UpstreamRejected as exc:
             return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
         except UpstreamError as exc:
+            if isinstance(exc, UpstreamRateLimited) and self._may_slow_down(message):
+                return self._retry(records, message, exc, message.throttled, throttled=True)
             if exc.transient and self.retry_policy.allows(retries_done):
                 return self._retry(records, message, exc, retries_done)
             refusal = Refusal.of(exc, "upstream_failed")
@@ -160,16 +174,77 @@ class GenerationService:
         also_set = self.cache.entry(key, entry) if key else None
         return recorder.succeed(job_id, result, Attempt.now("succeeded"), also_set)
 
-    def _retry(
-        self, records: Records, message: JobMessage, exc: UpstreamError, retries_done: int
+    def _start(
+        self,
+        message: JobMessage,
+        target: UpstreamTarget,
+        records: Records,
+        breaker: SharedCircuitBreaker,
+        permit: Permit,
+    ) -> tuple[Slot | None, Start]:
+        """A call slot of ``target`` (a batch item waits for one, an interactive job
+        briefly), then the job marked running. Unless it is to run, the permit and the
+        slot go back: no call will be made (a probe hands its lease back)."""
+        settings = self.settings
+        batch = message.batch is not None
+        wait_s = settings.batch_slot_wait_s if batch else settings.interactive_slot_wait_s
+        slot, start = None, Start.DONE
+        try:
+            slot = self.limiter.acquire(target.name, wait_s)
+            if slot is not None:
+                start = records.mark_running(message.job_id)
+        finally:
+            if start is not Start.RUN:
+                breaker.cancel(permit)
+                if slot is not None:
+                    self.limiter.release(slot)
+        return slot, start
+
+    def _no_slot(
+        self,
+        message: JobMessage,
+        key: str | None,
+        target: UpstreamTarget,
+        recorder: Recorder,
+        retries_done: int,
     ) -> Outcome:
+        """Every slot stayed taken: a batch item comes back later (while retries remain),
+        an interactive job is answered by the fallback at once (``rate_limited``)."""
+        extra = {"job_id": message.job_id, "circuit": target.name}
+        if message.batch is not None and self._may_slow_down(message):
+            delay = self.retry_policy.delay(message.throttled)
+            log.info("generation.no_slot_retry", extra={**extra, "delay_s": delay})
+            return Outcome(retry_in=delay, throttled=True)
+        log.info("generation.no_slot", extra=extra)
+        error = SlotUnavailable(
+            f"every call slot of {target.name!r} stayed taken; the upstream is at the "
+            "cluster's call limit",
+            retry_after=1.0,
+        )
+        return self.fallback.answer(message, key, Refusal.of(error, "rate_limited"), recorder)
+
+    def _may_slow_down(self, message: JobMessage) -> bool:
+        """Whether the job may retry once more because the upstream asked for slower."""
+        return message.throttled < self.settings.max_throttled_retries
+
+    def _retry(
+        self,
+        records: Records,
+        message: JobMessage,
+        exc: UpstreamError,
+        retries_done: int,
+        *,
+        throttled: bool = False,
+    ) -> Outcome:
+        """Back to queued with the failed attempt, to run again after a backed-off delay
+        (never before the upstream's ``Retry-After``)."""
         delay = self.retry_policy.delay(retries_done, exc.retry_after)
         records.mark_queued(message.job_id, Attempt.now("failed", exc.type))
         log.info(
             "generation.retry_scheduled",
             extra={"job_id": message.job_id, "error_type": exc.type, "delay_s": delay},
         )
-        return Outcome(retry_in=delay)
+        return Outcome(retry_in=delay, throttled=throttled)
 
     def _store_unavailable(
         self, message: JobMessage, exc: StorageUnavailable, retries_done: int
@@ -202,11 +277,17 @@ def breaker_factory(settings: Settings) -> Callable[[UpstreamTarget], SharedCirc
             failure_rate_threshold=settings.breaker_failure_rate,
             min_calls=settings.breaker_min_calls,
             slow_call_s=settings.breaker_slow_call_s,
-            # Only the upstream's own failures count, not its 4xx verdicts on a request.
-            exclude=[UpstreamRejected],
+            # Only the upstream's own failures count, not its 4xx verdicts on a request,
+            # nor a 429 the call limit can still answer by slowing down.
+            exclude=[UpstreamRejected, _slows_down],
         )
 
     return lambda target: breaker_for(target.name)
+
+
+def _slows_down(exc: BaseException) -> bool:
+    """A 429 above the call limit's floor: the limit is cut, the circuit not told."""
+    return isinstance(exc, UpstreamRateLimited) and not exc.at_floor
 
 
 @functools.cache
@@ -219,6 +300,7 @@ def _service_for(pid: int) -> GenerationService:
         ResultCache(client, settings.cache_ttl_s, settings.cache_max_entry_bytes),
         breaker_factory(settings),
         batches=BatchStore(client, settings.result_ttl_s),
+        limiter=ConcurrencyLimiter.from_settings(settings, client),
     )
 
 

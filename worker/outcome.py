@@ -29,6 +29,8 @@ class Outcome:
     result: JobResult | None = None
     error: JobError | None = None
     retry_in: float | None = None
+    throttled: bool = False
+    """The retry is one of the "slower" budget (``JobMessage.throttled``)."""
 
 
 class Records(Protocol):

@@ -42,7 +42,8 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
             service.fail(job_id, InvalidJob(f"invalid job payload: {exc.error_count()} error(s)"))
         return None
     try:
-        outcome = service.run(message, retries_done=self.request.retries)
+        # Retries after a 429 have their own budget (JobMessage.throttled).
+        outcome = service.run(message, retries_done=self.request.retries - message.throttled)
     except Exception as exc:
         # Never leave a record "running" forever: say it failed, then let Celery log it.
         with contextlib.suppress(StorageUnavailable):
@@ -50,8 +51,11 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         raise
     if outcome.retry_in is not None:
         # The only retry layer: the slot is freed while the countdown runs.
+        args = None
+        if outcome.throttled:  # the message carries how often the upstream said "slower"
+            args = ({**job, "throttled": message.throttled + 1},)
         try:
-            raise self.retry(countdown=outcome.retry_in)
+            raise self.retry(args=args, countdown=outcome.retry_in)
         except Reject as exc:
             # Celery could not publish the retry (the broker is down) and would drop the
             # message: it goes back to its queue instead, once Redis is back.

@@ -27,6 +27,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
 from core.circuits import circuit_name
+from core.connections import MIN_POOL
 from core.contract import GenerateRequest
 from core.errors import (
     UpstreamError,
@@ -36,7 +37,7 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from core.settings import Protocol, Settings
+from core.settings import Protocol, Settings, get_settings
 from worker.protocols import PromptRoute, WireRequest, build_request, parse_response
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 USER_AGENT = "genq/0.1"
-POOL_SIZE = 32  # connections kept per host: a threads worker runs this many calls at once
 POOL_HOSTS = 4  # hosts whose pools are kept (normally one upstream)
 MAX_DETAIL_CHARS = 300  # longest piece of upstream error text quoted in a message
 MAX_ERROR_BODY_BYTES = 64 * 1024  # of an error body, decoded to find its message
@@ -196,18 +196,20 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def get_session() -> Session:
-    """This process's pooled Session; a forked child gets its own, never its parent's."""
-    return _session_for(os.getpid())
+    """This process's pooled Session; a forked child gets its own, never its parent's.
+    Each host's pool may keep a connection for every job the worker runs at once, so no
+    call ever finds the pool full (urllib3 would open, then discard, an extra one)."""
+    return _session_for(os.getpid(), max(MIN_POOL, get_settings().worker_concurrency))
 
 
 @functools.lru_cache(maxsize=1)
-def _session_for(pid: int) -> Session:
+def _session_for(pid: int, pool_size: int) -> Session:
     """Keyed on the pid: sockets inherited across fork must never be shared."""
     session = Session()
     session.trust_env = False  # env proxies/netrc would bypass settings.py (STYLE 8)
     session.max_redirects = MAX_REDIRECTS
     # max_retries=0: Celery's retry is genq's only retry layer; no urllib3 Retry.
-    adapter = HTTPAdapter(pool_connections=POOL_HOSTS, pool_maxsize=POOL_SIZE, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=POOL_HOSTS, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

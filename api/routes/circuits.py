@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from api.deps import PrincipalDep, SettingsDep
 from api.responses import V1
-from core import circuits
+from core import capacity, circuits
 from core.connections import get_redis
 from core.settings import Settings
 
@@ -23,8 +23,27 @@ UNHEALTHY = {"open", "half-open", "forced_open"}
 CircuitName = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._:~-]+$")]
 
 
+class CallLimit(BaseModel):
+    """The cluster-wide limit of calls in flight to the circuit's upstream target."""
+
+    mode: Literal["adaptive", "fixed"]
+    limit: int
+    floor: int
+    ceiling: int
+    in_flight: int
+    calls: int
+    throttled: int
+    """429s seen."""
+    cuts: int
+    waits: int
+    """Jobs that waited for a slot (``wait_timeouts`` of them got none in time)."""
+    wait_timeouts: int
+    waited_s: float
+    """Total time jobs waited for a slot."""
+
+
 class Circuit(BaseModel):
-    """One circuit: its state and why."""
+    """One circuit: its state and why, and its target's call limit (None before a call)."""
 
     name: str
     state: Literal["closed", "open", "half-open", "forced_open", "forced_closed"]
@@ -34,6 +53,7 @@ class Circuit(BaseModel):
     last_failure: str | None
     probe_in_flight: bool
     transitions: dict[str, int]
+    limit: CallLimit | None = None
 
 
 def _redis() -> redis.Redis:
@@ -53,14 +73,16 @@ def _unreachable(what: str) -> HTTPException:
 
 def _circuits(client: redis.Redis) -> list[Circuit]:
     try:
-        return [Circuit.model_validate(c) for c in circuits.list_circuits(client)]
+        known = capacity.with_limits(client, circuits.list_circuits(client))
+        return [Circuit.model_validate(c) for c in known]
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise _unreachable("try again shortly") from exc
 
 
 @router.get("/v1/circuits", response_model=list[Circuit])
 def list_circuits(_: PrincipalDep, client: RedisDep) -> list[Circuit]:
-    """Every circuit genq has used, with state, failures and seconds to the next probe."""
+    """Every circuit genq has used, with state, failures and seconds to the next probe,
+    and its target's call limit: the limit, calls in flight, 429s, time waited for slots."""
     return _circuits(client)
 
 
@@ -125,6 +147,7 @@ def control_circuit(
         if not _steerable(name, client, settings):
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no circuit {name!r}")
         circuits.control(client, name, _ACTIONS[action], settings.breaker_reset_timeout_s)
-        return Circuit.model_validate(circuits.snapshot(client, name))
+        snapshot = {**circuits.snapshot(client, name), "limit": capacity.snapshot(client, name)}
+        return Circuit.model_validate(snapshot)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise _unreachable("nothing was changed") from exc

@@ -65,11 +65,21 @@ def simulator() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-def sim(simulator: SimulatorServer) -> Iterator[SimulatorServer]:
-    """The session simulator, reset to healthy defaults before and after the test."""
+def sim(simulator: SimulatorServer, redis_url: str) -> Iterator[SimulatorServer]:
+    """The session simulator, reset to healthy defaults before and after the test, with
+    genq's call limits forgotten (a test's 429s must not slow the next test down)."""
     simulator.reset()
+    _forget_call_limits(redis_url)
     yield simulator
     simulator.reset()
+    _forget_call_limits(redis_url)
+
+
+def _forget_call_limits(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        names = list(client.scan_iter(match="genq:limit:*", count=1000))
+        if names:
+            client.delete(*names)
 
 
 def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:

@@ -39,6 +39,8 @@ ENV = {
     "GENQ_TASK_SOFT_TIME_LIMIT_S": "6",
     "GENQ_TASK_TIME_LIMIT_S": "7",
     "GENQ_VISIBILITY_TIMEOUT_S": "9",
+    "GENQ_BATCH_SLOT_WAIT_S": "0.2",  # waits for a call slot count in the longest attempt
+    "GENQ_INTERACTIVE_SLOT_WAIT_S": "0.2",
     "GENQ_RETRY_CAP_S": "2",
     "GENQ_MAX_RETRIES": "20",
     "GENQ_UNACKED_RESTORE_INTERVAL_S": "1",

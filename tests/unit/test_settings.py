@@ -162,8 +162,9 @@ def test_validation_errors_never_show_the_refused_secret(
 
 
 def test_a_visibility_timeout_shorter_than_the_longest_attempt_is_refused() -> None:
-    """Start-up refuses a visibility timeout that a slow upstream call plus the record
-    write could outlast (a second copy of the job would start while the first runs)."""
+    """Start-up refuses a visibility timeout that the wait for a call slot, a slow upstream
+    call and the record write could outlast (a second copy of the job would start while
+    the first runs)."""
     with pytest.raises(ValueError, match="longest attempt"):
         Settings(
             upstream_timeout_s=50,
@@ -171,4 +172,5 @@ def test_a_visibility_timeout_shorter_than_the_longest_attempt_is_refused() -> N
             task_time_limit_s=60,
             visibility_timeout_s=100,
         )
-    assert Settings(upstream_timeout_s=30).longest_attempt_s == 3.05 + 60 + 5
+    assert Settings(upstream_timeout_s=30).longest_attempt_s == 60 + 3.05 + 60 + 5
+    assert Settings(batch_slot_wait_s=1).longest_attempt_s == 1 + 3.05 + 60 + 5

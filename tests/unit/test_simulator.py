@@ -499,6 +499,8 @@ def test_stats_count_every_generation_call_by_outcome(sim: SimulatorServer) -> N
     assert stats["calls"] == 5
     assert stats["by_outcome"] == {"ok": 2, "error_500": 1, "error_429": 1, "error_400": 1}
     assert stats["config"]["mode"] == "ok"
+    gauges = ("in_flight", "peak_in_flight", "waiting", "peak_concurrent", "over_capacity")
+    assert [stats[key] for key in gauges] == [0, 1, 0, 1, 0]  # one call at a time, no capacity
 
 
 def test_require_token_rejects_other_tokens_with_401(sim: SimulatorServer) -> None:

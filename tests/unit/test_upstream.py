@@ -27,6 +27,7 @@ from core.errors import (
 )
 from core.settings import Protocol, Settings
 from worker.protocols import Answer, Route, parse_response
+from worker.testing import configured
 from worker.upstream import (
     UpstreamTarget,
     classify,
@@ -330,13 +331,18 @@ def test_session_is_reused_within_a_process() -> None:
     assert get_session() is get_session()
 
 
-def test_session_has_no_urllib3_retries_and_a_pool_of_32() -> None:
-    """The Session's adapters never retry (Celery is the one retry layer) and pool 32."""
-    for prefix in ("http://x", "https://x"):
-        adapter = get_session().get_adapter(prefix)
-        assert isinstance(adapter, requests.adapters.HTTPAdapter)
-        assert adapter.max_retries.total == 0
-        assert adapter.poolmanager.connection_pool_kw["maxsize"] == 32
+def test_session_has_no_urllib3_retries_and_a_pool_per_concurrent_job() -> None:
+    """The Session's adapters never retry (Celery is the one retry layer) and keep as many
+    connections per host as the worker runs jobs at once: no call finds the pool full."""
+    with configured({"GENQ_WORKER_CONCURRENCY": "2000"}):
+        for prefix in ("http://x", "https://x"):
+            adapter = get_session().get_adapter(prefix)
+            assert isinstance(adapter, requests.adapters.HTTPAdapter)
+            assert adapter.max_retries.total == 0
+            assert adapter.poolmanager.connection_pool_kw["maxsize"] == 2000
+    with configured({"GENQ_WORKER_CONCURRENCY": "16"}):  # and a `-c` above it is covered
+        maxsize = get_session().get_adapter("http://x").poolmanager.connection_pool_kw["maxsize"]
+        assert maxsize == 1000
 
 
 def test_generate_uses_the_process_session(httpserver: HTTPServer, base: str) -> None:

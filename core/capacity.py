@@ -1,0 +1,183 @@
+"""One call limit per upstream target, shared by every worker of the cluster through Redis.
+
+A call takes a slot before it goes upstream and gives it back when it ends; a slot is a
+lease in a sorted set (token -> expiry), so the slots of a killed worker come back by
+themselves once their leases lapse. The limit is ``fixed`` or ``adaptive`` (AIMD, in
+``lua/limit_release.lua``): it grows while calls succeed and is cut on 429s, timeouts and
+slow answers. The worker side (waiting for a slot, classifying a call's outcome) is
+``worker.limiter``; this module holds the Redis side and the snapshot the API shows.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, NamedTuple, cast
+
+from redis import Redis
+from redis.commands.core import Script
+
+from core import keys, scripts
+from core.circuits import KEY_TTL_MS
+
+__all__ = [
+    "CallOutcome",
+    "CapacityStore",
+    "Grant",
+    "LimitOptions",
+    "Released",
+    "snapshot",
+    "with_limits",
+]
+
+
+class CallOutcome(StrEnum):
+    """What a finished call tells the limit."""
+
+    OK = "ok"  # answered: the limit may grow
+    THROTTLED = "throttled"  # 429: cut
+    CONGESTED = "congested"  # timed out, or slower than the latency target: cut
+    NEUTRAL = "neutral"  # anything else (a 5xx is the breaker's business, a 4xx the job's)
+
+
+@dataclass(frozen=True)
+class LimitOptions:
+    """How a target's limit behaves (``GENQ_UPSTREAM_*``); every worker should agree."""
+
+    mode: Literal["adaptive", "fixed"] = "adaptive"
+    initial: int = 16
+    floor: int = 1
+    ceiling: int = 512
+    decrease: float = 0.9
+    """The factor of one cut: gentle, because one cut is made per round of calls."""
+    lease_ms: int = 64_000
+    """A slot's lease: longer than the longest call, so only a dead holder's lapses."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.floor <= self.ceiling:
+            raise ValueError(f"need 1 <= floor <= ceiling, got {self.floor}, {self.ceiling}")
+        if not 0 < self.decrease < 1:
+            raise ValueError(f"decrease must be in (0, 1), got {self.decrease}")
+        if self.lease_ms <= 0:
+            raise ValueError(f"lease_ms must be > 0, got {self.lease_ms}")
+
+    @property
+    def packed(self) -> str:
+        """ARGV[1] of the limit scripts (``lua/limit_prelude.lua``)."""
+        initial = min(max(self.initial, self.floor), self.ceiling)
+        fields = (self.mode, initial, self.floor, self.ceiling, self.decrease, KEY_TTL_MS)
+        return ":".join(map(str, fields))
+
+
+class Grant(NamedTuple):
+    """The answer to a request for a slot."""
+
+    granted: bool
+    in_flight: int
+    limit: float
+    epoch: int
+
+
+class Released(NamedTuple):
+    """The limit after a call gave its slot back."""
+
+    limit: float
+    in_flight: int
+    at_floor: bool
+    """A 429 at the adaptive limit's floor: the provider refuses even one call at a time."""
+
+
+@functools.cache
+def _scripts() -> tuple[str, str]:
+    prelude = scripts.load("core", "limit_prelude")
+    return scripts.load("core", "limit_acquire", prelude), scripts.load(
+        "core", "limit_release", prelude
+    )
+
+
+class CapacityStore:
+    """The call limits in Redis (registering the scripts does no I/O)."""
+
+    def __init__(self, client: Redis, options: LimitOptions) -> None:
+        self._redis = client
+        self.options = options
+        acquire, release = _scripts()
+        self._acquire: Script = client.register_script(acquire)
+        self._release: Script = client.register_script(release)
+
+    def try_acquire(self, target: str, token: str, waited_ms: int = 0) -> Grant:
+        """Take a slot of ``target`` for ``token`` if one is free (one round trip);
+        ``waited_ms``, the time already spent waiting, is counted if it is granted."""
+        state, leases, _ = keys.call_limit(target)
+        args: list[str | int] = [self.options.packed, token, self.options.lease_ms, waited_ms]
+        granted, held, limit, epoch = _text(self._acquire([state, leases], args)).split(":")
+        return Grant(granted == "1", int(held), float(limit), int(epoch))
+
+    def release(self, target: str, token: str, outcome: CallOutcome, epoch: int) -> Released:
+        """Give ``token``'s slot back and let ``outcome`` move the limit (one round trip)."""
+        args: list[str | int] = [self.options.packed, token, outcome.value, epoch]
+        reply = _text(self._release(keys.call_limit(target), args))
+        limit, held, at_floor = reply.split(":")
+        return Released(float(limit), int(held), at_floor == "1")
+
+    def note_wait(self, target: str, waited_ms: int) -> None:
+        """Count a wait that ended without a slot (the job was answered otherwise)."""
+        state = keys.call_limit(target)[0]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(state, "waited_ms", max(0, waited_ms))
+        pipe.hincrby(state, "waits", 1)
+        pipe.hincrby(state, "wait_timeouts", 1)
+        pipe.execute()
+
+    def wait_for_release(self, target: str, timeout_s: float) -> None:
+        """Block until a slot of ``target`` is freed, or ``timeout_s`` passes (BLPOP: no
+        polling; each freed slot wakes one waiter, the longest waiting first)."""
+        self._redis.blpop([keys.call_limit(target)[2]], timeout=max(0.001, timeout_s))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
+    """Target ``target``'s limit as the API shows it; None if no call has used it.
+
+    ``in_flight`` counts live leases; ``waited_s`` is the total time jobs waited for a
+    slot, over ``waits`` waits (``wait_timeouts`` of them ended without one).
+    """
+    state_key, leases_key, _ = keys.call_limit(target)
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(state_key)
+    clock, raw = pipe.execute()
+    if not raw:
+        return None
+    now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    state = {_text(f): _text(v) for f, v in cast(dict[Any, Any], raw).items()}
+    in_flight = int(client.zcount(leases_key, f"({now_ms}", "+inf"))
+    mode = state.get("mode", "adaptive")
+    limit = float(state.get("ceiling" if mode == "fixed" else "limit", 0))
+
+    def count(name: str) -> int:
+        return int(state.get(name, 0))
+
+    return {
+        "mode": mode,
+        "limit": math.floor(limit),
+        "floor": count("floor"),
+        "ceiling": count("ceiling"),
+        "in_flight": in_flight,
+        "calls": count("calls"),
+        "throttled": count("throttled"),
+        "cuts": count("cuts"),
+        "waits": count("waits"),
+        "wait_timeouts": count("wait_timeouts"),
+        "waited_s": count("waited_ms") / 1000,
+    }
+
+
+def with_limits(client: Redis, circuits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``circuits`` (``core.circuits`` snapshots), each with its target's ``limit``."""
+    return [{**c, "limit": snapshot(client, c["name"])} for c in circuits]

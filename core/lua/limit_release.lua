@@ -1,0 +1,47 @@
+-- A call that held a slot ended (after limit_prelude.lua). KEYS: 3 the freed-slot list.
+-- ARGV: 2 token, 3 outcome ('ok', 'throttled' (a 429), 'congested' (a timeout, or slower
+-- than the latency target), 'neutral'), 4 the epoch its slot was granted in.
+-- Adaptive (AIMD, shaped like TCP CUBIC): an ok call grows the limit only while all of it
+-- is in use (all slots but one held, this call's included): a limit the demand does not
+-- fill says nothing about the provider's capacity, and must not run away above it. Until the first cut it grows by one per call (doubling per round of
+-- calls); after, by how far it is from the limit of the last cut (``peak``): 1/limit per
+-- call below it (one per round), 0.1/limit within one of it (probing gently where the
+-- provider said "too many" last), and (limit - peak)/limit above it (the capacity grew:
+-- the distance doubles per round). A throttled or congested call cuts the limit by the
+-- decrease factor, once per epoch: calls granted before the last cut do not cut again.
+-- Returns "limit:in_flight:at_floor": at_floor 1 for a 429 at the adaptive floor.
+local limit = current_limit()
+local held = redis.call('ZCARD', KEYS[2])
+local freed = redis.call('ZREM', KEYS[2], ARGV[2])
+local outcome = ARGV[3]
+redis.call('HINCRBY', KEYS[1], 'calls', 1)
+if outcome == 'throttled' then redis.call('HINCRBY', KEYS[1], 'throttled', 1) end
+local at_floor = 0
+if mode ~= 'fixed' then
+  if outcome == 'ok' and held >= math.floor(limit) - 1 then
+    local step = 1
+    if redis.call('HGET', KEYS[1], 'slow_start') ~= '1' then
+      local gap = limit - tonumber(redis.call('HGET', KEYS[1], 'peak') or limit)
+      if gap > 1 then step = math.min(1, gap / limit)
+      elseif gap > -1 then step = 0.1 / limit
+      else step = 1 / limit end
+    end
+    limit = math.min(ceiling, limit + step)
+  elseif outcome == 'throttled' or outcome == 'congested' then
+    if outcome == 'throttled' and limit <= floor then at_floor = 1 end
+    local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+    if tonumber(ARGV[4]) >= epoch then
+      redis.call('HSET', KEYS[1], 'epoch', epoch + 1, 'slow_start', 0, 'peak', limit)
+      limit = math.max(floor, limit * decrease)
+      redis.call('HINCRBY', KEYS[1], 'cuts', 1)
+    end
+  end
+  redis.call('HSET', KEYS[1], 'limit', limit)
+end
+if freed == 1 then
+  redis.call('LPUSH', KEYS[3], 1)
+  redis.call('LTRIM', KEYS[3], 0, 63)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+touch()
+return limit .. ':' .. (held - freed) .. ':' .. at_floor

@@ -1,0 +1,282 @@
+"""core.capacity and worker.limiter on a real redis-server: one limit for every process,
+slots that come back when their holder dies, and AIMD moves that follow the outcomes."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+
+import pytest
+import redis
+import requests
+
+from core import capacity, circuits
+from core.capacity import CallOutcome, CapacityStore, LimitOptions
+from core.errors import UpstreamRateLimited, UpstreamTimeout
+from core.settings import Settings
+from tests.integration.conftest import auth
+from worker.limiter import ConcurrencyLimiter
+from worker.upstream import UpstreamTarget
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def target() -> str:
+    return f"test~{uuid.uuid4().hex}"
+
+
+def store_with(r: redis.Redis, **options: object) -> CapacityStore:
+    return CapacityStore(r, LimitOptions(**options))  # type: ignore[arg-type]
+
+
+def fill(store: CapacityStore, target: str, count: int) -> list[tuple[str, int]]:
+    """Take ``count`` slots; returns (token, epoch) of each."""
+    held = []
+    for i in range(count):
+        grant = store.try_acquire(target, f"t{i}")
+        assert grant.granted, f"slot {i} refused at limit {grant.limit}"
+        held.append((f"t{i}", grant.epoch))
+    return held
+
+
+def test_a_fixed_limit_grants_that_many_slots_and_no_more(r: redis.Redis, target: str) -> None:
+    store = store_with(r, mode="fixed", ceiling=3)
+    fill(store, target, 3)
+    refused = store.try_acquire(target, "extra")
+    assert (refused.granted, refused.in_flight, refused.limit) == (False, 3, 3.0)
+    store.release(target, "t0", CallOutcome.THROTTLED, 0)
+    assert store.try_acquire(target, "extra").granted
+    # A fixed limit never moves, whatever the outcomes.
+    assert capacity.snapshot(r, target) == {
+        "mode": "fixed",
+        "limit": 3,
+        "floor": 1,
+        "ceiling": 3,
+        "in_flight": 3,
+        "calls": 1,
+        "throttled": 1,
+        "cuts": 0,
+        "waits": 0,
+        "wait_timeouts": 0,
+        "waited_s": 0.0,
+    }
+
+
+def test_two_processes_share_one_limit(redis_url: str, target: str) -> None:
+    """Two clients (as two workers would hold) together get exactly the limit."""
+    first = store_with(redis.Redis.from_url(redis_url), mode="fixed", ceiling=4)
+    second = store_with(redis.Redis.from_url(redis_url), mode="fixed", ceiling=4)
+    stores = list(enumerate((first, second)))
+    granted = [s.try_acquire(target, f"{n}-{i}").granted for i in range(5) for n, s in stores]
+    assert granted.count(True) == 4
+
+
+def test_a_dead_holders_slots_come_back_when_their_leases_lapse(
+    r: redis.Redis, target: str
+) -> None:
+    store = store_with(r, mode="fixed", ceiling=2, lease_ms=300)
+    fill(store, target, 2)  # and never released: the holder died
+    assert not store.try_acquire(target, "waiting").granted
+    time.sleep(0.35)
+    assert store.try_acquire(target, "waiting").granted
+    assert capacity.snapshot(r, target)["in_flight"] == 1  # type: ignore[index]
+
+
+def test_slow_start_doubles_then_a_429_cuts_once_per_epoch(r: redis.Redis, target: str) -> None:
+    store = store_with(r, initial=4, ceiling=100)
+    names = (f"x{i}" for i in itertools.count())
+    held: list[tuple[str, int]] = []
+
+    def refill() -> None:  # a backlog: every free slot is taken at once
+        while (grant := store.try_acquire(target, token := next(names))).granted:
+            held.append((token, grant.epoch))
+
+    refill()
+    for _ in range(4):  # the limit is full: each success adds one
+        token, epoch = held.pop(0)
+        store.release(target, token, CallOutcome.OK, epoch)
+        refill()
+    snapshot = capacity.snapshot(r, target)
+    assert snapshot is not None and (snapshot["limit"], snapshot["in_flight"]) == (8, 8)
+    # Two 429s granted in the same epoch: only the first cuts.
+    first = store.release(target, held[0][0], CallOutcome.THROTTLED, held[0][1])
+    second = store.release(target, held[1][0], CallOutcome.THROTTLED, held[1][1])
+    assert first.limit == pytest.approx(7.2) and second.limit == pytest.approx(7.2)
+    # After the cut, near the limit of the cut (8), growth is gentle: 0.1/limit per success.
+    third = store.release(target, held[2][0], CallOutcome.OK, held[2][1])
+    assert third.limit == pytest.approx(7.2 + 0.1 / 7.2)
+    # A slot granted after the cut may cut again.
+    fresh = store.try_acquire(target, "fresh")
+    assert fresh.epoch == 1
+    assert store.release(target, "fresh", CallOutcome.CONGESTED, fresh.epoch).limit < 7.2
+
+
+def test_a_limit_the_demand_does_not_fill_does_not_grow(r: redis.Redis, target: str) -> None:
+    """Successes while slots stay free say nothing about the provider's capacity: 8 calls
+    at a time under a limit of 10, for 50 rounds, leave it at 10."""
+    store = store_with(r, initial=10)
+    for _ in range(50):
+        for token, epoch in fill(store, target, 8):
+            store.release(target, token, CallOutcome.OK, epoch)
+    assert capacity.snapshot(r, target)["limit"] == 10  # type: ignore[index]
+
+
+def test_a_429_at_the_floor_says_so(r: redis.Redis, target: str) -> None:
+    store = store_with(r, initial=2, floor=2)
+    grant = store.try_acquire(target, "a")
+    assert store.release(target, "a", CallOutcome.THROTTLED, grant.epoch).at_floor
+    grant = store.try_acquire(target, "b")
+    assert not store.release(target, "b", CallOutcome.CONGESTED, grant.epoch).at_floor
+
+
+def test_the_limiter_marks_a_429_at_the_floor_for_the_breaker(r: redis.Redis, target: str) -> None:
+    limiter = ConcurrencyLimiter(store_with(r, initial=3, floor=1))
+    marked = []
+    for _ in range(40):  # each 429 cuts (a new epoch each time) until the floor
+        slot = limiter.acquire(target, 0.0)
+        assert slot is not None
+        with pytest.raises(UpstreamRateLimited) as caught, limiter.holding(slot):
+            raise UpstreamRateLimited("429", status=429)
+        marked.append(caught.value.at_floor)
+    assert marked[0] is False and marked[-1] is True
+    assert capacity.snapshot(r, target)["limit"] == 1  # type: ignore[index]
+
+
+def test_a_timeout_cuts_and_a_5xx_does_not(r: redis.Redis, target: str) -> None:
+    limiter = ConcurrencyLimiter(store_with(r, initial=10))
+    for error in (RuntimeError("5xx stand-in"), UpstreamTimeout("slow")):
+        slot = limiter.acquire(target, 0.0)
+        assert slot is not None
+        with pytest.raises(type(error)), limiter.holding(slot):
+            raise error
+    assert capacity.snapshot(r, target)["cuts"] == 1  # type: ignore[index]
+
+
+def test_a_waiter_is_woken_by_a_release_not_by_polling(r: redis.Redis, target: str) -> None:
+    limiter = ConcurrencyLimiter(store_with(r, mode="fixed", ceiling=1))
+    held = limiter.acquire(target, 0.0)
+    assert held is not None
+    got: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        slot = limiter.acquire(target, 5.0)
+        got.append(time.monotonic() - started)
+        assert slot is not None and slot.waited_ms > 0
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    commands_before = int(r.info("stats")["total_commands_processed"])
+    time.sleep(0.3)  # the waiter blocks: Redis sees no command from it meanwhile
+    idle = int(r.info("stats")["total_commands_processed"]) - commands_before
+    limiter.release(held)
+    waiter.join(5)
+    assert got and 0.55 < got[0] < 1.0  # woken by the release, not at WAKE_EVERY_S
+    assert idle <= 2  # the INFO call itself
+    snap = capacity.snapshot(r, target)
+    assert snap is not None and snap["waits"] == 1 and snap["waited_s"] > 0.5
+
+
+def test_a_wait_that_runs_out_gives_none_and_is_counted(r: redis.Redis, target: str) -> None:
+    limiter = ConcurrencyLimiter(store_with(r, mode="fixed", ceiling=1))
+    assert limiter.acquire(target, 0.0) is not None
+    started = time.monotonic()
+    assert limiter.acquire(target, 0.2) is None
+    assert 0.2 <= time.monotonic() - started < 1.0
+    snap = capacity.snapshot(r, target)
+    assert snap is not None and snap["wait_timeouts"] == 1
+
+
+def test_an_unused_target_has_no_snapshot(r: redis.Redis, target: str) -> None:
+    assert capacity.snapshot(r, target) is None
+
+
+class ModelledProvider:
+    """Calls through ``store`` to a provider that serves ``capacity`` calls at once: a call
+    granted while more are in flight is answered 429 at once; the others succeed in the
+    order they started, each freed slot taken again at once (a backlog of jobs)."""
+
+    def __init__(self, store: CapacityStore, target: str) -> None:
+        self.store, self.target = store, target
+        self.capacity, self.calls, self.throttled = 0, 0, 0
+        self._held: deque[tuple[str, int]] = deque()
+        self._tokens = itertools.count()
+
+    def run(self, completions: int) -> list[float]:
+        """Let ``completions`` calls succeed; returns the limit after each."""
+        limits = []
+        for _ in range(completions):
+            self._refill()
+            token, epoch = self._held.popleft()
+            released = self.store.release(self.target, token, CallOutcome.OK, epoch)
+            self.calls += 1
+            limits.append(released.limit)
+        return limits
+
+    def _refill(self) -> None:
+        while (
+            grant := self.store.try_acquire(self.target, token := str(next(self._tokens)))
+        ).granted:
+            if grant.in_flight > self.capacity:
+                self.store.release(self.target, token, CallOutcome.THROTTLED, grant.epoch)
+                self.calls, self.throttled = self.calls + 1, self.throttled + 1
+            else:
+                self._held.append((token, grant.epoch))
+
+
+def test_the_limit_finds_the_capacity_and_follows_it(r: redis.Redis, target: str) -> None:
+    """A backlog of calls against a modelled provider: the limit converges to its
+    capacity with under 1% 429s, falls when the capacity falls and climbs back."""
+    provider = ModelledProvider(store_with(r, initial=4, ceiling=500), target)
+    provider.capacity = 40
+    provider.run(2_000)  # slow start and the first cuts
+    calls, throttled = provider.calls, provider.throttled
+    limits = provider.run(4_000)  # 100 rounds of 40 calls
+    rate = (provider.throttled - throttled) / (provider.calls - calls)
+    print(f"429s {rate:.4f}, limit {min(limits):.1f}..{max(limits):.1f}")
+    assert rate < 0.01
+    assert min(limits) >= 0.85 * 40 and max(limits) < 42
+    provider.capacity = 10  # the provider shrinks: each call granted after a cut is a 429
+    limits = provider.run(200)  # that cuts again, as soon as a slot frees
+    first = next(i for i, limit in enumerate(limits) if limit < 11)
+    print(f"down to 11 after {first} calls")
+    assert first < 80 and max(limits[first:]) < 12
+    provider.capacity = 40  # and grows back: gently near the last cut, then faster
+    limits = provider.run(2_000)
+    first = next(i for i, limit in enumerate(limits) if limit >= 36)
+    print(f"back to 36 after {first} calls ({first / 10:.0f} rounds of 10)")
+    assert first < 1_000
+
+
+def test_circuits_and_metrics_show_each_targets_limit(
+    api_url: str, r: redis.Redis, genq_settings: Settings
+) -> None:
+    """``GET /v1/circuits`` and ``/metrics`` show a target's limit and calls in flight."""
+    model = f"simulator/limit-{uuid.uuid4().hex[:8]}"
+    name = UpstreamTarget.from_settings(genq_settings, model).name
+    circuits.reset(r, name, genq_settings.breaker_reset_timeout_s)  # the circuit exists
+    store = store_with(r, mode="fixed", ceiling=7)
+    for i in range(3):
+        assert store.try_acquire(name, f"api-{i}").granted
+    listed = requests.get(f"{api_url}/v1/circuits", headers=auth(), timeout=5).json()
+    shown = next(c for c in listed if c["name"] == name)
+    assert shown["limit"]["mode"] == "fixed"
+    assert (shown["limit"]["limit"], shown["limit"]["in_flight"]) == (7, 3)
+    expected = [
+        f'genq_upstream_limit{{circuit="{name}"}} 7.0',
+        f'genq_upstream_in_flight{{circuit="{name}"}} 3.0',
+    ]
+    deadline = time.monotonic() + 8  # the API's monitor reads the cluster every 5 s
+    while not all(line in (text := metrics(api_url)) for line in expected):
+        assert time.monotonic() < deadline, "the limit never reached /metrics"
+        time.sleep(0.5)
+    assert "genq_upstream_slot_wait_seconds_total" in text
+
+
+def metrics(api_url: str) -> str:
+    return requests.get(f"{api_url}/metrics", timeout=5).text
