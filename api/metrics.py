@@ -68,11 +68,8 @@ class ClusterCollector(Collector):
         transitions = CounterMetricFamily(
             "genq_circuit_transitions", "Transitions made", labels=["circuit", "kind"]
         )
-        limits = _LimitMetrics()
         for circuit in circuits:
             name = circuit["name"]
-            if circuit.get("limit"):
-                limits.add(name, circuit["limit"])
             for option in STATE_LABELS:
                 state.add_metric([name, option], float(circuit["state"] == option))
             retry.add_metric([name], float(circuit["retry_after"]))
@@ -81,44 +78,29 @@ class ClusterCollector(Collector):
         queued = GaugeMetricFamily("genq_queue_depth", "Messages waiting", labels=["queue"])
         for queue, depth in depths:
             queued.add_metric([queue], float(depth))
-        yield from (state, retry, transitions, queued, *limits.families)
+        yield from (state, retry, transitions, queued)
+        yield from _limit_families(circuits)
 
 
-class _LimitMetrics:
-    """Each target's call limit (``core.capacity``), labelled by its circuit's name."""
+#: Each target's call limit (``core.capacity``): (snapshot field, kind, name, help).
+_LIMIT_METRICS: tuple[tuple[str, type[GaugeMetricFamily | CounterMetricFamily], str, str], ...] = (
+    ("limit", GaugeMetricFamily, "genq_upstream_limit", "Calls the cluster may have in flight"),
+    ("in_flight", GaugeMetricFamily, "genq_upstream_in_flight", "Calls in flight (slot leases)"),
+    ("throttled", CounterMetricFamily, "genq_upstream_throttled", "429s seen by calls"),
+    ("waited_s", CounterMetricFamily, "genq_upstream_slot_wait_seconds", "Time waited for slots"),
+    ("waits", CounterMetricFamily, "genq_upstream_slot_waits", "Jobs that waited for a slot"),
+    ("wait_timeouts", CounterMetricFamily, "genq_upstream_slot_wait_timeouts", "Waits, no slot"),
+)
 
-    def __init__(self) -> None:
-        labels = ["circuit"]
-        self.limit = GaugeMetricFamily(
-            "genq_upstream_limit", "Calls the cluster may have in flight", labels=labels
-        )
-        self.in_flight = GaugeMetricFamily(
-            "genq_upstream_in_flight", "Calls in flight (live slot leases)", labels=labels
-        )
-        self.throttled = CounterMetricFamily(
-            "genq_upstream_throttled", "429s seen by calls holding a slot", labels=labels
-        )
-        self.waited = CounterMetricFamily(
-            "genq_upstream_slot_wait_seconds", "Time jobs waited for a call slot", labels=labels
-        )
-        self.waits = CounterMetricFamily(
-            "genq_upstream_slot_waits", "Jobs that waited for a call slot", labels=labels
-        )
-        self.timeouts = CounterMetricFamily(
-            "genq_upstream_slot_wait_timeouts", "Waits that ended without a slot", labels=labels
-        )
 
-    def add(self, name: str, limit: dict[str, Any]) -> None:
-        self.limit.add_metric([name], float(limit["limit"]))
-        self.in_flight.add_metric([name], float(limit["in_flight"]))
-        self.throttled.add_metric([name], float(limit["throttled"]))
-        self.waited.add_metric([name], float(limit["waited_s"]))
-        self.waits.add_metric([name], float(limit["waits"]))
-        self.timeouts.add_metric([name], float(limit["wait_timeouts"]))
-
-    @property
-    def families(self) -> tuple[Metric, ...]:
-        return (self.limit, self.in_flight, self.throttled, self.waited, self.waits, self.timeouts)
+def _limit_families(circuits: list[dict[str, Any]]) -> Iterator[Metric]:
+    """One family per ``_LIMIT_METRICS`` row, labelled by the circuit's name."""
+    for field, kind, name, text in _LIMIT_METRICS:
+        family = kind(name, text, labels=["circuit"])
+        for circuit in circuits:
+            if limit := circuit.get("limit"):
+                family.add_metric([circuit["name"]], float(limit[field]))
+        yield family
 
 
 router = APIRouter(tags=["metrics"])

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from devstack.redis import RedisProcess, ensure_redis_server, free_port
+from devstack.redis import RedisProcess, free_port
 from simulator.server import SimulatorServer
 from tests.integration.conftest import auth, genq_env, start_process, start_worker, wait_http
 
@@ -36,16 +36,6 @@ ENV = {
     "GENQ_RETRY_BASE_S": "0.1",
     "GENQ_RETRY_CAP_S": "1",
 }
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess(ensure_redis_server(say=lambda _: None))
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @contextmanager

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +20,7 @@ import redis
 import requests
 
 from core import keys
-from devstack.redis import RedisProcess, ensure_redis_server, free_port
+from devstack.redis import RedisProcess, free_port
 from simulator.server import SimulatorServer
 from tests.integration.conftest import auth, genq_env, start_process, start_worker, wait_http
 
@@ -57,16 +56,6 @@ FAULTS: dict[str, Any] = {
     "hang_s": 2,
     "seed": 12,
 }
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess(ensure_redis_server(say=lambda _: None))
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def _job(i: int) -> dict[str, Any]:
