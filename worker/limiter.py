@@ -107,9 +107,9 @@ class ConcurrencyLimiter:
             yield
         except BaseException as exc:
             elapsed = time.monotonic() - started
-            released = self.release(slot, outcome_of(exc, elapsed, self._latency_target_s))
-            if isinstance(exc, UpstreamRateLimited) and released:
-                exc.at_floor = released
+            at_floor = self.release(slot, outcome_of(exc, elapsed, self._latency_target_s))
+            if isinstance(exc, UpstreamRateLimited) and at_floor:
+                exc.at_floor = True
             raise
         self.release(slot, outcome_of(None, time.monotonic() - started, self._latency_target_s))
 
