@@ -107,6 +107,21 @@ def genq_env(redis_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+#: Small timeouts, so that a redelivery happens within a test: upstream timeout < soft
+#: limit < hard limit < visibility timeout, and the longest attempt (0.2 s slot wait +
+#: 0.5 + 2 x 3 s call + 2 s Redis) < the visibility timeout, as settings require.
+REDELIVERY_ENV = {
+    "GENQ_UPSTREAM_TIMEOUT_S": "3",
+    "GENQ_UPSTREAM_CONNECT_TIMEOUT_S": "0.5",
+    "GENQ_TASK_SOFT_TIME_LIMIT_S": "6",
+    "GENQ_TASK_TIME_LIMIT_S": "7",
+    "GENQ_VISIBILITY_TIMEOUT_S": "9",
+    "GENQ_BATCH_SLOT_WAIT_S": "0.2",
+    "GENQ_INTERACTIVE_SLOT_WAIT_S": "0.2",
+    "GENQ_UNACKED_RESTORE_INTERVAL_S": "1",
+}
+
+
 def settings_for(env: dict[str, str]) -> Settings:
     """The Settings a process started with ``env`` (GENQ_* variables) reads."""
     return Settings.model_validate({k[5:].lower(): v for k, v in env.items()})

@@ -14,25 +14,17 @@ from core.contract import QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest, Job
 from core.records import JobStore
 from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer, simulated_text
-from tests.integration.conftest import genq_env, publisher_for, settings_for, start_worker
+from tests.integration.conftest import (
+    REDELIVERY_ENV,
+    genq_env,
+    publisher_for,
+    settings_for,
+    start_worker,
+)
 
 pytestmark = pytest.mark.integration
 
-# upstream timeout < soft limit < hard limit < visibility timeout, and the longest
-# attempt (0.2 + 0.5 + 2 x 3 + 2 s) < visibility timeout, as settings require; small so that
-# redelivery happens within the test.
-CRASH_ENV = {
-    "GENQ_UPSTREAM_TIMEOUT_S": "3",
-    "GENQ_UPSTREAM_CONNECT_TIMEOUT_S": "0.5",
-    "GENQ_TASK_SOFT_TIME_LIMIT_S": "6",
-    "GENQ_TASK_TIME_LIMIT_S": "7",
-    "GENQ_VISIBILITY_TIMEOUT_S": "9",
-    "GENQ_BATCH_SLOT_WAIT_S": "0.2",  # waits for a call slot count in the longest attempt
-    "GENQ_INTERACTIVE_SLOT_WAIT_S": "0.2",
-    "GENQ_RETRY_CAP_S": "4",
-    "GENQ_UNACKED_RESTORE_INTERVAL_S": "1",
-    "GENQ_WORKER_CONCURRENCY": "2",
-}
+CRASH_ENV = {**REDELIVERY_ENV, "GENQ_RETRY_CAP_S": "4", "GENQ_WORKER_CONCURRENCY": "2"}
 
 
 def _worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:

@@ -22,7 +22,14 @@ import requests
 
 from devstack.redis import RedisProcess, ensure_redis_server, free_port
 from simulator.server import SimulatorServer
-from tests.integration.conftest import auth, genq_env, start_process, start_worker, wait_http
+from tests.integration.conftest import (
+    REDELIVERY_ENV,
+    auth,
+    genq_env,
+    start_process,
+    start_worker,
+    wait_http,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -34,16 +41,9 @@ CONCURRENCY = 4
 
 # Small timeouts, as the worker-crash test has them, so redelivery is seen in the test.
 ENV = {
-    "GENQ_UPSTREAM_TIMEOUT_S": "3",
-    "GENQ_UPSTREAM_CONNECT_TIMEOUT_S": "0.5",
-    "GENQ_TASK_SOFT_TIME_LIMIT_S": "6",
-    "GENQ_TASK_TIME_LIMIT_S": "7",
-    "GENQ_VISIBILITY_TIMEOUT_S": "9",
-    "GENQ_BATCH_SLOT_WAIT_S": "0.2",  # waits for a call slot count in the longest attempt
-    "GENQ_INTERACTIVE_SLOT_WAIT_S": "0.2",
+    **REDELIVERY_ENV,
     "GENQ_RETRY_CAP_S": "2",
     "GENQ_MAX_RETRIES": "20",
-    "GENQ_UNACKED_RESTORE_INTERVAL_S": "1",
     "GENQ_WORKER_CONCURRENCY": str(CONCURRENCY),
 }
 
