@@ -8,6 +8,9 @@ docs/architecture.md ("One call limit for the cluster") gives the bounds checked
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import os
 import signal
 import subprocess
@@ -21,11 +24,29 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import redis
 import requests
+from openai import OpenAI
 
+from core.batches import BatchStore
+from core.capacity import CallOutcome, CapacityStore
+from core.files import FileStore
+from core.records import JobStore
 from devstack.redis import RedisProcess, free_port
 from simulator.server import SimulatorServer
-from tests.integration.conftest import auth, genq_env, start_process, start_worker, wait_http
+from tests.integration.conftest import (
+    API_KEY,
+    auth,
+    genq_env,
+    settings_for,
+    start_process,
+    start_worker,
+    wait_http,
+)
+from worker.app import QUEUES
+from worker.limiter import limit_options
+from worker.reconciler import Reconciler
+from worker.upstream import UpstreamTarget
 
 pytestmark = pytest.mark.reliability
 
@@ -227,3 +248,62 @@ def test_a_killed_workers_slots_come_back_when_their_leases_lapse(
                 assert time.monotonic() - killed < lease_s + 1.5, "slots still held"
                 time.sleep(0.1)
             print(f"slots back {time.monotonic() - killed:.1f} s after the kill")
+
+
+def test_batch_items_waiting_for_a_slot_are_not_swept_as_lost(own_redis: RedisProcess) -> None:
+    """A fixed limit of 1, its one slot held elsewhere for 12 s: a batch's items wait for
+    it past their slot budget (2 s, then a throttled retry) while the batch is quiet
+    longer than the sweep's grace. A reconciler sweeping all along finds every item
+    queued or held by its worker and fails none; once the slot is back, all succeed."""
+    env = {
+        "GENQ_UPSTREAM_LIMIT": "fixed",
+        "GENQ_UPSTREAM_MAX_IN_FLIGHT": "1",
+        "GENQ_WORKER_CONCURRENCY": "8",
+        "GENQ_BATCH_SLOT_WAIT_S": "2",
+    }
+    with SimulatorServer() as sim:
+        sim.configure(latency_ms=20)
+        settings = settings_for(genq_env(own_redis.url, sim.url, **{**ENV, **env}))
+        client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        target = UpstreamTarget.from_settings(settings).name
+        held = CapacityStore(client, dataclasses.replace(limit_options(settings), lease_ms=60_000))
+        assert held.try_acquire(target, "held-elsewhere").granted
+        sweeper = Reconciler(
+            client,
+            JobStore(client, settings.result_ttl_s),
+            QUEUES,
+            batches=BatchStore(client, settings.result_ttl_s),
+            files=FileStore(client, settings.result_ttl_s),
+            grace_s=1,
+        )
+        with cluster(own_redis.url, sim.url, 1, **env) as stack:
+            sdk = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
+            lines = [
+                {
+                    "custom_id": f"req-{i}",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"prompt": f"waiting {i}", "max_tokens": 8},
+                }
+                for i in range(20)
+            ]
+            data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+            upload = sdk.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+            batch = sdk.batches.create(
+                input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
+            )
+            swept: list[str] = []
+            until = time.monotonic() + 12
+            while time.monotonic() < until:
+                client.delete("genq:reconciler:lock")
+                swept += sweeper.sweep()
+                time.sleep(0.5)
+            assert sim.stats()["calls"] == 0  # nothing got past the held slot
+            assert swept == []
+            held.release(target, "held-elsewhere", CallOutcome.NEUTRAL, 0)
+            deadline = time.monotonic() + 60
+            while (batch := sdk.batches.retrieve(batch.id)).status != "completed":
+                assert time.monotonic() < deadline, batch.status
+                time.sleep(0.2)
+            assert batch.request_counts is not None
+            assert (batch.request_counts.completed, batch.request_counts.failed) == (20, 0)
