@@ -12,6 +12,9 @@ docs/benchmarks.md. Everything runs against one redis-server and one simulator.
   as shipped, the same broker options). Medians of ``OPEN_REPEATS`` alternating runs.
   Target: genq ≥ 0.75 × bare, and the fallback latency (the ``latency_ms`` of each
   degraded result, cache lookup included) p99 < 5 ms.
+- The fallback latency again with jobs arriving at a steady half of that drain rate into
+  a running worker, against the bare task's one timed GET at the same rate: the
+  latency of the path rather than of a saturated worker's queue for the GIL.
 - The same open-circuit drain, paired: genq and the bare task drain at the same time,
   each worker with its own redis-server, and both rates are taken over the window in
   which both were draining. This VM's speed drifts by ±20% within minutes; sequential
@@ -58,6 +61,8 @@ _DOCS, _VOCAB = corpus()
 CONTEXT = [doc.model_dump(exclude_none=True) for doc in _DOCS[:5]]
 OPEN_REPEATS = 5
 PAIRED_REPEATS = 3
+PACED_N = 4000
+PACED_REPEATS = 2
 
 
 def _requests(n: int) -> list[dict[str, object]]:
@@ -88,23 +93,56 @@ def open_drain(env: Env, n: int, latencies: list[float]) -> float:
     ids = _queue_open_genq(env, n)
     with worker(env, "worker.app", POOL, CONCURRENCY):
         rate = drain_rate_genq(env, ids, timeout_s=600)
-    client = env.client()
-    pipe = client.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(f"genq:job:{job_id}", "result")
-    results = [json.loads(r) for r in pipe.execute() if r]
-    latencies.extend(r["latency_ms"] for r in results if r["degraded"])
+    latencies.extend(_fallback_latencies(env, ids))
     return rate
 
 
-def _queue_open_genq(env: Env, n: int) -> list[str]:
+def _fallback_latencies(env: Env, ids: list[str]) -> list[float]:
+    pipe = env.client().pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"genq:job:{job_id}", "result")
+    results = [json.loads(r) for r in pipe.execute() if r]
+    return [r["latency_ms"] for r in results if r["degraded"]]
+
+
+def _open_circuit(env: Env, bodies: list[dict[str, object]]) -> None:
+    """A clean Redis, the cache primed for half the jobs, the circuit forced open."""
     reset(env)
-    bodies = _requests(n)
     prime_cache(env, bodies)
     settings = env.settings()
     name = UpstreamTarget.from_settings(settings).name
     circuits.force_open(env.client(), name, settings.breaker_reset_timeout_s)
+
+
+def _queue_open_genq(env: Env, n: int) -> list[str]:
+    bodies = _requests(n)
+    _open_circuit(env, bodies)
     return publish_genq(env, n, bodies)
+
+
+def paced_fallback(env: Env, n: int, rate: float) -> list[float]:
+    """Fallback latencies of ``n`` jobs arriving at ``rate`` jobs/s into a running worker
+    (after 200 warm-up jobs, not counted): the latency of the path, not of a backlog."""
+    bodies = _requests(n)
+    _open_circuit(env, bodies)
+    with worker(env, "worker.app", POOL, CONCURRENCY):
+        publish_genq(env, 200, bodies[:200])
+        wait_drained(env, 600)
+        ids = publish_genq(env, n, bodies, rate=rate)
+        wait_drained(env, 600)
+    return sorted(_fallback_latencies(env, ids))
+
+
+def paced_bare_lookups(env: Env, n: int, rate: float) -> list[float]:
+    """The bare task's one timed GET with tasks arriving at ``rate``/s, as above."""
+    reset(env)
+    with worker(env, "bench.bare_app", POOL, CONCURRENCY):
+        publish_bare(env, 200, "bench.bare_lookup", payloads=_requests(200))
+        wait_drained(env, 600)
+        reset(env)
+        ids = publish_bare(env, n, "bench.bare_lookup", payloads=_requests(n), rate=rate)
+        wait_drained(env, 600)
+    return _lookup_ms(env, ids)
 
 
 def paired_open(genq_env: Env, bare_env: Env, n: int) -> float:
@@ -136,6 +174,10 @@ def bare_lookup_latencies(env: Env, n: int) -> list[float]:
     ids = publish_bare(env, n, "bench.bare_lookup", payloads=_requests(n))
     with worker(env, "bench.bare_app", POOL, CONCURRENCY):
         wait_drained(env, 600)
+    return _lookup_ms(env, ids)
+
+
+def _lookup_ms(env: Env, ids: list[str]) -> list[float]:
     pipe = env.client().pipeline(transaction=False)
     for index in ids:
         pipe.hget(f"bench:bare:{index}", "lookup_ms")
@@ -171,6 +213,18 @@ def main(n: int = 10_000, closed_n: int = 1_000) -> None:
         lookups = bare_lookup_latencies(env, n)
         base50, base99 = _p(lookups, 0.5), _p(lookups, 0.99)
         print(f"bare task's own GET in the same drain: p50 {base50:.2f} p99 {base99:.2f} ms")
+        paced_rate = round(rate / 2)
+        paced, paced_get = [], []
+        for _ in range(PACED_REPEATS):
+            paced += paced_fallback(env, PACED_N, paced_rate)
+            paced_get += paced_bare_lookups(env, PACED_N, paced_rate)
+        paced.sort()
+        paced_get.sort()
+        print(
+            f"paced at {paced_rate}/s: fallback p50 {_p(paced, 0.5):.2f} p99 "
+            f"{_p(paced, 0.99):.2f}; bare GET p50 {_p(paced_get, 0.5):.2f} "
+            f"p99 {_p(paced_get, 0.99):.2f} ms"
+        )
         with bench_env() as second:
             paired = [paired_open(env, second, n) for _ in range(PAIRED_REPEATS)]
         print(f"open drain, paired: genq / bare {[round(p, 3) for p in paired]}")
@@ -209,6 +263,13 @@ def main(n: int = 10_000, closed_n: int = 1_000) -> None:
         "lookup included, and the excerpt of five 2,000-char documents on a miss; the final "
         f"write is not in it): p50 {p50:.2f} ms, p99 {p99:.2f} ms "
         f"(target p99 < 5 ms: {ok(p99 < 5)}).",
+        "",
+        f"The same latency at half that drain rate: {PACED_REPEATS} × {PACED_N} jobs "
+        f"arriving at a steady {paced_rate} jobs/s into a running worker (not a backlog): "
+        f"fallback p50 {_p(paced, 0.5):.2f} ms, p99 {_p(paced, 0.99):.2f} ms "
+        f"(target p99 < 5 ms: {ok(_p(paced, 0.99) < 5)}); the bare task's one timed GET "
+        f"at the same rate: p50 {_p(paced_get, 0.5):.2f} ms, "
+        f"p99 {_p(paced_get, 0.99):.2f} ms.",
         "",
         "The platform's own round trip in the same drain: a bare task that makes one Redis "
         f"GET (a cache miss) while a worker drains {n} such tasks, same pool and "

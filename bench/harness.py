@@ -156,15 +156,20 @@ def publisher(env: Env) -> Celery:
     return app
 
 
-def publish_genq(env: Env, n: int, bodies: list[dict[str, object]] | None = None) -> list[str]:
-    """Create ``n`` job records (as the API would) and publish their tasks."""
+def publish_genq(
+    env: Env, n: int, bodies: list[dict[str, object]] | None = None, rate: float = 0
+) -> list[str]:
+    """Create ``n`` job records (as the API would) and publish their tasks; at ``rate``
+    jobs/s if given (steady arrivals into a running worker), else all at once."""
     store = JobStore(env.client(), 3600)
     ids = [uuid.uuid4().hex for _ in range(n)]
     for job_id in ids:
         store.create(job_id, owner="bench")
     app = publisher(env)
+    pace = _Pace(rate)
     with app.producer_or_acquire() as producer:
         for i, job_id in enumerate(ids):
+            pace.wait(i)
             default = {"prompt": f"bench prompt {i}", "params": {"max_new_tokens": 16}}
             body = bodies[i] if bodies else default
             message = JobMessage(job_id=job_id, request=GenerateRequest.model_validate(body))
@@ -180,13 +185,20 @@ def publish_genq(env: Env, n: int, bodies: list[dict[str, object]] | None = None
 
 
 def publish_bare(
-    env: Env, n: int, task: str, payloads: list[dict[str, object]] | None = None
+    env: Env,
+    n: int,
+    task: str,
+    payloads: list[dict[str, object]] | None = None,
+    rate: float = 0,
 ) -> list[str]:
     """Publish ``n`` baseline tasks: ``(index, prompt)``, or ``(index, payload)`` so the
-    baseline carries the same message as the genq job it is compared with."""
+    baseline carries the same message as the genq job it is compared with; at ``rate``
+    tasks/s if given."""
     app = publisher(env)
+    pace = _Pace(rate)
     with app.producer_or_acquire() as producer:
         for i in range(n):
+            pace.wait(i)
             second: object = payloads[i] if payloads else f"bench prompt {i}"
             app.send_task(
                 task,
@@ -196,6 +208,18 @@ def publish_bare(
                 producer=producer,
             )
     return [str(i) for i in range(n)]
+
+
+class _Pace:
+    """Sleeps so that the ``i``-th publish happens ``i / rate`` s after the first (no
+    wait at all when ``rate`` is 0)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate, self._start = rate, time.monotonic()
+
+    def wait(self, i: int) -> None:
+        if self._rate > 0:
+            time.sleep(max(0.0, self._start + i / self._rate - time.monotonic()))
 
 
 def _epoch(iso: str) -> float:
