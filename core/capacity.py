@@ -4,8 +4,10 @@ A call takes a slot before it goes upstream and gives it back when it ends; a sl
 lease in a sorted set (token -> expiry), so the slots of a killed worker come back by
 themselves once their leases lapse. The limit is ``fixed`` or ``adaptive`` (AIMD, in
 ``lua/limit_release.lua``): it grows while calls succeed and is cut on 429s, timeouts and
-slow answers. The worker side (waiting for a slot, classifying a call's outcome) is
-``worker.limiter``; this module holds the Redis side and the snapshot the API shows.
+slow answers. Interactive jobs go first: while one waits for a slot, batch items leave it
+one and the next freed slot wakes it. The worker side (waiting for a slot, classifying a
+call's outcome) is ``worker.limiter``; this module holds the Redis side and the snapshot
+the API shows.
 """
 
 from __future__ import annotations
@@ -107,12 +109,26 @@ class CapacityStore:
         self._acquire: Script = client.register_script(acquire)
         self._release: Script = client.register_script(release)
 
-    def try_acquire(self, target: str, token: str, waited_ms: int = 0) -> Grant:
+    def try_acquire(
+        self, target: str, token: str, waited_ms: int = 0, *, first: bool = False, wait_ms: int = 0
+    ) -> Grant:
         """Take a slot of ``target`` for ``token`` if one is free (one round trip);
-        ``waited_ms``, the time already spent waiting, is counted if it is granted."""
-        state, leases, _ = keys.call_limit(target)
-        args: list[str | int] = [self.options.packed, token, self.options.lease_ms, waited_ms]
-        granted, held, limit, epoch = _text(self._acquire([state, leases], args)).split(":")
+        ``waited_ms``, the time already spent waiting, is counted if it is granted.
+
+        ``first``: an interactive job, which goes before batch items. Refused, it is
+        registered as waiting for ``wait_ms`` (0: not at all), and until then every batch
+        item leaves it a slot and the next freed slot wakes it (:meth:`wait_for_release`).
+        """
+        args: list[str | int] = [
+            self.options.packed,
+            token,
+            self.options.lease_ms,
+            waited_ms,
+            int(first),
+            wait_ms,
+        ]
+        reply = _text(self._acquire(keys.call_limit(target), args))
+        granted, held, limit, epoch = reply.split(":")
         return Grant(granted == "1", int(held), float(limit), int(epoch))
 
     def release(self, target: str, token: str, outcome: CallOutcome, epoch: int) -> Released:
@@ -122,19 +138,24 @@ class CapacityStore:
         limit, held, at_floor = reply.split(":")
         return Released(float(limit), int(held), at_floor == "1")
 
-    def note_wait(self, target: str, waited_ms: int) -> None:
-        """Count a wait that ended without a slot (the job was answered otherwise)."""
-        state = keys.call_limit(target)[0]
+    def note_wait(self, target: str, waited_ms: int, token: str | None = None) -> None:
+        """Count a wait that ended without a slot (the job was answered otherwise); an
+        interactive job's ``token`` stops waiting."""
+        state, _, _, waiters, _ = keys.call_limit(target)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hincrby(state, "waited_ms", max(0, waited_ms))
         pipe.hincrby(state, "waits", 1)
         pipe.hincrby(state, "wait_timeouts", 1)
+        if token is not None:
+            pipe.zrem(waiters, token)
         pipe.execute()
 
-    def wait_for_release(self, target: str, timeout_s: float) -> None:
+    def wait_for_release(self, target: str, timeout_s: float, *, first: bool = False) -> None:
         """Block until a slot of ``target`` is freed, or ``timeout_s`` passes (BLPOP: no
-        polling; each freed slot wakes one waiter, the longest waiting first)."""
-        self._redis.blpop([keys.call_limit(target)[2]], timeout=max(0.001, timeout_s))
+        polling; each freed slot wakes one waiter, the longest waiting first, and an
+        interactive job (``first``) before any batch item)."""
+        names = keys.call_limit(target)
+        self._redis.blpop([names[4] if first else names[2]], timeout=max(0.001, timeout_s))
 
 
 def _text(value: object) -> str:
@@ -147,7 +168,7 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
     ``in_flight`` counts live leases; ``waited_s`` is the total time jobs waited for a
     slot, over ``waits`` waits (``wait_timeouts`` of them ended without one).
     """
-    state_key, leases_key, _ = keys.call_limit(target)
+    state_key, leases_key = keys.call_limit(target)[:2]
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(state_key)

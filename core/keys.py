@@ -57,10 +57,11 @@ def breaker(circuit: str, part: str) -> str:
 
 def call_limit(target: str) -> list[str]:
     """An upstream target's cluster-wide call limit (``core.capacity``): its state (hash),
-    the leases of the calls in flight (sorted set: token -> expiry ms), and the list a
-    freed slot is announced on (waiters block on it)."""
+    the leases of the calls in flight (sorted set: token -> expiry ms), the list a freed
+    slot is announced on (waiters block on it), the interactive jobs waiting for a slot
+    (sorted set: token -> end of the wait, ms) and the list that wakes them first."""
     tag = f"{PREFIX}limit:{{{target}}}"
-    return [tag, f"{tag}:leases", f"{tag}:freed"]
+    return [tag, f"{tag}:leases", f"{tag}:freed", f"{tag}:waiters", f"{tag}:freed:first"]
 
 
 def cache(digest: str) -> str:

@@ -183,14 +183,15 @@ class GenerationService:
         permit: Permit,
     ) -> tuple[Slot | None, Start]:
         """A call slot of ``target`` (a batch item waits for one, an interactive job
-        briefly), then the job marked running. Unless it is to run, the permit and the
-        slot go back: no call will be made (a probe hands its lease back)."""
+        briefly but ahead of every batch item), then the job marked running. Unless it
+        is to run, the permit and the slot go back: no call will be made (a probe hands
+        its lease back)."""
         settings = self.settings
         batch = message.batch is not None
         wait_s = settings.batch_slot_wait_s if batch else settings.interactive_slot_wait_s
         slot, start = None, Start.DONE
         try:
-            slot = self.limiter.acquire(target.name, wait_s)
+            slot = self.limiter.acquire(target.name, wait_s, first=not batch)
             if slot is not None:
                 start = records.mark_running(message.job_id)
         finally:

@@ -5,10 +5,11 @@
         generation = upstream.generate(target, request)
 
 Waiting blocks on the target's freed-slot list (``BLPOP``), never polls: each call that
-ends wakes one waiter. A wait also ends every ``WAKE_EVERY_S`` to look again, since a
-dead worker's slots come back by lease expiry, which nobody announces. A 429 at the
-adaptive limit's floor is marked (``UpstreamRateLimited.at_floor``) before the breaker
-sees it: only such 429s count against the circuit.
+ends wakes one waiter, an interactive job (``first``) before any batch item. A wait also
+ends every ``WAKE_EVERY_S`` to look again, since a dead worker's slots come back by
+lease expiry, which nobody announces. A 429 at the adaptive limit's floor is marked
+(``UpstreamRateLimited.at_floor``) before the breaker sees it: only such 429s count
+against the circuit.
 """
 
 from __future__ import annotations
@@ -80,21 +81,27 @@ class ConcurrencyLimiter:
         store = CapacityStore(client, limit_options(settings))
         return cls(store, settings.upstream_latency_target_s)
 
-    def acquire(self, target: str, wait_s: float) -> Slot | None:
+    def acquire(self, target: str, wait_s: float, *, first: bool = False) -> Slot | None:
         """A slot of ``target``, waiting at most ``wait_s``; None if none came free.
+        ``first``: an interactive job, served before the batch items waiting.
         Raises StorageUnavailable when Redis does not answer."""
         token, started = secrets.token_hex(8), time.monotonic()
         try:
             waited_ms = 0  # until the first refusal, the job has not waited
             while True:
-                grant = self.store.try_acquire(target, token, waited_ms)
+                left = wait_s - (time.monotonic() - started)
+                wait_ms = max(0, round(left * 1000)) if first else 0
+                grant = self.store.try_acquire(
+                    target, token, waited_ms, first=first, wait_ms=wait_ms
+                )
                 if grant.granted:
                     return Slot(target, token, grant.epoch, waited_ms)
                 left = wait_s - (time.monotonic() - started)
                 if left <= 0:
-                    self.store.note_wait(target, max(1, round(wait_s * 1000)))
+                    waiter = token if first else None
+                    self.store.note_wait(target, max(1, round(wait_s * 1000)), waiter)
                     return None
-                self.store.wait_for_release(target, min(left, WAKE_EVERY_S))
+                self.store.wait_for_release(target, min(left, WAKE_EVERY_S), first=first)
                 waited_ms = max(1, round((time.monotonic() - started) * 1000))
         except RedisError as exc:
             raise StorageUnavailable(f"call limit unreachable ({type(exc).__name__})") from exc

@@ -1,4 +1,6 @@
--- A call that held a slot ended (after limit_prelude.lua). KEYS: 3 the freed-slot list.
+-- A call that held a slot ended (after limit_prelude.lua). KEYS: 3 the freed-slot list,
+-- 4 the interactive jobs waiting, 5 the list that wakes them: a freed slot is announced
+-- there while one waits (they go first), else on the freed-slot list.
 -- ARGV: 2 token, 3 outcome ('ok', 'throttled' (a 429), 'congested' (a timeout, or slower
 -- than the latency target), 'neutral'), 4 the epoch its slot was granted in.
 -- Adaptive (AIMD, shaped like TCP CUBIC): an ok call grows the limit only while all of it
@@ -39,9 +41,12 @@ if mode ~= 'fixed' then
   redis.call('HSET', KEYS[1], 'limit', limit)
 end
 if freed == 1 then
-  redis.call('LPUSH', KEYS[3], 1)
-  redis.call('LTRIM', KEYS[3], 0, 63)
-  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms())
+  local wake = KEYS[3]
+  if redis.call('ZCARD', KEYS[4]) > 0 then wake = KEYS[5] end
+  redis.call('LPUSH', wake, 1)
+  redis.call('LTRIM', wake, 0, 63)
+  redis.call('PEXPIRE', wake, ttl)
 end
 touch()
 return limit .. ':' .. (held - freed) .. ':' .. at_floor

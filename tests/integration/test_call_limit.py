@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from core import capacity, circuits
+from core import capacity, circuits, keys
 from core.capacity import CallOutcome, CapacityStore, LimitOptions
 from core.errors import UpstreamRateLimited, UpstreamTimeout
 from core.settings import Settings
@@ -203,6 +203,67 @@ def test_a_wait_that_runs_out_gives_none_and_is_counted(r: redis.Redis, target: 
     assert 0.2 <= time.monotonic() - started < 1.0
     snap = capacity.snapshot(r, target)
     assert snap is not None and snap["wait_timeouts"] == 1
+
+
+def test_an_interactive_job_waiting_gets_the_next_freed_slot(r: redis.Redis, target: str) -> None:
+    """Two batch items hold a fixed limit of 2 and an interactive job waits: the freed
+    slot is announced on its own list, a batch item asking first is refused it, and it
+    goes to the interactive job. With nobody waiting, batch items take slots again."""
+    store = store_with(r, mode="fixed", ceiling=2)
+    fill(store, target, 2)
+    _, _, freed, waiters, freed_first = keys.call_limit(target)
+    assert not store.try_acquire(target, "interactive", first=True, wait_ms=5000).granted
+    assert r.zcard(waiters) == 1
+    store.release(target, "t0", CallOutcome.OK, 0)
+    assert (r.llen(freed_first), r.llen(freed)) == (1, 0)  # the waiter is woken, alone
+    assert not store.try_acquire(target, "batch").granted  # the slot is kept for it
+    assert store.try_acquire(target, "interactive", 5, first=True).granted
+    assert r.zcard(waiters) == 0
+    store.release(target, "t1", CallOutcome.OK, 0)
+    assert r.llen(freed) == 1
+    assert store.try_acquire(target, "batch").granted
+
+
+def test_an_interactive_wait_that_ended_keeps_no_slot(r: redis.Redis, target: str) -> None:
+    """A waiter whose wait ran out (or that gave up: ``note_wait``) holds nothing back:
+    the next freed slot wakes and goes to batch items."""
+    store = store_with(r, mode="fixed", ceiling=1)
+    fill(store, target, 1)
+    waiters = keys.call_limit(target)[3]
+    assert not store.try_acquire(target, "gone", first=True, wait_ms=50).granted
+    assert not store.try_acquire(target, "gave-up", first=True, wait_ms=60_000).granted
+    store.note_wait(target, 10, "gave-up")
+    time.sleep(0.1)
+    store.release(target, "t0", CallOutcome.OK, 0)
+    assert store.try_acquire(target, "batch").granted
+    assert r.zcard(waiters) == 0
+
+
+def test_an_interactive_waiter_wakes_before_batch_waiters(r: redis.Redis, target: str) -> None:
+    """Through the limiter: a batch item waits first, an interactive job after it; the
+    one freed slot goes to the interactive job, and the batch item gets the next."""
+    limiter = ConcurrencyLimiter(store_with(r, mode="fixed", ceiling=1))
+    held = limiter.acquire(target, 0.0)
+    assert held is not None
+    order: list[str] = []
+
+    def wait(name: str, first: bool) -> None:
+        slot = limiter.acquire(target, 5.0, first=first)
+        assert slot is not None
+        order.append(name)
+        time.sleep(0.1)
+        limiter.release(slot)
+
+    batch = threading.Thread(target=wait, args=("batch", False))
+    batch.start()
+    time.sleep(0.2)  # the batch item waits first
+    interactive = threading.Thread(target=wait, args=("interactive", True))
+    interactive.start()
+    time.sleep(0.2)
+    limiter.release(held)
+    batch.join(5)
+    interactive.join(5)
+    assert order == ["interactive", "batch"]
 
 
 def test_an_unused_target_has_no_snapshot(r: redis.Redis, target: str) -> None:

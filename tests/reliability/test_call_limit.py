@@ -27,6 +27,7 @@ import pytest
 import redis
 import requests
 from openai import OpenAI
+from openai.types import Batch
 
 from core.batches import BatchStore
 from core.capacity import CallOutcome, CapacityStore
@@ -277,21 +278,7 @@ def test_batch_items_waiting_for_a_slot_are_not_swept_as_lost(own_redis: RedisPr
             grace_s=1,
         )
         with cluster(own_redis.url, sim.url, 1, **env) as stack:
-            sdk = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
-            lines = [
-                {
-                    "custom_id": f"req-{i}",
-                    "method": "POST",
-                    "url": "/v1/completions",
-                    "body": {"prompt": f"waiting {i}", "max_tokens": 8},
-                }
-                for i in range(20)
-            ]
-            data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-            upload = sdk.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
-            batch = sdk.batches.create(
-                input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
-            )
+            sdk, batch = start_batch(stack, 20)
             swept: list[str] = []
             until = time.monotonic() + 12
             while time.monotonic() < until:
@@ -301,9 +288,70 @@ def test_batch_items_waiting_for_a_slot_are_not_swept_as_lost(own_redis: RedisPr
             assert sim.stats()["calls"] == 0  # nothing got past the held slot
             assert swept == []
             held.release(target, "held-elsewhere", CallOutcome.NEUTRAL, 0)
-            deadline = time.monotonic() + 60
-            while (batch := sdk.batches.retrieve(batch.id)).status != "completed":
-                assert time.monotonic() < deadline, batch.status
+            assert batch_counts(sdk, batch.id, timeout_s=60) == (20, 0)
+
+
+def test_interactive_jobs_go_before_a_batch_that_fills_the_limit(
+    own_redis: RedisProcess,
+) -> None:
+    """A batch fills a fixed limit of 4 (calls of 0.5 s) with 28 more items waiting for a
+    slot; interactive jobs submitted meanwhile wait at most 1 s for one
+    (``GENQ_INTERACTIVE_SLOT_WAIT_S``), but go before the batch items: every one is the
+    upstream's answer, not a ``rate_limited`` fallback, and the batch still completes."""
+    env = {
+        "GENQ_UPSTREAM_LIMIT": "fixed",
+        "GENQ_UPSTREAM_MAX_IN_FLIGHT": "4",
+        "GENQ_INTERACTIVE_SLOT_WAIT_S": "1",
+    }
+    with SimulatorServer() as sim:
+        sim.configure(latency_ms=500)
+        with cluster(own_redis.url, sim.url, 1, **env) as stack:
+            sdk, batch = start_batch(stack, 120)
+            deadline = time.monotonic() + 20
+            while (stack.limit() or {}).get("waits", 0) < 8:
+                assert time.monotonic() < deadline, "the batch never waited for slots"
                 time.sleep(0.2)
-            assert batch.request_counts is not None
-            assert (batch.request_counts.completed, batch.request_counts.failed) == (20, 0)
+            locations: list[str] = []
+            for i in range(10):
+                locations += stack.submit(1, first=i)
+                time.sleep(0.2)
+            jobs = stack.wait_final(locations, timeout_s=30)
+            answers = Counter(
+                (j["result"]["source"], j["result"].get("fallback_reason"))
+                if j["result"]
+                else (j["status"], j["error"]["type"])
+                for j in jobs
+            )
+            print(f"interactive: {answers}")
+            assert_all_upstream(jobs)
+            assert batch_counts(sdk, batch.id, timeout_s=60) == (120, 0)
+
+
+def start_batch(stack: Stack, count: int) -> tuple[OpenAI, Batch]:
+    """A batch of ``count`` completions, created with the openai SDK."""
+    sdk = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": f"batch item {i}", "max_tokens": 8},
+        }
+        for i in range(count)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = sdk.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
+    )
+    return sdk, batch
+
+
+def batch_counts(sdk: OpenAI, batch_id: str, timeout_s: float) -> tuple[int, int]:
+    """Completed and failed requests of the batch, once it has completed."""
+    deadline = time.monotonic() + timeout_s
+    while (batch := sdk.batches.retrieve(batch_id)).status != "completed":
+        assert time.monotonic() < deadline, batch.status
+        time.sleep(0.2)
+    assert batch.request_counts is not None
+    return batch.request_counts.completed, batch.request_counts.failed
