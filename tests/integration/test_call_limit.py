@@ -208,7 +208,8 @@ def test_a_wait_that_runs_out_gives_none_and_is_counted(r: redis.Redis, target: 
 def test_an_interactive_job_waiting_gets_the_next_freed_slot(r: redis.Redis, target: str) -> None:
     """Two batch items hold a fixed limit of 2 and an interactive job waits: the freed
     slot is announced on its own list, a batch item asking first is refused it, and it
-    goes to the interactive job. With nobody waiting, batch items take slots again."""
+    goes to the interactive job. The second freed slot, its one waiter already woken,
+    wakes the batch items."""
     store = store_with(r, mode="fixed", ceiling=2)
     fill(store, target, 2)
     _, _, freed, waiters, freed_first = keys.call_limit(target)
@@ -217,10 +218,10 @@ def test_an_interactive_job_waiting_gets_the_next_freed_slot(r: redis.Redis, tar
     store.release(target, "t0", CallOutcome.OK, 0)
     assert (r.llen(freed_first), r.llen(freed)) == (1, 0)  # the waiter is woken, alone
     assert not store.try_acquire(target, "batch").granted  # the slot is kept for it
+    store.release(target, "t1", CallOutcome.OK, 0)
+    assert (r.llen(freed_first), r.llen(freed)) == (1, 1)  # one wake-up each
     assert store.try_acquire(target, "interactive", 5, first=True).granted
     assert r.zcard(waiters) == 0
-    store.release(target, "t1", CallOutcome.OK, 0)
-    assert r.llen(freed) == 1
     assert store.try_acquire(target, "batch").granted
 
 
