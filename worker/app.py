@@ -66,6 +66,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One backend object for the process, not one per pool thread: each would
         # look its class up in the installed packages' entry points (~9 ms of CPU
         # here) and open its own connection pool, 128 times over as a worker starts.
+        # Safe while results are ignored: the backend's pub/sub consumer, which is not
+        # thread-safe, serves only result waits (AsyncResult.get), which genq never does.
         "result_backend_thread_safe": True,
         # Ack after the work, and requeue if the process running it dies.
         "task_acks_late": True,

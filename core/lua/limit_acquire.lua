@@ -1,15 +1,17 @@
 -- Take one call slot of an upstream target if one is free (after limit_prelude.lua).
--- KEYS: 4 the interactive jobs waiting for a slot (sorted set: token -> end of the wait).
 -- ARGV: 2 token, 3 lease (ms), 4 ms the caller has waited so far (counted when granted),
 -- 5 '1' for an interactive job (it goes first) or '0' for a batch item, 6 how long an
 -- interactive caller will wait if refused (ms; 0: it will not).
 -- Expired leases (their holder died) and ended waits are dropped first. A batch item
 -- leaves one slot for each interactive job waiting: a freed slot goes to them first.
+-- Among interactive jobs it is first come: a newcomer may take a slot a waiter was woken
+-- for (making every newcomer wait behind the woken ones left slots idle during each
+-- hand-over, and the adaptive limit, which grows only while full, stopped growing).
 -- Returns "granted:in_flight:limit:epoch": granted 1 when the slot was taken (its lease
 -- is held until release or expiry), 0 when all are held; epoch counts the cuts so far.
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+settle_waiters(now)
 local limit = current_limit()
 local held = redis.call('ZCARD', KEYS[2])
 local first = ARGV[5] == '1'
@@ -23,7 +25,7 @@ if held < room then
     redis.call('HINCRBY', KEYS[1], 'waited_ms', ARGV[4])
     redis.call('HINCRBY', KEYS[1], 'waits', 1)
   end
-  if first then redis.call('ZREM', KEYS[4], ARGV[2]) end
+  if first and redis.call('ZREM', KEYS[4], ARGV[2]) == 1 then settle_waiters(now) end
 elseif first and tonumber(ARGV[6]) > 0 then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[2])
   redis.call('PEXPIRE', KEYS[4], ttl)

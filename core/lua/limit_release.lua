@@ -1,7 +1,6 @@
--- A call that held a slot ended (after limit_prelude.lua). KEYS: 3 the freed-slot list,
--- 4 the interactive jobs waiting, 5 the list that wakes them: a freed slot is announced
--- there while more of them wait than it already holds wake-ups for (they go first), else
--- on the freed-slot list.
+-- A call that held a slot ended (after limit_prelude.lua). The freed slot is announced on
+-- the interactive jobs' list while more of them wait than it holds wake-ups for (they go
+-- first), else on the batch items' list.
 -- ARGV: 2 token, 3 outcome ('ok', 'throttled' (a 429), 'congested' (a timeout, or slower
 -- than the latency target), 'neutral'), 4 the epoch its slot was granted in.
 -- Adaptive (AIMD, shaped like TCP CUBIC): an ok call grows the limit only while all of it
@@ -42,7 +41,7 @@ if mode ~= 'fixed' then
   redis.call('HSET', KEYS[1], 'limit', limit)
 end
 if freed == 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms())
+  settle_waiters(now_ms())
   local wake = KEYS[3]
   if redis.call('ZCARD', KEYS[4]) > redis.call('LLEN', KEYS[5]) then wake = KEYS[5] end
   redis.call('LPUSH', wake, 1)

@@ -236,8 +236,25 @@ def test_an_interactive_wait_that_ended_keeps_no_slot(r: redis.Redis, target: st
     store.note_wait(target, 10, "gave-up")
     time.sleep(0.1)
     store.release(target, "t0", CallOutcome.OK, 0)
+    _, _, freed, _, freed_first = keys.call_limit(target)
+    assert (r.llen(freed), r.llen(freed_first)) == (1, 0)
     assert store.try_acquire(target, "batch").granted
     assert r.zcard(waiters) == 0
+
+
+def test_a_wake_up_its_waiter_left_goes_to_the_batch_items(r: redis.Redis, target: str) -> None:
+    """An interactive job is woken for a freed slot but gives up before taking it: the
+    next call to the limit moves that wake-up to the batch items' list, and a batch item
+    takes the slot."""
+    store = store_with(r, mode="fixed", ceiling=1)
+    fill(store, target, 1)
+    _, _, freed, _, freed_first = keys.call_limit(target)
+    assert not store.try_acquire(target, "interactive", first=True, wait_ms=60_000).granted
+    store.release(target, "t0", CallOutcome.OK, 0)
+    assert (r.llen(freed), r.llen(freed_first)) == (0, 1)
+    store.note_wait(target, 10, "interactive")
+    assert store.try_acquire(target, "batch").granted
+    assert (r.llen(freed), r.llen(freed_first)) == (1, 0)
 
 
 def test_an_interactive_waiter_wakes_before_batch_waiters(r: redis.Redis, target: str) -> None:

@@ -289,6 +289,7 @@ def test_batch_items_waiting_for_a_slot_are_not_swept_as_lost(own_redis: RedisPr
             assert swept == []
             held.release(target, "held-elsewhere", CallOutcome.NEUTRAL, 0)
             assert batch_counts(sdk, batch.id, timeout_s=60) == (20, 0)
+            assert sim.stats()["calls"] == 20  # each item the upstream's answer
 
 
 def test_interactive_jobs_go_before_a_batch_that_fills_the_limit(
