@@ -86,6 +86,12 @@ class ClusterCollector(Collector):
 _LIMIT_METRICS: tuple[tuple[str, type[GaugeMetricFamily | CounterMetricFamily], str, str], ...] = (
     ("limit", GaugeMetricFamily, "genq_upstream_limit", "Calls the cluster may have in flight"),
     ("in_flight", GaugeMetricFamily, "genq_upstream_in_flight", "Calls in flight (slot leases)"),
+    (
+        "interactive_waiting",
+        GaugeMetricFamily,
+        "genq_upstream_interactive_waiting",
+        "Interactive jobs waiting for a slot",
+    ),
     ("throttled", CounterMetricFamily, "genq_upstream_throttled", "429s seen by calls"),
     ("waited_s", CounterMetricFamily, "genq_upstream_slot_wait_seconds", "Time waited for slots"),
     ("waits", CounterMetricFamily, "genq_upstream_slot_waits", "Jobs that waited for a slot"),

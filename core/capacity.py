@@ -165,10 +165,11 @@ def _text(value: object) -> str:
 def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
     """Target ``target``'s limit as the API shows it; None if no call has used it.
 
-    ``in_flight`` counts live leases; ``waited_s`` is the total time jobs waited for a
+    ``in_flight`` counts live leases, ``interactive_waiting`` the interactive jobs waiting
+    for a slot (batch items leave one to each); ``waited_s`` is the total time jobs waited for a
     slot, over ``waits`` waits (``wait_timeouts`` of them ended without one).
     """
-    state_key, leases_key = keys.call_limit(target)[:2]
+    state_key, leases_key, _, waiters_key, _ = keys.call_limit(target)
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(state_key)
@@ -177,7 +178,10 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
         return None
     now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
     state = {_text(f): _text(v) for f, v in cast(dict[Any, Any], raw).items()}
-    in_flight = int(client.zcount(leases_key, f"({now_ms}", "+inf"))
+    live = client.pipeline(transaction=False)
+    live.zcount(leases_key, f"({now_ms}", "+inf")
+    live.zcount(waiters_key, f"({now_ms}", "+inf")
+    in_flight, interactive_waiting = (int(n) for n in live.execute())
     mode = state.get("mode", "adaptive")
     limit = float(state.get("ceiling" if mode == "fixed" else "limit", 0))
 
@@ -190,6 +194,7 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
         "floor": count("floor"),
         "ceiling": count("ceiling"),
         "in_flight": in_flight,
+        "interactive_waiting": interactive_waiting,
         "calls": count("calls"),
         "throttled": count("throttled"),
         "cuts": count("cuts"),

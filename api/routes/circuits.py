@@ -31,6 +31,8 @@ class CallLimit(BaseModel):
     floor: int
     ceiling: int
     in_flight: int
+    interactive_waiting: int
+    """Interactive jobs waiting for a slot now: the next freed slots go to them."""
     calls: int
     throttled: int
     """429s seen."""

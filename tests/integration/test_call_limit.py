@@ -57,6 +57,7 @@ def test_a_fixed_limit_grants_that_many_slots_and_no_more(r: redis.Redis, target
         "floor": 1,
         "ceiling": 3,
         "in_flight": 3,
+        "interactive_waiting": 0,
         "calls": 1,
         "throttled": 1,
         "cuts": 0,
@@ -215,6 +216,7 @@ def test_an_interactive_job_waiting_gets_the_next_freed_slot(r: redis.Redis, tar
     _, _, freed, waiters, freed_first = keys.call_limit(target)
     assert not store.try_acquire(target, "interactive", first=True, wait_ms=5000).granted
     assert r.zcard(waiters) == 1
+    assert capacity.snapshot(r, target)["interactive_waiting"] == 1  # type: ignore[index]
     store.release(target, "t0", CallOutcome.OK, 0)
     assert (r.llen(freed_first), r.llen(freed)) == (1, 0)  # the waiter is woken, alone
     assert not store.try_acquire(target, "batch").granted  # the slot is kept for it
@@ -353,15 +355,18 @@ def test_circuits_and_metrics_show_each_targets_limit(
     name = UpstreamTarget.from_settings(genq_settings, model).name
     circuits.reset(r, name, genq_settings.breaker_reset_timeout_s)  # the circuit exists
     store = store_with(r, mode="fixed", ceiling=7)
-    for i in range(3):
+    for i in range(7):
         assert store.try_acquire(name, f"api-{i}").granted
+    assert not store.try_acquire(name, "waiting", first=True, wait_ms=30_000).granted
     listed = requests.get(f"{api_url}/v1/circuits", headers=auth(), timeout=5).json()
     shown = next(c for c in listed if c["name"] == name)
     assert shown["limit"]["mode"] == "fixed"
-    assert (shown["limit"]["limit"], shown["limit"]["in_flight"]) == (7, 3)
+    limit = shown["limit"]
+    assert (limit["limit"], limit["in_flight"], limit["interactive_waiting"]) == (7, 7, 1)
     expected = [
         f'genq_upstream_limit{{circuit="{name}"}} 7.0',
-        f'genq_upstream_in_flight{{circuit="{name}"}} 3.0',
+        f'genq_upstream_in_flight{{circuit="{name}"}} 7.0',
+        f'genq_upstream_interactive_waiting{{circuit="{name}"}} 1.0',
     ]
     deadline = time.monotonic() + 8  # the API's monitor reads the cluster every 5 s
     while not all(line in (text := metrics(api_url)) for line in expected):
