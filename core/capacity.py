@@ -166,8 +166,8 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
     """Target ``target``'s limit as the API shows it; None if no call has used it.
 
     ``in_flight`` counts live leases, ``interactive_waiting`` the interactive jobs waiting
-    for a slot (batch items leave one to each); ``waited_s`` is the total time jobs waited for a
-    slot, over ``waits`` waits (``wait_timeouts`` of them ended without one).
+    for a slot (batch items leave one to each); ``waited_s`` is the total time jobs
+    waited for a slot, over ``waits`` waits (``wait_timeouts`` of them ended without one).
     """
     state_key, leases_key, _, waiters_key, _ = keys.call_limit(target)
     pipe = client.pipeline(transaction=False)

@@ -1,9 +1,10 @@
 -- Shared by limit_acquire.lua and limit_release.lua: an upstream target's call limit.
 -- KEYS: 1 the limit's state (hash), 2 the leases of calls in flight (sorted set: token ->
 -- expiry in ms), 3 the freed-slot list batch items wait on, 4 the interactive jobs
--- waiting (sorted set: token -> end of the wait in ms), 5 the list they wait on. ARGV[1] holds the options, "mode:initial:floor:ceiling:decrease:ttl_ms":
--- mode 'fixed' holds the ceiling; 'adaptive' starts at initial and moves between floor
--- and ceiling; decrease is the factor of a cut; ttl_ms is the keys' idle expiry.
+-- waiting (sorted set: token -> end of the wait in ms), 5 the list they wait on.
+-- ARGV[1] holds the options, "mode:initial:floor:ceiling:decrease:ttl_ms": mode 'fixed'
+-- holds the ceiling; 'adaptive' starts at initial and moves between floor and ceiling;
+-- decrease is the factor of a cut; ttl_ms is the keys' idle expiry.
 local mode, initial, floor, ceiling, decrease, ttl = string.match(
   ARGV[1], '^(%a+):([%d.]+):([%d.]+):([%d.]+):([%d.]+):(%d+)$')
 initial, floor, ceiling = tonumber(initial), tonumber(floor), tonumber(ceiling)
