@@ -13,13 +13,13 @@ and turns the :class:`Outcome` into a Celery retry or nothing. The rules:
   (``GENQ_INTERACTIVE_SLOT_WAIT_S``, then the fallback answers, ``rate_limited``). The
   call's outcome moves the limit; a 429 lowers it and is retried after ``Retry-After``,
   and counts against the circuit only at the limit's floor.
-- The job is marked running outside the
-  guarded call (job-store errors never count against the circuit) and takes its running
-  lease (kept alive by ``worker.leases`` while the call lasts; a redelivered copy that
-  finds it held retries later instead of calling the upstream too), then the upstream
-  is called under ``guard``. Success is cached and recorded in one write; a transient error
-  is retried (``Outcome.retry_in``) while retries remain, then the job falls back with
-  ``upstream_failed``; a rejection (4xx) fails at once.
+- The job is marked running outside the guarded call (job-store errors never count
+  against the circuit) and takes its running lease (kept alive by ``worker.leases``
+  while the call lasts; a redelivered copy that finds it held retries later instead of
+  calling the upstream too), then the upstream is called under ``guard``. Success is
+  cached and recorded in one write; a transient error is retried (``Outcome.retry_in``)
+  while retries remain, then the job falls back with ``upstream_failed``; a rejection
+  (4xx) fails at once.
 - The breaker refuses (open, forced open, probe in flight): no retry, no wait: the
   fallback answers (``worker.fallback``).
 - Redis (the job store) unreachable: the same retry policy, so the job runs again after
@@ -135,7 +135,7 @@ class GenerationService:
             return self.fallback.answer(message, key, Refusal.of(exc, exc.reason), recorder)
         slot, start = self._start(message, target, records, breaker, permit)
         if slot is None:
-            return self._no_slot(message, key, target, recorder, retries_done)
+            return self._no_slot(message, key, target, recorder)
         if start is Start.DONE:
             log.info("generation.already_final", extra={"job_id": job_id})
             return Outcome()
@@ -207,7 +207,6 @@ class GenerationService:
         key: str | None,
         target: UpstreamTarget,
         recorder: Recorder,
-        retries_done: int,
     ) -> Outcome:
         """Every slot stayed taken: a batch item comes back later (while retries remain),
         an interactive job is answered by the fallback at once (``rate_limited``)."""
