@@ -2,13 +2,15 @@
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# The runtime lock first (exact versions, hashes checked), then genq itself with no deps.
+RUN pip install --require-hashes -r requirements.lock
 COPY core ./core
 COPY worker ./worker
 COPY api ./api
 COPY simulator ./simulator
 COPY devstack ./devstack
-RUN pip install . && useradd --create-home genq
+RUN pip install --no-deps --no-build-isolation . && useradd --create-home genq
 USER genq
 EXPOSE 8000 5555 8081
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from devstack.demo import run_demo
+from devstack.lockfile import check_locks
 from devstack.redis import ensure_redis_server
 from devstack.stack import plan_stack, run_stack
 
@@ -29,6 +32,18 @@ def demo(
 def ensure_redis() -> None:
     """Find or install a redis-server >= 6.2 and print its path."""
     print(ensure_redis_server())
+
+
+@cli.command("check-lock")
+def check_lock() -> None:
+    """Fail when pyproject.toml and the locks disagree (`make lock` mends it)."""
+    problems = check_locks(Path.cwd())
+    for problem in problems:
+        print(problem)
+    if problems:
+        print("pyproject.toml and the lock disagree: run `make lock`, then `make test`.")
+        raise typer.Exit(1)
+    print("lock: in step with pyproject.toml")
 
 
 def main() -> None:
