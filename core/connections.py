@@ -53,14 +53,14 @@ def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Red
     first = parts[0]
     sentinels = [(url.hostname or "localhost", url.port or 26379) for url in parts]
     db = int(first.path.strip("/") or 0)
-    auth = {
-        "username": unquote(first.username) if first.username else None,
-        "password": unquote(first.password) if first.password else None,
-    }
-    # redis-py's Sentinel is untyped; master_for returns a redis.Redis.
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options(settings))  # type: ignore[no-untyped-call]
-    master = settings.redis_sentinel_master or ""
-    client: redis.Redis = sentinel.master_for(master, db=db, **auth, **common)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options(settings))
+    client: redis.Redis = sentinel.master_for(
+        settings.redis_sentinel_master or "",
+        db=db,
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password else None,
+        **common,
+    )
     return client
 
 
