@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -165,9 +166,11 @@ def list_circuits(client: Redis) -> list[dict[str, Any]]:
 def snapshot(client: Redis, name: str) -> dict[str, Any]:
     """Circuit ``name`` as the API shows it, read in one round trip (a pipeline).
 
-    ``retry_after`` is what a job rejected now would be told: open, the time to the next
-    probe; half-open with a probe in flight, the rest of its lease (at most the open
-    window); forced open, the breakers' reset timeout; otherwise 0.
+    ``retry_after`` is what a job rejected now would be told, in seconds to the
+    millisecond: open, the time to the next probe; half-open with a probe in flight, the
+    rest of its lease (at most the open window); forced open, the breakers' reset
+    timeout; otherwise 0. ``probe_due``: open, and its window has passed, so the next
+    call is the probe. ``opened_at`` is ISO 8601 (UTC, ms), as every record's times.
     """
     state_key, probe_key, events_key, *_ = keys.circuit(name)
     pipe = client.pipeline(transaction=False)
@@ -195,13 +198,20 @@ def snapshot(client: Redis, name: str) -> dict[str, Any]:
         "name": name,
         "state": code.label,
         "failure_count": int(state.get("fails", 0)),
-        "opened_at": int(opened) / 1000 if opened else None,
+        "opened_at": _iso(int(opened)) if opened else None,
         "retry_after": retry_ms / 1000,
+        "probe_due": code is CircuitState.OPEN and retry_ms == 0,
         "last_failure": state.get("last_failure"),
         "probe_in_flight": code is CircuitState.HALF_OPEN and lease_left > 0,
         "generation": int(state.get("gen", 0)),
         "transitions": {event.value: events.get(event.value, 0) for event in Event},
     }
+
+
+def _iso(epoch_ms: int) -> str:
+    """Milliseconds of Redis ``TIME`` as ISO 8601 UTC, as ``core.contract.utcnow`` writes."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _lease_left(raw: object, now_ms: int) -> int:

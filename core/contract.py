@@ -284,6 +284,9 @@ class JobMessage(_Strict):
     throttled: int = Field(default=0, ge=0)
     """Retries made so far because the upstream said "slower" (a 429, or no call slot in
     time): they have their own budget (``GENQ_MAX_THROTTLED_RETRIES``)."""
+    circuit_waits: int = Field(default=0, ge=0)
+    """Times a batch item was put back because its circuit was open: bounded by the
+    batch's window, they spend no retry budget."""
 
 
 class Citation(_Strict):

@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["RetryPolicy", "compute_backoff"]
+__all__ = ["RetryPolicy", "circuit_wait", "compute_backoff"]
 
 # 2.0 ** 1024 overflows a float; far below that the ceiling is the cap anyway.
 _MAX_EXPONENT = 1000
@@ -44,6 +44,25 @@ def compute_backoff(
     if retry_after is None or math.isnan(retry_after):
         return jitter
     return max(jitter, min(max(retry_after, 0.0), cap_s))
+
+
+def circuit_wait(
+    retry_after: float | None,
+    *,
+    floor_s: float = 0.5,
+    spread: float = 0.2,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds a batch item waits for an open circuit before it asks again::
+
+        delay = max(retry_after, floor_s) * (1 + uniform(0, spread))
+
+    ``retry_after`` is the circuit's own word (its next probe, or the end of the probe
+    in flight); the spread keeps the items that waited together from coming back in the
+    same instant, when only one of them can be the probe. NaN or None: ``floor_s``.
+    """
+    wait = floor_s if retry_after is None or math.isnan(retry_after) else retry_after
+    return max(wait, floor_s) * (1.0 + (rng or random).uniform(0.0, spread))
 
 
 def _check_window(base_s: float, cap_s: float) -> None:

@@ -6,7 +6,9 @@ When the circuit refuses the call, or retries of a transient failure run out, th
 answered at once, never after a retry or a wait: from the result cache if it holds the
 same request's answer (``source: cache``), else with an excerpt of the job's context
 documents (``source: excerpt``), else it fails with ``service_unavailable`` (or, when the
-upstream itself failed, with the upstream's error). ``fallback: "none"`` skips both
+upstream itself failed, with the upstream's error). A batch item the circuit refused
+takes only the answers (:meth:`Fallback.degraded`): with neither, it waits for the
+circuit instead of failing (``worker.generation``). ``fallback: "none"`` skips both
 answers. Either answer is ``degraded`` and says why (``fallback_reason``), which
 circuit refused and when it may be back (``retry_after``).
 
@@ -60,16 +62,18 @@ class Fallback:
         self, message: JobMessage, key: str | None, refusal: Refusal, recorder: Recorder
     ) -> Outcome:
         """Cache, then excerpt, then one final write; the job's error when neither answers."""
-        started = time.perf_counter()
-        request = message.request
-        result = None
-        if request.fallback == "auto":
-            result = self._from_cache(key, started, refusal) or self._excerpt(
-                message, started, refusal
-            )
+        result = self.degraded(message, key, refusal)
         if result is None:
             return recorder.fail(message.job_id, _unavailable(refusal), refusal.attempt)
         return recorder.succeed(message.job_id, result, refusal.attempt)
+
+    def degraded(self, message: JobMessage, key: str | None, refusal: Refusal) -> JobResult | None:
+        """The cache's answer, else an excerpt; None when neither answers (or the job said
+        ``fallback: "none"``). Nothing is written."""
+        if message.request.fallback != "auto":
+            return None
+        started = time.perf_counter()
+        return self._from_cache(key, started, refusal) or self._excerpt(message, started, refusal)
 
     def cached(self, message: JobMessage, key: str, recorder: Recorder) -> Outcome | None:
         """``cache: "prefer"``: the cached answer recorded, before any upstream call; None

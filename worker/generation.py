@@ -20,8 +20,11 @@ and turns the :class:`Outcome` into a Celery retry or nothing. The rules:
   cached and recorded in one write; a transient error is retried (``Outcome.retry_in``)
   while retries remain, then the job falls back with ``upstream_failed``; a rejection
   (4xx) fails at once.
-- The breaker refuses (open, forced open, probe in flight): no retry, no wait: the
-  fallback answers (``worker.fallback``).
+- The breaker refuses (open, forced open, probe in flight), at admission or when asked
+  again after a slot wait: no retry, no wait: the fallback answers (``worker.fallback``).
+  A batch item that the cache and an excerpt cannot answer waits for the circuit instead
+  (a countdown of the circuit's ``retry_after``, no thread held), until its batch is
+  cancelled or its 24 h window ends.
 - Redis (the job store) unreachable: the same retry policy, so the job runs again after
   a backed-off countdown, a bounded number of times.
 """
@@ -48,7 +51,7 @@ from core.errors import (
 )
 from core.records import LEASE_MS, JobStore, Start
 from core.settings import Settings, get_settings
-from worker.backoff import RetryPolicy
+from worker.backoff import RetryPolicy, circuit_wait
 from worker.batch_output import BatchItemRecords
 from worker.breaker import Permit, SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
@@ -131,9 +134,9 @@ class GenerationService:
         breaker = self._breaker_for(target)
         try:
             permit = breaker.admit()
+            slot, start, permit = self._start(message, target, records, breaker, permit)
         except CircuitOpenError as exc:
-            return self.fallback.answer(message, key, Refusal.of(exc, exc.reason), recorder)
-        slot, start = self._start(message, target, records, breaker, permit)
+            return self._refused(message, key, exc, records, recorder)
         if slot is None:
             return self._no_slot(message, key, target, recorder)
         if start is Start.DONE:
@@ -181,11 +184,12 @@ class GenerationService:
         records: Records,
         breaker: SharedCircuitBreaker,
         permit: Permit,
-    ) -> tuple[Slot | None, Start]:
+    ) -> tuple[Slot | None, Start, Permit]:
         """A call slot of ``target`` (a batch item waits for one, an interactive job
-        briefly but ahead of every batch item), then the job marked running. Unless it
-        is to run, the permit and the slot go back: no call will be made (a probe hands
-        its lease back)."""
+        briefly but ahead of every batch item), the circuit asked again (it may have
+        opened during the wait: ``CircuitOpenError``), then the job marked running.
+        Unless it is to run, the permit and the slot go back: no call will be made (a
+        probe hands its lease back)."""
         settings = self.settings
         batch = message.batch is not None
         wait_s = settings.batch_slot_wait_s if batch else settings.interactive_slot_wait_s
@@ -193,13 +197,43 @@ class GenerationService:
         try:
             slot = self.limiter.acquire(target.name, wait_s, first=not batch)
             if slot is not None:
+                permit = breaker.recheck(permit)
                 start = records.mark_running(message.job_id)
         finally:
             if start is not Start.RUN:
                 breaker.cancel(permit)
                 if slot is not None:
                     self.limiter.release(slot)
-        return slot, start
+        return slot, start, permit
+
+    def _refused(
+        self,
+        message: JobMessage,
+        key: str | None,
+        exc: CircuitOpenError,
+        records: Records,
+        recorder: Recorder,
+    ) -> Outcome:
+        """The circuit refused the call: the fallback answers at once. A batch item that
+        neither the cache nor an excerpt answers waits for the circuit instead of failing:
+        its window is 24 h, and the circuit says when to ask again."""
+        refusal = Refusal.of(exc, exc.reason)
+        if message.batch is None:
+            return self.fallback.answer(message, key, refusal, recorder)
+        result = self.fallback.degraded(message, key, refusal)
+        if result is not None:
+            return recorder.succeed(message.job_id, result, refusal.attempt)
+        # Asking the batch whether the item may still run also counts it as cancelled or
+        # expired when its batch was cancelled or its window has ended.
+        start = records.mark_running(message.job_id)
+        if start is Start.DONE:
+            return Outcome()
+        if start is Start.RUN:
+            records.mark_queued(message.job_id, refusal.attempt)
+        delay = circuit_wait(exc.retry_after)
+        extra = {"job_id": message.job_id, "circuit": exc.circuit, "delay_s": round(delay, 3)}
+        log.info("generation.circuit_wait", extra=extra)
+        return Outcome(retry_in=delay, circuit_wait=True)
 
     def _no_slot(
         self,

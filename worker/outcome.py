@@ -31,6 +31,9 @@ class Outcome:
     retry_in: float | None = None
     throttled: bool = False
     """The retry is one of the "slower" budget (``JobMessage.throttled``)."""
+    circuit_wait: bool = False
+    """The retry is a batch item waiting for its circuit (``JobMessage.circuit_waits``):
+    bounded by its batch's window, not by a retry budget."""
 
 
 class Records(Protocol):

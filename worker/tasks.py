@@ -42,8 +42,10 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
             service.fail(job_id, InvalidJob(f"invalid job payload: {exc.error_count()} error(s)"))
         return None
     try:
-        # Retries after a 429 have their own budget (JobMessage.throttled).
-        outcome = service.run(message, retries_done=self.request.retries - message.throttled)
+        # Retries after a 429 have their own budget (JobMessage.throttled), and a batch
+        # item's waits for an open circuit none (JobMessage.circuit_waits).
+        spent = self.request.retries - message.throttled - message.circuit_waits
+        outcome = service.run(message, retries_done=spent)
     except Exception as exc:
         # Never leave a record "running" forever: say it failed, then let Celery log it.
         with contextlib.suppress(StorageUnavailable):
@@ -54,6 +56,8 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         args = None
         if outcome.throttled:  # the message carries how often the upstream said "slower"
             args = ({**job, "throttled": message.throttled + 1},)
+        elif outcome.circuit_wait:
+            args = ({**job, "circuit_waits": message.circuit_waits + 1},)
         try:
             raise self.retry(args=args, countdown=outcome.retry_in)
         except Reject as exc:

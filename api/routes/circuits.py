@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, status
@@ -18,8 +18,6 @@ from core.settings import Settings
 
 router = APIRouter(tags=["circuits"], responses=V1)
 
-#: States in which the upstream is not being called normally.
-UNHEALTHY = {"open", "half-open", "forced_open"}
 CircuitName = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._:~-]+$")]
 
 
@@ -50,8 +48,12 @@ class Circuit(BaseModel):
     name: str
     state: Literal["closed", "open", "half-open", "forced_open", "forced_closed"]
     failure_count: int
-    opened_at: float | None
+    opened_at: str | None
+    """When it last opened (or was forced open), ISO 8601 UTC; None while closed."""
     retry_after: float
+    """Seconds (to the ms) a job refused now would be told to wait; 0 when none would be."""
+    probe_due: bool
+    """Open, and its window has passed: the next call is the probe (recovering, not down)."""
     last_failure: str | None
     probe_in_flight: bool
     transitions: dict[str, int]
@@ -88,26 +90,44 @@ def list_circuits(_: PrincipalDep, client: RedisDep) -> list[Circuit]:
     return _circuits(client)
 
 
+def _down(circuit: Circuit) -> bool:
+    """Refusing calls for a while yet: open with time left, or forced open."""
+    return circuit.state == "forced_open" or (circuit.state == "open" and not circuit.probe_due)
+
+
+def _recovering(circuit: Circuit) -> bool:
+    """About to find out: its probe is due or in flight (half-open)."""
+    return circuit.state == "half-open" or (circuit.state == "open" and circuit.probe_due)
+
+
 @router.get(
     "/v1/health/circuit-breaker",
     response_model=None,
     responses={
-        200: {"description": "every circuit closed (or forced closed)"},
-        503: {"description": "a circuit is open, half-open or forced open; see Retry-After"},
+        200: {
+            "description": "every circuit closed or forced closed (`ok`), or the open ones "
+            "probing the upstream now or at the next call (`recovering`)"
+        },
+        503: {"description": "a circuit is open or forced open for a while yet; see Retry-After"},
     },
 )
 def circuit_health(_: PrincipalDep, client: RedisDep) -> JSONResponse:
-    """200 when every circuit is closed; 503 with ``Retry-After`` when one is not."""
+    """200 when no circuit is down (``ok``, or ``recovering`` while a probe is due or in
+    flight); 503 with ``Retry-After`` when one is open or forced open for a while yet."""
     known = _circuits(client)
-    unhealthy = [c for c in known if c.state in UNHEALTHY]
-    body: dict[str, Any] = {
-        "status": "degraded" if unhealthy else "ok",
-        "circuits": [c.model_dump() for c in known],
-    }
-    if not unhealthy:
+    status_, retry_after = health(known)
+    body = {"status": status_, "circuits": [c.model_dump() for c in known]}
+    if retry_after is None:
         return JSONResponse(body)
-    retry_after = max(1, math.ceil(min(c.retry_after for c in unhealthy)))
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
+def health(known: list[Circuit]) -> tuple[Literal["ok", "recovering", "degraded"], int | None]:
+    """The cluster's word on its circuits, and the whole seconds to wait when it is down."""
+    down = [c for c in known if _down(c)]
+    if down:
+        return "degraded", max(1, math.ceil(min(c.retry_after for c in down)))
+    return ("recovering" if any(_recovering(c) for c in known) else "ok"), None
 
 
 _ACTIONS = {

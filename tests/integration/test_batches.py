@@ -287,7 +287,8 @@ def test_a_batch_can_refuse_degraded_answers(
     client: OpenAI, r: redis.Redis, genq_settings: Settings
 ) -> None:
     """With ``metadata.genq_fallback = "none"`` and the circuit open, items with context
-    fail with service_unavailable (error file) instead of answering with an excerpt."""
+    wait for the circuit instead of answering with an excerpt, and neither fail nor
+    answer until it is reset; then the upstream answers them all."""
     model = f"simulator/refuse-{uuid.uuid4().hex[:8]}"
     name = UpstreamTarget.from_settings(genq_settings, model).name
     circuits.force_open(r, name, genq_settings.breaker_reset_timeout_s)
@@ -295,23 +296,53 @@ def test_a_batch_can_refuse_degraded_answers(
     try:
         lines = completion_lines(2, model=model, context=context)
         degraded = wait_batch(client, run_batch(client, lines).id)
-        refused = wait_batch(
+        refusing = run_batch(
             client,
-            run_batch(
-                client,
-                completion_lines(2, model=model, context=context),
-                metadata={"genq_fallback": "none"},
-            ).id,
+            completion_lines(2, model=model, context=context),
+            metadata={"genq_fallback": "none"},
         )
+        time.sleep(3 * genq_settings.breaker_reset_timeout_s)  # a few waits for the circuit
+        waiting = client.batches.retrieve(refusing.id)
     finally:
         circuits.reset(r, name, genq_settings.breaker_reset_timeout_s)
     answered = lines_of(client, degraded.output_file_id)
     assert {line["response"]["body"]["genq"]["source"] for line in answered} == {"excerpt"}
     assert answered[0]["response"]["body"]["genq"]["fallback_reason"] == "circuit_forced_open"
-    assert refused.request_counts is not None and refused.request_counts.failed == 2
-    errors = lines_of(client, refused.error_file_id)
-    assert {line["error"]["code"] for line in errors} == {"service_unavailable"}
-    assert all(line["response"] is None for line in errors)
+    assert waiting.status == "in_progress"
+    assert waiting.request_counts is not None
+    assert (waiting.request_counts.completed, waiting.request_counts.failed) == (0, 0)
+    refused = wait_batch(client, refusing.id)
+    assert refused.status == "completed"
+    assert refused.request_counts is not None and refused.request_counts.completed == 2
+    sources = {
+        line["response"]["body"]["genq"]["source"]
+        for line in lines_of(client, refused.output_file_id)
+    }
+    assert sources == {"upstream"}
+
+
+def test_a_batch_through_a_short_outage_answers_every_item(
+    client: OpenAI, api_url: str, sim: SimulatorServer, genq_settings: Settings
+) -> None:
+    """Provider down and the circuit open, a 20-line batch with no cache entry and no
+    context, provider back 4 s later: every item is answered upstream, none fails."""
+    model = f"simulator/outage-{uuid.uuid4().hex[:8]}"
+    sim.configure(mode="outage")
+    for _ in range(genq_settings.breaker_fail_max):
+        body = {"prompt": "trip", "model": model, "fallback": "none"}
+        resp = requests.post(f"{api_url}/v1/jobs", json=body, headers=auth(), timeout=10)
+        wait_final(api_url, resp.headers["Location"])
+    batch = run_batch(client, completion_lines(20, model=model))
+    time.sleep(4)
+    sim.configure(mode="ok")
+    done = wait_batch(client, batch.id, timeout_s=90)
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (20, 0)
+    answered = lines_of(client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in answered) == sorted(f"req-{i}" for i in range(20))
+    assert {line["response"]["body"]["genq"]["source"] for line in answered} == {"upstream"}
+    assert lines_of(client, done.error_file_id) == []
 
 
 def test_output_is_readable_while_the_batch_runs(client: OpenAI, sim: SimulatorServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import pybreaker
@@ -12,7 +13,7 @@ import redis
 from core.circuits import force_closed, force_open, list_circuits, reset, snapshot
 from core.errors import CircuitOpenError, UpstreamUnavailable
 from tests.integration.breaker_support import boom, failing
-from worker.breaker import DEFAULT_VIEW_TTL_S, SharedCircuitBreaker
+from worker.breaker import DEFAULT_OPEN_VIEW_TTL_S, DEFAULT_VIEW_TTL_S, SharedCircuitBreaker
 from worker.testing import ManualClock
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
     assert reasons == ["circuit_forced_open"] * 3
     assert snapshot(r, name)["state"] == "forced_open"
     force_closed(r, name, 0.2)
-    time.sleep(0.25)  # the forced-open re-check interval (reset_timeout)
+    time.sleep(DEFAULT_OPEN_VIEW_TTL_S)  # how long an open view rejects without asking
     failing(breaker, 5)
     assert snapshot(r, name)["state"] == "forced_closed"
     assert snapshot(r, name)["failure_count"] == 0
@@ -47,6 +48,26 @@ def test_force_open_force_closed_and_reset(r: redis.Redis, name: str) -> None:
     assert report["transitions"]["reset"] == 1
 
 
+def test_operator_actions_reach_a_breaker_within_its_view_bounds(r: redis.Redis, name: str) -> None:
+    """A breaker that saw its circuit open for 30 s admits within DEFAULT_OPEN_VIEW_TTL_S
+    of a reset or a forced close, and rejects within DEFAULT_VIEW_TTL_S of a forced open."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=30.0)
+    failing(breaker, 1)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: None)
+    reset(r, name, 30.0)
+    time.sleep(DEFAULT_OPEN_VIEW_TTL_S)
+    assert breaker.call(lambda: 1) == 1
+    force_open(r, name, 30.0)
+    time.sleep(DEFAULT_VIEW_TTL_S)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: None)
+    assert (info.value.reason, info.value.retry_after) == ("circuit_forced_open", 30.0)
+    force_closed(r, name, 30.0)
+    time.sleep(DEFAULT_OPEN_VIEW_TTL_S)
+    assert breaker.call(lambda: 2) == 2
+
+
 def test_snapshot_and_list_circuits_report_the_circuit(r: redis.Redis, name: str) -> None:
     """snapshot gives state, count, opened_at, retry_after, last failure and transition counts."""
     breaker = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=10.0)
@@ -56,13 +77,28 @@ def test_snapshot_and_list_circuits_report_the_circuit(r: redis.Redis, name: str
     assert report["name"] == name
     assert report["state"] == "open"
     assert report["failure_count"] == 2
-    assert before - 1 < report["opened_at"] < time.time() + 1
+    opened_at = datetime.fromisoformat(report["opened_at"].replace("Z", "+00:00"))
+    assert report["opened_at"].endswith("Z") and len(report["opened_at"]) == 24  # ms, UTC
+    assert before - 1 < opened_at.timestamp() < time.time() + 1
     assert 9.0 < report["retry_after"] <= 10.0
+    assert report["retry_after"] == round(report["retry_after"], 3)
+    assert report["probe_due"] is False
     assert report["last_failure"] == "UpstreamUnavailable: " + "x" * 200
     assert report["transitions"]["opened"] == 1
     assert name in [c["name"] for c in list_circuits(r)]
     fresh = snapshot(r, f"{name}-unused")
     assert (fresh["state"], fresh["retry_after"], fresh["opened_at"]) == ("closed", 0.0, None)
+    assert fresh["probe_due"] is False
+
+
+def test_an_open_circuit_past_its_window_reports_its_probe_due(r: redis.Redis, name: str) -> None:
+    """Open with its window passed (no call has probed yet): retry_after 0, probe_due."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=0.05)
+    failing(breaker, 1)
+    assert snapshot(r, name)["probe_due"] is False
+    time.sleep(0.06)
+    report = snapshot(r, name)
+    assert (report["state"], report["retry_after"], report["probe_due"]) == ("open", 0.0, True)
 
 
 def test_keys_expire_when_unused(r: redis.Redis, name: str) -> None:

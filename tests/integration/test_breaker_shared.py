@@ -342,3 +342,44 @@ def test_no_lock_is_held_across_the_call(r: redis.Redis, name: str) -> None:
     for t in threads:
         t.join()
     assert time.monotonic() - started < 0.6
+
+
+def test_recheck_keeps_a_permit_from_a_fresh_quiet_view_without_a_round_trip(
+    counted: redis.Redis, r: redis.Redis, name: str
+) -> None:
+    """After a slot wait, a closed quiet view of the permit's generation costs nothing."""
+    breaker = SharedCircuitBreaker(name, counted, view_ttl_s=60.0)
+    permit = breaker.admit()
+    server = evalsha_calls(r)
+    assert breaker.recheck(permit) is permit
+    assert evalsha_calls(r) - server == 0
+    breaker.cancel(permit)
+
+
+def test_recheck_refuses_a_permit_whose_circuit_opened_during_the_wait(
+    r: redis.Redis, name: str
+) -> None:
+    """A permit taken before the circuit opened elsewhere is refused once the view is stale."""
+    here = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=30.0, view_ttl_s=0.1)
+    elsewhere = SharedCircuitBreaker(name, r, fail_max=2, reset_timeout=30.0)
+    permit = here.admit()
+    failing(elsewhere, 2)
+    time.sleep(0.1)
+    with pytest.raises(CircuitOpenError) as info:
+        here.recheck(permit)
+    assert info.value.reason == "circuit_open"
+    assert 29.0 < info.value.retry_after <= 30.0
+    assert info.value.retry_after == round(info.value.retry_after, 3)
+
+
+def test_recheck_leaves_the_probe_its_lease(r: redis.Redis, name: str) -> None:
+    """The probe's permit stays the probe through a recheck, and its success closes."""
+    breaker = SharedCircuitBreaker(name, r, fail_max=1, reset_timeout=0.05)
+    failing(breaker, 1)
+    time.sleep(0.06)
+    probe = breaker.admit()
+    assert probe.token
+    assert breaker.recheck(probe) is probe
+    with breaker.guard(probe):
+        pass
+    assert snapshot(r, name)["state"] == "closed"

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -103,26 +104,42 @@ def test_a_bad_line_fails_the_batch_and_the_run_shows_each_line(
     assert sim.stats()["calls"] == 0
 
 
-def test_refused_items_fail_the_run_and_degraded_ones_are_counted(
+def test_refused_items_wait_for_the_circuit_and_degraded_ones_are_counted(
     api_url: str, tmp_path: Path, forced_open: tuple[str, str]
 ) -> None:
-    """Circuit forced open: lines with ``fallback: none`` fail (error lines), lines with
-    context are answered by excerpt; exit 1, and the summary names the circuit."""
+    """Circuit forced open: lines with context are answered by excerpt at once; lines
+    with ``fallback: none`` wait for the circuit (reset 3 s later) and are answered by
+    the upstream, not failed; exit 0, and the summary counts both."""
     model, name = forced_open
     context = [{"id": "runbook", "text": "During an outage serve cached answers first."}]
     lines = prompts(2, model=model, fallback="none") + prompts(3, model=model, context=context)
     out = tmp_path / "out.jsonl"
-    result = genq(
-        api_url, "batch", "run", str(write_jsonl(tmp_path / "in.jsonl", lines)), "-o", str(out)
-    )
-    assert result.exit_code == 1, result.output
+    reset = threading.Timer(3, lambda: genq(api_url, "circuits", "reset", name, key=ADMIN_KEY))
+    reset.start()
+    try:
+        result = genq(
+            api_url, "batch", "run", str(write_jsonl(tmp_path / "in.jsonl", lines)), "-o", str(out)
+        )
+    finally:
+        reset.join()
+    assert result.exit_code == 0, result.output
     written = read_jsonl(out)
     assert [line["custom_id"] for line in written] == [f"line-{n}" for n in range(1, 6)]
-    assert [line["error"]["code"] for line in written[:2]] == ["service_unavailable"] * 2
-    assert {line["response"]["body"]["genq"]["source"] for line in written[2:]} == {"excerpt"}
+    sources = [line["response"]["body"]["genq"]["source"] for line in written]
+    assert sources == ["upstream"] * 2 + ["excerpt"] * 3
     assert count_row(result.stdout, "answered from excerpt (degraded)") == 3
+    assert count_row(result.stdout, "answered from upstream") == 2
+
+
+def test_rejected_items_fail_the_run(api_url: str, sim: SimulatorServer, tmp_path: Path) -> None:
+    """Lines the upstream rejects (400) end as error lines: exit 1, and the summary says
+    not every request was answered."""
+    sim.configure(script=[{"status": 400}] * 2)
+    result = genq(api_url, "batch", "run", str(write_jsonl(tmp_path / "in.jsonl", prompts(2))))
+    assert result.exit_code == 1, result.output
+    written = read_jsonl(tmp_path / "in.results.jsonl")
+    assert [line["error"]["code"] for line in written] == ["upstream_rejected"] * 2
     assert count_row(result.stdout, "failed") == 2
-    assert f"circuit {name}" in result.stdout and "now forced_open" in result.stdout
     assert "not every request was answered" in result.stdout
 
 

@@ -238,7 +238,7 @@ def test_generate_route_answers_503_or_degraded_while_forced_open(
     finally:
         requests.post(f"{api_url}/v1/circuits/{name}/reset", headers=admin, timeout=5)
     assert sim.stats()["calls"] == 0
-    # Workers notice a reset within the open window they last saw (reset_timeout, 1 s).
+    # Workers notice a reset within DEFAULT_OPEN_VIEW_TTL_S (0.5 s).
     deadline = time.monotonic() + 5
     while True:
         ok = requests.post(url, json={"prompt": "y", "model": model}, headers=auth(), timeout=15)

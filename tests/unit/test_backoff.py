@@ -8,7 +8,7 @@ from statistics import mean
 
 import pytest
 
-from worker.backoff import RetryPolicy, compute_backoff
+from worker.backoff import RetryPolicy, circuit_wait, compute_backoff
 
 SAMPLES = 2000
 
@@ -136,3 +136,12 @@ def test_policy_allows_exactly_max_retries() -> None:
     policy = RetryPolicy(max_retries=2)
     assert [policy.allows(n) for n in range(4)] == [True, True, False, False]
     assert not RetryPolicy(max_retries=0).allows(0)
+
+
+def test_circuit_wait_is_the_circuits_retry_after_plus_a_spread() -> None:
+    """A batch item waits the circuit's retry_after, up to 20% more, never under the floor."""
+    rng = random.Random(3)
+    waits = [circuit_wait(10.0, rng=rng) for _ in range(SAMPLES)]
+    assert all(10.0 <= w <= 12.0 for w in waits)
+    assert max(waits) - min(waits) > 1.5  # spread, so waiting items do not return at once
+    assert all(0.5 <= circuit_wait(r, rng=rng) <= 0.6 for r in (0.0, 0.1, None, math.nan))

@@ -261,3 +261,24 @@ def test_only_a_fresh_closed_reply_without_failures_is_quiet() -> None:
     opened = b.record(closed.gen, "", out(FAIL))
     assert opened.code == OPEN
     assert not opened.quiet(opened.gen, 60.0, clock.now)
+
+
+def test_an_open_reply_rejects_alone_only_while_younger_than_open_ttl() -> None:
+    """An open reply rejects without asking for ``open_ttl_s``, then asks (an operator may
+    have closed the circuit), however long the open window it knows of still runs."""
+    b, clock = local(fail_max=1, reset_timeout=30.0)
+    fail(b)
+    opened = b.admit("t")
+    assert opened.code == OPEN
+    verdict = opened.cached_verdict(0.25, 0.5, clock.now + 0.4)
+    assert verdict is not None
+    assert verdict[0] == REJECT_OPEN and verdict[1] == pytest.approx(29.6)
+    assert opened.cached_verdict(0.25, 0.5, clock.now + 0.5) is None
+
+
+def test_a_closed_reply_admits_alone_only_while_younger_than_its_ttl() -> None:
+    """A quiet closed reply admits for ``ttl_s``; the open bound does not stretch it."""
+    b, clock = local()
+    closed = b.admit("t")
+    assert closed.cached_verdict(0.25, 0.5, clock.now + 0.2) == (ADMIT, 0.0)
+    assert closed.cached_verdict(0.25, 0.5, clock.now + 0.3) is None

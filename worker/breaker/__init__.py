@@ -14,10 +14,17 @@ Operators' controls and snapshots live in ``core.circuits``. docs/breaker.md tel
 it differs from pybreaker.
 """
 
-from worker.breaker.circuit import DEFAULT_VIEW_TTL_S, REDIS_RETRY_S, Permit, SharedCircuitBreaker
+from worker.breaker.circuit import (
+    DEFAULT_OPEN_VIEW_TTL_S,
+    DEFAULT_VIEW_TTL_S,
+    REDIS_RETRY_S,
+    Permit,
+    SharedCircuitBreaker,
+)
 from worker.breaker.rules import Options, SlowCall
 
 __all__ = [
+    "DEFAULT_OPEN_VIEW_TTL_S",
     "DEFAULT_VIEW_TTL_S",
     "REDIS_RETRY_S",
     "Options",

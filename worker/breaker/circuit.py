@@ -41,7 +41,13 @@ from worker.breaker.rules import (
     rejection,
 )
 
-__all__ = ["DEFAULT_VIEW_TTL_S", "REDIS_RETRY_S", "Permit", "SharedCircuitBreaker"]
+__all__ = [
+    "DEFAULT_OPEN_VIEW_TTL_S",
+    "DEFAULT_VIEW_TTL_S",
+    "REDIS_RETRY_S",
+    "Permit",
+    "SharedCircuitBreaker",
+]
 
 logger = logging.getLogger("worker.breaker")  # one logger name for every breaker event
 P = ParamSpec("P")
@@ -51,6 +57,9 @@ REDIS_RETRY_S = 1.0
 """While Redis is unreachable, it is tried again at most this often."""
 DEFAULT_VIEW_TTL_S = 0.25
 """How long a healthy view admits calls without asking Redis."""
+DEFAULT_OPEN_VIEW_TTL_S = 0.5
+"""How long an open view rejects calls without asking Redis. With ``DEFAULT_VIEW_TTL_S``
+it bounds how late an operator's force open, close or reset reaches a process."""
 
 
 def _readonly(attr: str, *, option: bool = False) -> Any:
@@ -80,8 +89,9 @@ class SharedCircuitBreaker:
     ``min_calls`` calls in the last ``window_s`` seconds also opens it; with
     ``slow_call_s``, slower successes count as failures. Construction does no I/O; ``redis``
     may be a client or a factory called on first use. ``view_ttl_s`` bounds how stale a
-    healthy view may be (0: ask Redis on every call); ``clock`` (tests only, seconds)
-    replaces Redis ``TIME`` and this process's monotonic clock.
+    healthy view may be (0: ask Redis on every call), ``open_view_ttl_s`` how stale an
+    open one may be; ``clock`` (tests only, seconds) replaces Redis ``TIME`` and this
+    process's monotonic clock.
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class SharedCircuitBreaker:
         min_calls: int = 10,
         slow_call_s: float | None = None,
         view_ttl_s: float = DEFAULT_VIEW_TTL_S,
+        open_view_ttl_s: float = DEFAULT_OPEN_VIEW_TTL_S,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -108,8 +119,9 @@ class SharedCircuitBreaker:
         self._exclude = tuple(exclude)
         if not all(callable(rule) for rule in self._exclude):
             raise ValueError(f"exclude takes exception types or predicates, got {exclude!r}")
-        if not view_ttl_s >= 0:
-            raise ValueError(f"view_ttl_s must be >= 0, got {view_ttl_s!r}")
+        for option, value in (("view_ttl_s", view_ttl_s), ("open_view_ttl_s", open_view_ttl_s)):
+            if not value >= 0:
+                raise ValueError(f"{option} must be >= 0, got {value!r}")
         self._opts = Options(
             fail_max,
             reset_timeout,
@@ -122,7 +134,8 @@ class SharedCircuitBreaker:
             slow_call_s,
         )
         self._name, self._source, self._listeners = name, redis, tuple(listeners)
-        self._view_ttl_s, self._test_clock = view_ttl_s, clock
+        self._view_ttl_s, self._open_view_ttl_s = view_ttl_s, open_view_ttl_s
+        self._test_clock = clock
         self._clock: Callable[[], float] = clock or time.monotonic
         self._remote: RedisStore | None = None
         self._local = LocalStore(self._opts, self._clock)
@@ -155,8 +168,7 @@ class SharedCircuitBreaker:
         ``CircuitOpenError``. Work that must not count (marking a job running) goes
         between the two; a permit whose call is not made goes back through :meth:`cancel`."""
         view = self._view  # None while degraded
-        now = self._clock()
-        known = view.cached_verdict(self._view_ttl_s, now) if view else None
+        known = self._known(view)
         if view and known and known[0] is Verdict.ADMIT:
             return Permit(False, view.gen, "", view.code is not CircuitState.FORCED_CLOSED)
         if known:
@@ -170,6 +182,26 @@ class SharedCircuitBreaker:
             counted = reply.code is not CircuitState.FORCED_CLOSED
             return Permit(remote is None, reply.gen, probe, counted)
         raise rejection(self._name, reply.verdict, reply.retry_ms / 1000)
+
+    def recheck(self, permit: Permit) -> Permit:
+        """Admission again, for a call about to be made long after its permit (it waited
+        for a call slot): the same permit while this process's view still admits it in
+        the permit's generation (no round trip), else a new admission, which may raise
+        ``CircuitOpenError`` (the old permit is given back). A probe keeps its lease."""
+        view = self._view
+        if permit.token or permit.local or view is None:
+            return permit
+        known = self._known(view)
+        if known and known[0] is Verdict.ADMIT and view.gen == permit.gen:
+            return permit
+        self.cancel(permit)
+        return self.admit()
+
+    def _known(self, view: Reply | None) -> tuple[Verdict, float] | None:
+        """What ``view`` alone decides now; None: ask the store."""
+        if view is None:
+            return None
+        return view.cached_verdict(self._view_ttl_s, self._open_view_ttl_s, self._clock())
 
     def guard(self, permit: Permit) -> contextlib.AbstractContextManager[None]:
         """The second phase: run the admitted call in a ``with`` block; its outcome is

@@ -99,6 +99,7 @@ class Options:
 def rejection(circuit: str, verdict: Verdict, retry_after: float) -> CircuitOpenError:
     """The error a caller gets instead of the call: what happened and when to come back."""
     reason, what = _REJECTIONS[verdict]
+    retry_after = round(retry_after, 3)  # circuits count in ms
     message = f"circuit {circuit!r} {what}; retry in {retry_after:.1f} s"
     return CircuitOpenError(message, circuit=circuit, reason=reason, retry_after=retry_after)
 
@@ -170,13 +171,19 @@ class Reply(NamedTuple):  # a tuple: built on every call, and cheaper than a dat
         """Everything but when it was seen: what two stores given the same calls agree on."""
         return tuple(self[:-1])
 
-    def cached_verdict(self, ttl_s: float, now: float) -> tuple[Verdict, float] | None:
+    def cached_verdict(
+        self, ttl_s: float, open_ttl_s: float, now: float
+    ) -> tuple[Verdict, float] | None:
         """(ADMIT or REJECT_*, seconds left) this reply alone allows at ``now`` (the
-        breaker's clock); None: ask the store."""
+        breaker's clock); None: ask the store. It admits while younger than ``ttl_s``
+        and rejects while younger than ``open_ttl_s`` (and the window it knows lasts):
+        past those, an operator may have changed the circuit since."""
         age = now - self.seen_at
         closed = self.code is CircuitState.CLOSED and not self.hot
         if age < ttl_s and (self.code is CircuitState.FORCED_CLOSED or closed):
             return Verdict.ADMIT, 0.0
+        if age >= open_ttl_s:
+            return None
         left_ms = self.until_ms - (self.now_ms + age * 1000)
         if left_ms > 0 and self.code is CircuitState.OPEN:
             return Verdict.REJECT_OPEN, left_ms / 1000
