@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from core import keys, scripts
 from core.errors import StorageUnavailable
-from core.records import LEASE_MS, Start
+from core.records import LEASE_MS, MAX_REPUBLISH, Republished, Start
 
 __all__ = ["BatchError", "BatchRecord", "BatchStore", "item_request_id", "new_batch_id"]
 
@@ -122,6 +122,7 @@ class BatchStore:
         self._start = client.register_script(_script("batch_item_start"))
         self._finish = client.register_script(_script("batch_item_finish"))
         self._cancel = client.register_script(_script("batch_cancel"))
+        self._republish = client.register_script(_script("republish_item"))
 
     # The API's side -------------------------------------------------------------
 
@@ -188,13 +189,16 @@ class BatchStore:
                     return False
                 pipe.multi()
                 pending: list[bytes] = []
+                kept = keys.batch_messages(batch_id)  # the reconciler's, if one is lost
+                sent = 0
                 for message in messages:
                     pending.append(message)
                     if len(pending) == 1000:
-                        pipe.lpush(queue, *pending)
+                        sent = _push(pipe, queue, kept, sent, pending)
                         pending = []
                 if pending:
-                    pipe.lpush(queue, *pending)
+                    _push(pipe, queue, kept, sent, pending)
+                pipe.expire(kept, self._ttl_s)
                 fields: dict[Any, str | int] = {
                     "status": "in_progress",
                     "in_progress_at": int(time.time()),
@@ -298,6 +302,7 @@ class BatchStore:
         kind = "error" if error else "output"
         args: list[str | int | bytes] = [index, kind, line, source, int(time.time()), self._ttl_s]
         batch_keys = [*self._keys(batch_id), keys.job_lease(request_id)]
+        batch_keys.append(keys.batch_messages(batch_id))
         if also_set is not None:
             batch_keys.append(also_set[0])
             args += [also_set[1], also_set[2]]
@@ -311,8 +316,29 @@ class BatchStore:
         return [_text(i) for i in ids]
 
     def forget(self, batch_id: str) -> None:
-        """Take a final (or expired) batch out of :meth:`started`."""
-        self._guard(lambda: self._redis.zrem(keys.open_batches(), batch_id))
+        """Take a final (or expired) batch out of :meth:`started`, with the messages it
+        kept: no item of it will run again."""
+
+        def drop() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(keys.open_batches(), batch_id)
+            pipe.delete(keys.batch_messages(batch_id))
+            pipe.execute()
+
+        self._guard(drop)
+
+    def republish(self, batch_id: str, index: int, queue: str) -> Republished:
+        """Put item ``index``'s kept message back on ``queue`` (republish_item.lua), unless
+        it is final, running, kept none, was sent too often, or its batch is stopping."""
+        item_keys = [
+            *self._keys(batch_id)[:2],
+            keys.batch_messages(batch_id),
+            keys.job_lease(item_request_id(batch_id, index)),
+            queue,
+        ]
+        args = [index, MAX_REPUBLISH, int(time.time())]
+        found: Any = self._guard(lambda: self._republish(item_keys, args))
+        return Republished(int(found))
 
     def unfinished(self, batch_id: str, total: int) -> list[int]:
         """The items neither done nor cancelled: queued, running, or lost."""
@@ -334,6 +360,14 @@ class BatchStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StorageUnavailable(f"batch store unreachable: {type(exc).__name__}") from exc
+
+
+def _push(pipe: Any, queue: str, kept: str, first: int, messages: list[bytes]) -> int:
+    """Queue ``messages`` (items ``first``, ``first + 1``, …) and keep a copy of each;
+    returns the index of the next item."""
+    pipe.lpush(queue, *messages)
+    pipe.hset(kept, mapping=dict(enumerate(messages, start=first)))
+    return first + len(messages)
 
 
 def _text(value: object) -> str:

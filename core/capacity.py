@@ -1,19 +1,21 @@
 """One call limit per upstream target, shared by every worker of the cluster through Redis.
 
 A call takes a slot before it goes upstream and gives it back when it ends; a slot is a
-lease in a sorted set (token -> expiry), so the slots of a killed worker come back by
-themselves once their leases lapse. The limit is ``fixed`` or ``adaptive`` (AIMD, in
-``lua/limit_release.lua``): it grows while calls succeed and is cut on 429s, timeouts and
-slow answers. Interactive jobs go first: while one waits for a slot, batch items leave it
-one and the next freed slot wakes it. The worker side (waiting for a slot, classifying a
-call's outcome) is ``worker.limiter``; this module holds the Redis side and the snapshot
-the API shows.
+lease in a sorted set (token -> expiry), renewed by its holder's heartbeat while the
+call lasts, so the slots of a killed worker come back by themselves within
+``SLOT_LEASE_MS``. The limit is ``fixed`` or ``adaptive`` (AIMD, in
+``lua/limit_release.lua``): it grows while calls succeed and is cut on 429s, timeouts
+and slow answers. Interactive jobs go first: while one waits for a slot, batch items
+leave it one and the next freed slot wakes it. The worker side (waiting for a slot,
+classifying a call's outcome) is ``worker.limiter``; this module holds the Redis side
+and the snapshot the API shows.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple, cast
@@ -25,6 +27,7 @@ from core import keys, scripts
 from core.circuits import KEY_TTL_MS
 
 __all__ = [
+    "SLOT_LEASE_MS",
     "CallOutcome",
     "CapacityStore",
     "Grant",
@@ -33,6 +36,12 @@ __all__ = [
     "snapshot",
     "with_limits",
 ]
+
+
+SLOT_LEASE_MS = 10_000
+"""A call slot's lease: its holder renews it a third as often while the call lasts
+(``worker.leases``), so a dead holder's slot comes back within this, whatever the call's
+length."""
 
 
 class CallOutcome(StrEnum):
@@ -54,8 +63,8 @@ class LimitOptions:
     ceiling: int = 512
     decrease: float = 0.9
     """The factor of one cut: gentle, because one cut is made per round of calls."""
-    lease_ms: int = 64_000
-    """A slot's lease: longer than the longest call, so only a dead holder's lapses."""
+    lease_ms: int = SLOT_LEASE_MS
+    """A slot's lease, renewed by its holder while the call lasts (``SLOT_LEASE_MS``)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.floor <= self.ceiling:
@@ -92,10 +101,13 @@ class Released(NamedTuple):
 
 
 @functools.cache
-def _scripts() -> tuple[str, str]:
+def _scripts() -> tuple[str, str, str]:
     prelude = scripts.load("core", "limit_prelude")
-    return scripts.load("core", "limit_acquire", prelude), scripts.load(
-        "core", "limit_release", prelude
+    acquire = scripts.load("core", "limit_acquire", prelude)
+    return (
+        acquire,
+        scripts.load("core", "limit_release", prelude),
+        scripts.load("core", "limit_renew"),
     )
 
 
@@ -105,9 +117,10 @@ class CapacityStore:
     def __init__(self, client: Redis, options: LimitOptions) -> None:
         self._redis = client
         self.options = options
-        acquire, release = _scripts()
+        acquire, release, renew = _scripts()
         self._acquire: Script = client.register_script(acquire)
         self._release: Script = client.register_script(release)
+        self._renew: Script = client.register_script(renew)
 
     def try_acquire(
         self, target: str, token: str, waited_ms: int = 0, *, first: bool = False, wait_ms: int = 0
@@ -137,6 +150,18 @@ class CapacityStore:
         reply = _text(self._release(keys.call_limit(target), args))
         limit, held, at_floor = reply.split(":")
         return Released(float(limit), int(held), at_floor == "1")
+
+    def renew(self, held: Iterable[tuple[str, str]]) -> None:
+        """Extend the leases of the slots ``held`` ((target, token) pairs) by a lease from
+        now (one round trip for all); a slot already released stays released."""
+        by_target: dict[str, list[str]] = {}
+        for target, token in held:
+            by_target.setdefault(target, []).append(token)
+        pipe = self._redis.pipeline(transaction=False)
+        for target, tokens in by_target.items():
+            leases = keys.call_limit(target)[1]
+            self._renew(keys=[leases], args=[self.options.lease_ms, *tokens], client=pipe)
+        pipe.execute()
 
     def note_wait(self, target: str, waited_ms: int, token: str | None = None) -> None:
         """Count a wait that ended without a slot (the job was answered otherwise); an

@@ -45,6 +45,7 @@ __all__ = [
     "ModelId",
     "RefusalReason",
     "Source",
+    "task_argsrepr",
     "utcnow",
 ]
 
@@ -281,12 +282,26 @@ class JobMessage(_Strict):
     batch: BatchItem | None = None
     owner: str | None = Field(default=None, max_length=64)
     """The digest of the key that submitted it: the scope of its cached answers."""
+    # What the job's retries spent so far, one count per budget (worker.outcome.Budget);
+    # the worker's retry raises one of them in the message it publishes.
+    retries: int = Field(default=0, ge=0)
+    """Retries after a transient upstream error or an unreachable job store
+    (``GENQ_MAX_RETRIES``)."""
     throttled: int = Field(default=0, ge=0)
     """Retries made so far because the upstream said "slower" (a 429, or no call slot in
     time): they have their own budget (``GENQ_MAX_THROTTLED_RETRIES``)."""
     circuit_waits: int = Field(default=0, ge=0)
     """Times a batch item was put back because its circuit was open: bounded by the
     batch's window, they spend no retry budget."""
+    lease_waits: int = Field(default=0, ge=0)
+    """Times the job came back later because another copy held its running lease."""
+
+
+def task_argsrepr(job_id: str, batch_id: str | None = None) -> str:
+    """What Flower shows as a ``genq.generate`` task's arguments: its ids, never the
+    prompt its message carries. Every message genq publishes sets it: the API's, a
+    retry's and a re-published one's alike."""
+    return f"[{job_id!r}]" if batch_id is None else f"[{job_id!r}, {batch_id!r}]"
 
 
 class Citation(_Strict):

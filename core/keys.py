@@ -11,6 +11,7 @@ __all__ = [
     "batch",
     "batch_errors",
     "batch_items",
+    "batch_messages",
     "batch_output",
     "batches",
     "breaker",
@@ -99,6 +100,12 @@ def batch(batch_id: str) -> str:
 def batch_items(batch_id: str) -> str:
     """Hash of a batch's items that started or ended: index -> state."""
     return f"{PREFIX}batch:{{{batch_id}}}:items"
+
+
+def batch_messages(batch_id: str) -> str:
+    """Hash of the Celery messages of a batch's items not yet final: index -> message,
+    for the reconciler to send a lost one again."""
+    return f"{PREFIX}batch:{{{batch_id}}}:messages"
 
 
 def batch_output(batch_id: str) -> str:

@@ -5,8 +5,10 @@ accepted; the worker moves it through ``running`` to a final status. Celery's re
 backend is not used for this: a record carries the owner, timestamps and attempts, and
 clients must never see Celery's ``PENDING`` for an id that does not exist.
 
-Layout: hash ``genq:job:{id}`` (fields below) and list ``genq:job:{id}:attempts``,
-both expiring ``job_ttl_s`` after the last write. Worker writes are Lua scripts
+Layout: hash ``genq:job:{id}`` (fields below; until the job is final, also the Celery
+message it was enqueued with and its queue, which the reconciler sends again if the
+message is lost) and list ``genq:job:{id}:attempts``, both expiring ``job_ttl_s`` after
+the last write. Worker writes are Lua scripts
 (``core/lua/``): the first final answer wins, so a job that is redelivered after its
 worker died can be run and recorded again safely. Every call raises
 ``StorageUnavailable`` when Redis cannot be reached; retrying is the caller's policy.
@@ -18,7 +20,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from pydantic import BaseModel
@@ -27,7 +29,7 @@ from core import keys, scripts
 from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
 from core.errors import StorageUnavailable
 
-__all__ = ["LEASE_MS", "ExtraSet", "JobRecord", "JobStore", "Start"]
+__all__ = ["LEASE_MS", "MAX_REPUBLISH", "ExtraSet", "JobRecord", "JobStore", "Republished", "Start"]
 
 T = TypeVar("T")
 
@@ -44,6 +46,29 @@ class Start(Enum):
     RUN = "run"
     DONE = "done"
     BUSY = "busy"
+
+
+class Republished(Enum):
+    """What ``JobStore.republish`` did with a job whose message is lost."""
+
+    SENT = 1
+    """Its kept message is back on its queue."""
+    NOTHING_TO_DO = 0
+    """It is final, or its record expired."""
+    RUNNING = 2
+    """A live copy holds its running lease."""
+    NO_MESSAGE = 3
+    """Its record kept no message (a job accepted before genq kept them)."""
+    TOO_OFTEN = 4
+    """It was sent again ``MAX_REPUBLISH`` times already."""
+    STOPPING = 5
+    """A batch item whose batch is being cancelled or is past its window."""
+
+
+MAX_REPUBLISH = 3
+"""How often a job's (or a batch item's) lost message is sent again before the job is
+failed ``job_lost``: a message lost that often is lost for a reason a resend won't fix."""
+_FIELDS = ("owner", "status", "created_at", "started_at", "finished_at", "result", "error")
 
 
 class JobRecord(BaseModel):
@@ -71,6 +96,7 @@ class JobStore:
             scripts.load("core", "write_unless_final")
         )
         self._create_job = client.register_script(scripts.load("core", "create_job"))
+        self._republish = client.register_script(scripts.load("core", "republish_job"))
 
     def create(
         self,
@@ -117,9 +143,10 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         """The record, or None if no such job exists (or it expired)."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(keys.job(job_id))
+        pipe.hmget(keys.job(job_id), _FIELDS)  # not the message it keeps
         pipe.lrange(keys.job_attempts(job_id), 0, -1)
-        fields, attempts = self._guard(pipe.execute)
+        values, attempts = self._guard(pipe.execute)
+        fields = {name: value for name, value in zip(_FIELDS, values, strict=True) if value}
         if not fields:
             return None
         return JobRecord(
@@ -141,6 +168,13 @@ class JobStore:
         args: list[str | int] = [utcnow(), self._ttl_s, secrets.token_hex(8), LEASE_MS]
         found: Any = self._guard(lambda: self._mark_running(job_keys, args))
         return {1: Start.RUN, 2: Start.BUSY}.get(int(found), Start.DONE)
+
+    def republish(self, job_id: str) -> Republished:
+        """Put the message the job's record kept back on its queue, unless the job is
+        final, a live copy holds its lease, or it was sent again too often already."""
+        job_keys = [keys.job(job_id), keys.job_lease(job_id), keys.open_jobs()]
+        found = self._guard(lambda: self._republish(job_keys, [job_id, MAX_REPUBLISH]))
+        return Republished(int(cast(int, found)))
 
     def renew_leases(self, job_ids: Iterable[str]) -> None:
         """Extend the running leases of jobs this process is running (one round trip)."""

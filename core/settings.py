@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     """If set, an adaptive limit is also cut when a call succeeds slower than this."""
     interactive_slot_wait_s: float = Field(default=1.0, ge=0.0, le=30.0)
     """How long an interactive job waits for a call slot before the fallback answers it
-    (``fallback_reason: rate_limited``)."""
+    (``fallback_reason: rate_limited``); one the fallback cannot answer waits on, up to
+    ``batch_slot_wait_s`` in all."""
     batch_slot_wait_s: PositiveFloat = 60.0
     """How long a batch item waits for a call slot before it is retried later."""
 
@@ -163,6 +164,11 @@ class Settings(BaseSettings):
     """A message unacked this long is redelivered: must exceed the hard time limit."""
     unacked_restore_interval_s: PositiveFloat = 10.0
     """How often a worker sweeps unacked messages of dead workers back to the queue."""
+    sweep_every_s: PositiveFloat = 30.0
+    """How often one worker of the cluster looks for jobs whose message was lost."""
+    sweep_grace_s: PositiveFloat = 60.0
+    """A job unchanged this long, its message nowhere, is a suspect; found so in two
+    sweeps in a row, its message is sent again (``worker.reconciler``)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] | None = None
     """``json`` (one object per line) or ``text`` (``key=value``); unset: json in production."""
@@ -253,6 +259,13 @@ class Settings(BaseSettings):
             )
         if (self.breaker_window_s is None) != (self.breaker_failure_rate is None):
             raise ValueError("set GENQ_BREAKER_WINDOW_S and GENQ_BREAKER_FAILURE_RATE together")
+        if self.sweep_grace_s + 2 * self.sweep_every_s > self.visibility_timeout_s:
+            # A lost message is sent again within these; a held one is back within the
+            # visibility timeout: the lost must not wait longer than the held.
+            raise ValueError(
+                "GENQ_SWEEP_GRACE_S + 2 x GENQ_SWEEP_EVERY_S must not exceed "
+                "GENQ_VISIBILITY_TIMEOUT_S"
+            )
         if self.retry_cap_s >= self.visibility_timeout_s:
             # A retry waiting on its countdown is an unacked message too.
             raise ValueError("GENQ_RETRY_CAP_S must be below GENQ_VISIBILITY_TIMEOUT_S")

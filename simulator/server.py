@@ -68,6 +68,10 @@ class Control:
         self._stopping = False
         self._in_flight = self._waiting = self._open = 0  # gauges: reset leaves them
         self._peak_in_flight = self._peak_concurrent = self._over_capacity = 0
+        # Same prompt again: how often a client asked twice, and twice at once.
+        self._asked: set[str] = set()
+        self._asking: Counter[str] = Counter()  # prompts of the calls open now
+        self._repeated = self._overlapping = 0
 
     def configure(self, changes: object) -> dict[str, object]:
         """Merge ``changes`` (all or nothing) and return the whole configuration."""
@@ -87,7 +91,8 @@ class Control:
             self._config, self._calls = SimulatorConfig(), 0
             self._rng.seed(self._config.seed)
             self._outcomes.clear()
-            self._over_capacity = 0
+            self._over_capacity = self._repeated = self._overlapping = 0
+            self._asked.clear()
             self._peak_in_flight, self._peak_concurrent = self._in_flight, self._open
             self._freed.notify_all()  # no capacity any more: queued calls go through
             return self._config.as_dict()
@@ -109,6 +114,8 @@ class Control:
                 "waiting": self._waiting,
                 "peak_concurrent": self._peak_concurrent,
                 "over_capacity": self._over_capacity,
+                "repeated": self._repeated,
+                "overlapping": self._overlapping,
                 "config": self._config.as_dict(),
             }
 
@@ -122,6 +129,7 @@ class Control:
         """
         refusal: Reply | None = Reply(0, drop=True)  # until the gate says otherwise
         left = False
+        prompt = call.request.prompt if isinstance(call.request, Request) else None
 
         def leave() -> None:
             nonlocal left
@@ -130,6 +138,10 @@ class Control:
             left = True
             with self._lock:
                 self._open -= 1
+                if prompt is not None:
+                    self._asking[prompt] -= 1
+                    if not self._asking[prompt]:
+                        del self._asking[prompt]
                 if refusal is None:  # it held a place
                     self._in_flight -= 1
                     self._freed.notify()
@@ -138,6 +150,11 @@ class Control:
             with self._lock:
                 self._open += 1
                 self._peak_concurrent = max(self._peak_concurrent, self._open)
+                if prompt is not None:
+                    self._repeated += prompt in self._asked
+                    self._overlapping += self._asking[prompt] > 0
+                    self._asked.add(prompt)
+                    self._asking[prompt] += 1
                 refusal = self._pass_gate(call)
                 reply = self._decide(token, call) if refusal is None else refusal
             yield reply, leave
@@ -344,7 +361,9 @@ class SimulatorServer:
 
     def stats(self) -> dict[str, object]:
         """Like ``GET /_sim/stats``: ``calls``, ``by_outcome``, ``in_flight``,
-        ``peak_in_flight``, ``waiting``, ``peak_concurrent``, ``over_capacity``, ``config``."""
+        ``peak_in_flight``, ``waiting``, ``peak_concurrent``, ``over_capacity``,
+        ``repeated`` (calls with a prompt asked before), ``overlapping`` (calls with a
+        prompt another open call asks), ``config``."""
         return self._control.stats()
 
     def __enter__(self) -> SimulatorServer:

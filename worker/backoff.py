@@ -1,8 +1,10 @@
-"""How long to wait before the next try: the pure function behind genq's one retry layer.
+"""Whether and when to try a job again: the pure functions behind genq's one retry layer.
 
 Celery's ``retry(countdown=...)`` is the only place genq retries (no urllib3 retries, no
-loops around the upstream call); its countdown comes from :func:`compute_backoff`, through
-a :class:`RetryPolicy` whose options are checked when it is built, not on the first retry.
+loops around the upstream call). :meth:`RetryPolicy.decide` is the one place that decides
+it, for every kind of retry (``worker.outcome.Budget``), from the counts the job's message
+carries; its countdown comes from :func:`compute_backoff` or :func:`circuit_wait`. The
+policy's options are checked when it is built, not on the first retry.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+
+from core.contract import JobMessage
+from worker.outcome import Budget, RetryAfter
 
 __all__ = ["RetryPolicy", "circuit_wait", "compute_backoff"]
 
@@ -75,20 +80,57 @@ def _check_window(base_s: float, cap_s: float) -> None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a job retries a transient upstream error."""
+    """How often and how patiently a job is run again, per budget (:meth:`decide`)."""
 
     max_retries: int = 5
-    """Retries after the first try; 0 disables retrying."""
+    """Retries after the first try (``Budget.RETRIES``); 0 disables retrying."""
     base_s: float = 1.0
     """Ceiling of the first retry's jittered delay; it doubles with each retry."""
     cap_s: float = 60.0
     """Longest delay, even when the upstream's ``Retry-After`` asks for more."""
+    max_throttled_retries: int = 20
+    """Retries because the upstream said "slower" (``Budget.THROTTLED``)."""
 
     def __post_init__(self) -> None:
-        count = self.max_retries
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        for name in ("max_retries", "max_throttled_retries"):
+            count = getattr(self, name)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {count!r}")
         _check_window(self.base_s, self.cap_s)
+
+    def decide(
+        self,
+        budget: Budget,
+        message: JobMessage,
+        retry_after: float | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> RetryAfter | None:
+        """Run the job again, and when; None when ``budget`` is spent (the caller ends
+        the run). ``retry_after`` is the upstream's or the circuit's word on when.
+
+        ======================  ==========================  ================================
+        budget                  allowed while               delay
+        ======================  ==========================  ================================
+        ``RETRIES``             < ``max_retries``           :func:`compute_backoff`
+        ``THROTTLED``           < ``max_throttled_retries`` :func:`compute_backoff`
+        ``CIRCUIT_WAITS``       always (the batch's window  :func:`circuit_wait`, at
+                                bounds it: its caller asks) most ``cap_s``
+        ``LEASE_WAITS``         always (the other copy's    ``retry_after``: the lease
+                                lease lapses if it dies)
+        ======================  ==========================  ================================
+        """
+        spent = getattr(message, budget.value)
+        if budget is Budget.CIRCUIT_WAITS:
+            # Capped like every countdown: one held past the visibility timeout would be
+            # delivered twice. A longer open window is waited out in several countdowns.
+            return RetryAfter(min(circuit_wait(retry_after, rng=rng), self.cap_s), budget)
+        if budget is Budget.LEASE_WAITS:
+            return RetryAfter(retry_after or self.base_s, budget)
+        limit = self.max_retries if budget is Budget.RETRIES else self.max_throttled_retries
+        if spent >= limit:
+            return None
+        return RetryAfter(self.delay(spent, retry_after, rng=rng), budget)
 
     def allows(self, retries_done: int) -> bool:
         """Whether another retry is allowed after ``retries_done`` (Celery's ``retries``)."""

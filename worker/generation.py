@@ -4,20 +4,23 @@
       └ refused / no slot in time / retries spent → fallback (cache → excerpt → one write)
 
 No Celery here: ``worker.tasks`` decodes the message, calls :meth:`GenerationService.run`
-and turns the :class:`Outcome` into a Celery retry or nothing. The rules:
+and turns its :data:`~worker.outcome.Outcome` (done, retry after, already final) into a
+Celery retry or nothing. Every retry is decided by ``RetryPolicy.decide``, from the
+counts the message carries (``worker.outcome.Budget``). The rules:
 
 - ``cache: "prefer"`` and a hit: answer from the cache, no upstream call.
 - The shared breaker admits the call (``admit``), then the call takes one of the target's
   slots under the cluster's call limit (``worker.limiter``): a batch item waits for one
-  (``GENQ_BATCH_SLOT_WAIT_S``, then retries later), an interactive job only briefly
-  (``GENQ_INTERACTIVE_SLOT_WAIT_S``, then the fallback answers, ``rate_limited``). The
+  (``GENQ_BATCH_SLOT_WAIT_S``, then retries later), an interactive job briefly
+  (``GENQ_INTERACTIVE_SLOT_WAIT_S``, then the fallback answers, ``rate_limited``), or,
+  when neither the cache nor an excerpt can answer it, as long as a batch item. The
   call's outcome moves the limit; a 429 lowers it and is retried after ``Retry-After``,
   and counts against the circuit only at the limit's floor.
 - The job is marked running outside the guarded call (job-store errors never count
   against the circuit) and takes its running lease (kept alive by ``worker.leases``
   while the call lasts; a redelivered copy that finds it held retries later instead of
   calling the upstream too), then the upstream is called under ``guard``. Success is
-  cached and recorded in one write; a transient error is retried (``Outcome.retry_in``)
+  cached and recorded in one write; a transient error is retried (``RetryAfter``)
   while retries remain, then the job falls back with ``upstream_failed``; a rejection
   (4xx) fails at once.
 - The breaker refuses (open, forced open, probe in flight), at admission or when asked
@@ -51,14 +54,14 @@ from core.errors import (
 )
 from core.records import LEASE_MS, JobStore, Start
 from core.settings import Settings, get_settings
-from worker.backoff import RetryPolicy, circuit_wait
+from worker.backoff import RetryPolicy
 from worker.batch_output import BatchItemRecords
 from worker.breaker import Permit, SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.fallback import Fallback, Refusal
 from worker.leases import Heartbeat
 from worker.limiter import ConcurrencyLimiter, Slot
-from worker.outcome import Outcome, Recorder, Records
+from worker.outcome import AlreadyFinal, Budget, Done, Outcome, Recorder, Records, RetryAfter
 from worker.upstream import Generation, UpstreamTarget, generate
 
 __all__ = ["GenerationService", "Outcome", "get_service"]
@@ -91,7 +94,10 @@ class GenerationService:
         self._call_upstream = call_upstream
         self.limiter = limiter or ConcurrencyLimiter.from_settings(settings, get_redis())
         self.retry_policy = RetryPolicy(
-            settings.max_retries, settings.retry_base_s, settings.retry_cap_s
+            settings.max_retries,
+            settings.retry_base_s,
+            settings.retry_cap_s,
+            settings.max_throttled_retries,
         )
         # One target per model named by jobs: built once, its circuit name computed once.
         self._target_for = functools.lru_cache(maxsize=256)(self._make_target)
@@ -99,15 +105,21 @@ class GenerationService:
     def _make_target(self, model: str | None) -> UpstreamTarget:
         return UpstreamTarget.from_settings(self.settings, model)
 
-    def run(self, message: JobMessage, retries_done: int = 0) -> Outcome:
+    def run(self, message: JobMessage) -> Outcome:
         """Run one attempt of the job and record what happened."""
         try:
-            return self._run(message, retries_done)
+            return self._run(message)
         except StorageUnavailable as exc:
-            return self._store_unavailable(message, exc, retries_done)
+            return self._store_unavailable(message, exc)
 
-    def fail(self, job_id: str, exc: GenqError) -> Outcome:
-        """Record the job as failed with ``exc`` (an invalid payload, an internal error)."""
+    def fail(self, message: JobMessage, exc: GenqError) -> Outcome:
+        """Record the job as failed with ``exc`` (an internal error), where its run would
+        have recorded its answer: the job's record, or its batch's error file."""
+        return Recorder(self.records_for(message)).fail(message.job_id, exc)
+
+    def fail_undecodable(self, job_id: str, exc: GenqError) -> Outcome:
+        """Record a job whose message does not decode as failed with ``exc`` (its record,
+        if it is a job; a batch item's message that does not decode names no batch)."""
         return Recorder(self.store).fail(job_id, exc)
 
     def records_for(self, message: JobMessage) -> Records:
@@ -118,7 +130,7 @@ class GenerationService:
             raise GenqError("this worker has no batch store")
         return BatchItemRecords(self.batches, message.batch)
 
-    def _run(self, message: JobMessage, retries_done: int) -> Outcome:
+    def _run(self, message: JobMessage) -> Outcome:
         request, job_id = message.request, message.job_id
         records = self.records_for(message)
         recorder = Recorder(records)
@@ -132,21 +144,20 @@ class GenerationService:
             if answered is not None:
                 return answered
         breaker = self._breaker_for(target)
-        try:
-            permit = breaker.admit()
-            slot, start, permit = self._start(message, target, records, breaker, permit)
-        except CircuitOpenError as exc:
-            return self._refused(message, key, exc, records, recorder)
-        if slot is None:
-            return self._no_slot(message, key, target, recorder)
+        admitted = self._admit(message, key, target, breaker, records, recorder)
+        if not isinstance(admitted, tuple):
+            return admitted
+        slot, start, permit = admitted
         if start is Start.DONE:
             log.info("generation.already_final", extra={"job_id": job_id})
-            return Outcome()
+            return AlreadyFinal()
         if start is Start.BUSY:
             # Another copy (redelivered while this one was thought lost) is calling the
             # upstream: come back once its lease could have lapsed, in case it died.
             log.info("generation.running_elsewhere", extra={"job_id": job_id})
-            return Outcome(retry_in=LEASE_MS / 1000)
+            wait = self.retry_policy.decide(Budget.LEASE_WAITS, message, LEASE_MS / 1000)
+            assert wait is not None, "a lease wait is always allowed"
+            return wait
         try:
             with (
                 self.heartbeat.holding(job_id),
@@ -157,10 +168,9 @@ class GenerationService:
         except UpstreamRejected as exc:
             return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
         except UpstreamError as exc:
-            if isinstance(exc, UpstreamRateLimited) and self._may_slow_down(message):
-                return self._retry(records, message, exc, message.throttled, throttled=True)
-            if exc.transient and self.retry_policy.allows(retries_done):
-                return self._retry(records, message, exc, retries_done)
+            retry = self._retry(records, message, exc)
+            if retry is not None:
+                return retry
             refusal = Refusal.of(exc, "upstream_failed")
             return self.fallback.answer(message, key, refusal, recorder)
         result = JobResult(
@@ -177,6 +187,44 @@ class GenerationService:
         also_set = self.cache.entry(key, entry) if key else None
         return recorder.succeed(job_id, result, Attempt.now("succeeded"), also_set)
 
+    def _admit(
+        self,
+        message: JobMessage,
+        key: str | None,
+        target: UpstreamTarget,
+        breaker: SharedCircuitBreaker,
+        records: Records,
+        recorder: Recorder,
+    ) -> tuple[Slot, Start, Permit] | Outcome:
+        """The circuit's permit and a call slot, or how the run ends without them.
+
+        A batch item waits up to ``GENQ_BATCH_SLOT_WAIT_S``. An interactive job waits
+        ``GENQ_INTERACTIVE_SLOT_WAIT_S``, ahead of every batch item; then the cache or an
+        excerpt answers it (``rate_limited``) if either can, and if neither can, it waits
+        on, still first, until ``GENQ_BATCH_SLOT_WAIT_S`` has passed in all: a job only
+        the provider can answer is not failed while the provider may still answer it."""
+        settings = self.settings
+        if message.batch is not None:
+            waits = [settings.batch_slot_wait_s]
+        else:
+            first = settings.interactive_slot_wait_s
+            waits = [first, max(0.0, settings.batch_slot_wait_s - first)]
+        for n, wait_s in enumerate(waits):
+            try:
+                permit = breaker.admit()
+                slot, start, permit = self._start(message, target, records, breaker, permit, wait_s)
+            except CircuitOpenError as exc:
+                return self._refused(message, key, exc, records, recorder)
+            if slot is not None:
+                return slot, start, permit
+            if n == 0 and len(waits) > 1:
+                refusal = _no_slot_refusal(target)
+                result = self.fallback.degraded(message, key, refusal)
+                if result is not None:
+                    log.info("generation.no_slot", extra={"job_id": message.job_id})
+                    return recorder.succeed(message.job_id, result, refusal.attempt)
+        return self._no_slot(message, key, target, recorder)
+
     def _start(
         self,
         message: JobMessage,
@@ -184,15 +232,13 @@ class GenerationService:
         records: Records,
         breaker: SharedCircuitBreaker,
         permit: Permit,
+        wait_s: float,
     ) -> tuple[Slot | None, Start, Permit]:
-        """A call slot of ``target`` (a batch item waits for one, an interactive job
-        briefly but ahead of every batch item), the circuit asked again (it may have
-        opened during the wait: ``CircuitOpenError``), then the job marked running.
-        Unless it is to run, the permit and the slot go back: no call will be made (a
-        probe hands its lease back)."""
-        settings = self.settings
+        """A call slot of ``target`` within ``wait_s`` (an interactive job ahead of every
+        batch item), the circuit asked again (it may have opened during the wait:
+        ``CircuitOpenError``), then the job marked running. Unless it is to run, the
+        permit and the slot go back: no call will be made (a probe hands its lease back)."""
         batch = message.batch is not None
-        wait_s = settings.batch_slot_wait_s if batch else settings.interactive_slot_wait_s
         slot, start = None, Start.DONE
         try:
             slot = self.limiter.acquire(target.name, wait_s, first=not batch)
@@ -227,13 +273,14 @@ class GenerationService:
         # expired when its batch was cancelled or its window has ended.
         start = records.mark_running(message.job_id)
         if start is Start.DONE:
-            return Outcome()
+            return AlreadyFinal()
         if start is Start.RUN:
             records.mark_queued(message.job_id, refusal.attempt)
-        delay = circuit_wait(exc.retry_after)
-        extra = {"job_id": message.job_id, "circuit": exc.circuit, "delay_s": round(delay, 3)}
+        wait = self.retry_policy.decide(Budget.CIRCUIT_WAITS, message, exc.retry_after)
+        assert wait is not None, "a batch item may always wait for its circuit"
+        extra = {"job_id": message.job_id, "circuit": exc.circuit, "delay_s": wait.delay_s}
         log.info("generation.circuit_wait", extra=extra)
-        return Outcome(retry_in=delay, circuit_wait=True)
+        return wait
 
     def _no_slot(
         self,
@@ -242,55 +289,56 @@ class GenerationService:
         target: UpstreamTarget,
         recorder: Recorder,
     ) -> Outcome:
-        """Every slot stayed taken: a batch item comes back later (while retries remain),
-        an interactive job is answered by the fallback at once (``rate_limited``)."""
+        """Every slot stayed taken: a batch item comes back later (while retries remain);
+        an interactive job (or a batch item out of retries) fails ``rate_limited``, or is
+        answered by the fallback."""
         extra = {"job_id": message.job_id, "circuit": target.name}
-        if message.batch is not None and self._may_slow_down(message):
-            delay = self.retry_policy.delay(message.throttled)
-            log.info("generation.no_slot_retry", extra={**extra, "delay_s": delay})
-            return Outcome(retry_in=delay, throttled=True)
+        retry = None
+        if message.batch is not None:
+            retry = self.retry_policy.decide(Budget.THROTTLED, message)
+        if retry is not None:
+            log.info("generation.no_slot_retry", extra={**extra, "delay_s": retry.delay_s})
+            return retry
         log.info("generation.no_slot", extra=extra)
-        error = SlotUnavailable(
-            f"every call slot of {target.name!r} stayed taken; the upstream is at the "
-            "cluster's call limit",
-            retry_after=1.0,
-        )
-        return self.fallback.answer(message, key, Refusal.of(error, "rate_limited"), recorder)
-
-    def _may_slow_down(self, message: JobMessage) -> bool:
-        """Whether the job may retry once more because the upstream asked for slower."""
-        return message.throttled < self.settings.max_throttled_retries
+        return self.fallback.answer(message, key, _no_slot_refusal(target), recorder)
 
     def _retry(
-        self,
-        records: Records,
-        message: JobMessage,
-        exc: UpstreamError,
-        retries_done: int,
-        *,
-        throttled: bool = False,
-    ) -> Outcome:
-        """Back to queued with the failed attempt, to run again after a backed-off delay
-        (never before the upstream's ``Retry-After``)."""
-        delay = self.retry_policy.delay(retries_done, exc.retry_after)
+        self, records: Records, message: JobMessage, exc: UpstreamError
+    ) -> RetryAfter | None:
+        """A 429 on the "slower" budget, else a transient error on the retries budget: back
+        to queued with the failed attempt, to run again after a backed-off delay (never
+        before the upstream's ``Retry-After``). None: no retry is left."""
+        retry = None
+        if isinstance(exc, UpstreamRateLimited):
+            retry = self.retry_policy.decide(Budget.THROTTLED, message, exc.retry_after)
+        if retry is None and exc.transient:
+            retry = self.retry_policy.decide(Budget.RETRIES, message, exc.retry_after)
+        if retry is None:
+            return None
         records.mark_queued(message.job_id, Attempt.now("failed", exc.type))
-        log.info(
-            "generation.retry_scheduled",
-            extra={"job_id": message.job_id, "error_type": exc.type, "delay_s": delay},
-        )
-        return Outcome(retry_in=delay, throttled=throttled)
+        extra = {"job_id": message.job_id, "error_type": exc.type, "delay_s": retry.delay_s}
+        log.info("generation.retry_scheduled", extra={**extra, "budget": retry.budget.value})
+        return retry
 
-    def _store_unavailable(
-        self, message: JobMessage, exc: StorageUnavailable, retries_done: int
-    ) -> Outcome:
+    def _store_unavailable(self, message: JobMessage, exc: StorageUnavailable) -> Outcome:
         """Redis is down: nothing can be recorded, so the job runs again later, or gives up."""
-        extra = {"job_id": message.job_id, "error": exc.message, "retries_done": retries_done}
-        if self.retry_policy.allows(retries_done):
-            delay = self.retry_policy.delay(retries_done)
-            log.warning("generation.store_unavailable", extra={**extra, "delay_s": delay})
-            return Outcome(retry_in=delay)
+        extra = {"job_id": message.job_id, "error": exc.message, "retries_done": message.retries}
+        retry = self.retry_policy.decide(Budget.RETRIES, message)
+        if retry is not None:
+            log.warning("generation.store_unavailable", extra={**extra, "delay_s": retry.delay_s})
+            return retry
         log.error("generation.store_unavailable_gave_up", extra=extra)
-        return Outcome(error=JobError(type=exc.type, message=exc.message))
+        return Done(error=JobError(type=exc.type, message=exc.message))
+
+
+def _no_slot_refusal(target: UpstreamTarget) -> Refusal:
+    """Why a job got no call slot in time, as its fallback answer says."""
+    error = SlotUnavailable(
+        f"every call slot of {target.name!r} stayed taken; the upstream is at the "
+        "cluster's call limit",
+        retry_after=1.0,
+    )
+    return Refusal.of(error, "rate_limited")
 
 
 def breaker_factory(settings: Settings) -> Callable[[UpstreamTarget], SharedCircuitBreaker]:

@@ -1,10 +1,12 @@
-"""The heartbeat of this process's running jobs: their leases stay alive while they run.
+"""Heartbeats: the leases this process holds stay alive while it holds them.
 
-A job's lease (``core.records``, ``LEASE_MS``) says that a live copy is calling the
-upstream for it; a redelivered copy that finds the lease held does not call the upstream
-again, and retries once the lease could have lapsed. This thread renews the leases of
-every job the process is running, a third of the lease's length apart, so a lease lapses
-only when its holder died (or stalled longer than the lease).
+A job's running lease (``core.records``, ``LEASE_MS``) says that a live copy is calling
+the upstream for it; a redelivered copy that finds the lease held does not call the
+upstream again, and retries once the lease could have lapsed. A call slot's lease
+(``core.capacity``, ``SLOT_LEASE_MS``) holds one place under the cluster's call limit.
+A heartbeat thread renews the leases the process holds, a third of the lease's length
+apart, so a lease lapses only when its holder died (or stalled longer than the lease):
+a killed worker's slots come back within ``SLOT_LEASE_MS``, not at the end of its call.
 """
 
 from __future__ import annotations
@@ -12,42 +14,47 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 from core.errors import StorageUnavailable
 from core.records import LEASE_MS
 
 __all__ = ["RENEW_EVERY_S", "Heartbeat"]
 
+K = TypeVar("K", bound=Hashable)
+
 log = logging.getLogger(__name__)
 
 RENEW_EVERY_S = LEASE_MS / 1000 / 3
 
 
-class Heartbeat:
-    """Renews the leases of the jobs held through :meth:`holding` (a daemon thread)."""
+class Heartbeat(Generic[K]):
+    """Renews the leases held through :meth:`holding` (a daemon thread): ``renew`` is
+    given every lease held, each tick; its leases are ``K`` (a job id, a call slot)."""
 
-    def __init__(self, renew: Callable[[Iterable[str]], None]) -> None:
+    def __init__(self, renew: Callable[[Iterable[K]], None], name: str = "genq-leases") -> None:
         self._renew = renew
-        self._held: dict[str, int] = {}
+        self._name = name
+        self._held: dict[K, int] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def holding(self, job_id: str) -> Iterator[None]:
-        """Keep ``job_id``'s lease alive for the length of the block."""
+    def holding(self, lease: K) -> Iterator[None]:
+        """Keep ``lease`` alive for the length of the block."""
         with self._lock:
-            self._held[job_id] = self._held.get(job_id, 0) + 1
+            self._held[lease] = self._held.get(lease, 0) + 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="genq-leases", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
         try:
             yield
         finally:
             with self._lock:
-                self._held[job_id] -= 1
-                if not self._held[job_id]:
-                    del self._held[job_id]
+                self._held[lease] -= 1
+                if not self._held[lease]:
+                    del self._held[lease]
 
     def _run(self) -> None:
         stop = threading.Event()  # never set: the thread lives as long as the process
@@ -59,4 +66,5 @@ class Heartbeat:
             try:
                 self._renew(held)
             except StorageUnavailable as exc:
-                log.warning("leases.renew_failed", extra={"jobs": len(held), "error": exc.message})
+                extra = {"leases": len(held), "kind": self._name, "error": exc.message}
+                log.warning("leases.renew_failed", extra=extra)

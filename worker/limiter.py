@@ -5,11 +5,12 @@
         generation = upstream.generate(target, request)
 
 Waiting blocks on the target's freed-slot list (``BLPOP``), never polls: each call that
-ends wakes one waiter, an interactive job (``first``) before any batch item. A wait also
-ends every ``WAKE_EVERY_S`` to look again, since a dead worker's slots come back by
-lease expiry, which nobody announces. A 429 at the adaptive limit's floor is marked
-(``UpstreamRateLimited.at_floor``) before the breaker sees it: only such 429s count
-against the circuit.
+ends wakes one waiter, an interactive job (``first``) before any batch item. A held
+slot's lease is renewed by this process's slot heartbeat (``worker.leases``) while the
+call lasts, so a killed worker's slots lapse within ``core.capacity.SLOT_LEASE_MS``; a
+wait also ends every ``WAKE_EVERY_S`` to look again, since nobody announces a lapse. A
+429 at the adaptive limit's floor is marked (``UpstreamRateLimited.at_floor``) before
+the breaker sees it: only such 429s count against the circuit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from redis import Redis
@@ -27,6 +28,7 @@ from redis.exceptions import RedisError
 from core.capacity import CallOutcome, CapacityStore, LimitOptions
 from core.errors import StorageUnavailable, UpstreamRateLimited, UpstreamTimeout
 from core.settings import Settings
+from worker.leases import Heartbeat
 
 __all__ = ["WAKE_EVERY_S", "ConcurrencyLimiter", "Slot", "limit_options", "outcome_of"]
 
@@ -37,13 +39,12 @@ WAKE_EVERY_S = 1.0
 
 
 def limit_options(settings: Settings) -> LimitOptions:
-    """The limit ``settings`` ask for; a slot's lease outlives the longest call by 1 s."""
+    """The limit ``settings`` ask for (a slot's lease is ``SLOT_LEASE_MS``, renewed)."""
     return LimitOptions(
         mode=settings.upstream_limit,
         initial=settings.upstream_initial_in_flight,
         floor=settings.upstream_min_in_flight,
         ceiling=settings.upstream_max_in_flight,
-        lease_ms=round((settings.longest_call_s + 1) * 1000),
     )
 
 
@@ -75,6 +76,7 @@ class ConcurrencyLimiter:
     def __init__(self, store: CapacityStore, latency_target_s: float | None = None) -> None:
         self.store = store
         self._latency_target_s = latency_target_s
+        self._heartbeat: Heartbeat[tuple[str, str]] = Heartbeat(self._renew, "genq-slots")
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Redis) -> ConcurrencyLimiter:
@@ -108,10 +110,12 @@ class ConcurrencyLimiter:
 
     @contextlib.contextmanager
     def holding(self, slot: Slot) -> Iterator[None]:
-        """Run the call in a ``with`` block; its outcome moves the limit when it ends."""
+        """Run the call in a ``with`` block, the slot's lease kept alive; its outcome moves
+        the limit when it ends."""
         started = time.monotonic()
         try:
-            yield
+            with self._heartbeat.holding((slot.target, slot.token)):
+                yield
         except BaseException as exc:
             elapsed = time.monotonic() - started
             at_floor = self.release(slot, outcome_of(exc, elapsed, self._latency_target_s))
@@ -119,6 +123,12 @@ class ConcurrencyLimiter:
                 exc.at_floor = True
             raise
         self.release(slot, outcome_of(None, time.monotonic() - started, self._latency_target_s))
+
+    def _renew(self, held: Iterable[tuple[str, str]]) -> None:
+        try:
+            self.store.renew(held)
+        except RedisError as exc:
+            raise StorageUnavailable(f"call limit unreachable ({type(exc).__name__})") from exc
 
     def release(self, slot: Slot, outcome: CallOutcome = CallOutcome.NEUTRAL) -> bool:
         """Give ``slot`` back; returns whether it was a 429 at the floor. A release that

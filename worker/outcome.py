@@ -1,39 +1,69 @@
 """The end of one run of a job: what the task is told, and the one write that records it.
 
-Every path of a run ends in :class:`Recorder`'s single write of the job's final record
-(its result or error, and the attempt that led there), or in a retry. The first final
-write wins: a copy of the job that finishes second records nothing and is told so.
+A run ends in exactly one of three ways (:data:`Outcome`): :class:`Done` (this copy wrote
+the final record, or, with the job store gone, could write nothing more), :class:`RetryAfter`
+(run it again later, spending one of a :class:`Budget`), or :class:`AlreadyFinal` (another
+copy wrote first, or the job is gone or its batch stopped). Every final write goes through
+:class:`Recorder`, into a job's record or a batch item's line alike; the first final write
+wins. ``worker.backoff.RetryPolicy.decide`` is the one place that says whether and when a
+run is retried.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from core.contract import Attempt, JobError, JobResult, utcnow
 from core.errors import GenqError
 from core.records import ExtraSet, Start
 
-__all__ = ["Outcome", "Recorder", "Records"]
+__all__ = ["AlreadyFinal", "Budget", "Done", "Outcome", "Recorder", "Records", "RetryAfter"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one run: a final result or error, or a retry after ``retry_in`` s.
+class Budget(StrEnum):
+    """What a retry spends: each is a count the job's message carries (``JobMessage``)."""
 
-    All three None: another copy of the job had already finished it."""
+    RETRIES = "retries"
+    """A transient upstream error, or the job store unreachable (``GENQ_MAX_RETRIES``)."""
+    THROTTLED = "throttled"
+    """The upstream said "slower": a 429, or no call slot in time
+    (``GENQ_MAX_THROTTLED_RETRIES``)."""
+    CIRCUIT_WAITS = "circuit_waits"
+    """A batch item waiting for its open circuit: bounded by its batch's window."""
+    LEASE_WAITS = "lease_waits"
+    """Another copy holds the running lease: bounded by that copy's life."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """The run is over: ``result`` or ``error`` is the job's final record (written by this
+    copy, or, when the job store stayed unreachable, the error it could not write)."""
 
     result: JobResult | None = None
     error: JobError | None = None
-    retry_in: float | None = None
-    throttled: bool = False
-    """The retry is one of the "slower" budget (``JobMessage.throttled``)."""
-    circuit_wait: bool = False
-    """The retry is a batch item waiting for its circuit (``JobMessage.circuit_waits``):
-    bounded by its batch's window, not by a retry budget."""
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    """Run the job again in ``delay_s`` seconds, one more of ``budget`` spent."""
+
+    delay_s: float
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class AlreadyFinal:
+    """Nothing for this copy to record: another copy wrote first, or the job (or its
+    batch) will not run any more."""
+
+
+Outcome = Done | RetryAfter | AlreadyFinal
+"""What became of one run."""
 
 
 class Records(Protocol):
@@ -78,19 +108,19 @@ class Recorder:
     ) -> Outcome:
         """Record ``result`` (and ``also_set``, the cache entry, in the same round trip)."""
         if not self._write(job_id, attempt, result=result, also_set=also_set):
-            return Outcome()
+            return AlreadyFinal()
         if result.degraded:
             extra = {"job_id": job_id, "source": result.source, "reason": result.fallback_reason}
             log.info("fallback.served", extra=extra)
-        return Outcome(result=result)
+        return Done(result=result)
 
     def fail(self, job_id: str, exc: GenqError, attempt: Attempt | None = None) -> Outcome:
         """Record the job as failed with the error a user may see (and its last attempt)."""
         error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
         if not self._write(job_id, attempt, error=error):
-            return Outcome()
+            return AlreadyFinal()
         log.info("generation.failed", extra={"job_id": job_id, "error_type": exc.type})
-        return Outcome(error=error)
+        return Done(error=error)
 
     def _write(
         self,

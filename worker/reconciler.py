@@ -1,21 +1,28 @@
 """The reconciler: a sweep, run by the workers themselves, for jobs no message will finish.
 
 A job is accepted with its record and its Celery message written together, and every
-record not final yet is in ``keys.open_jobs()``. A message can still be lost (Redis
-restarted without it, or a worker killed between taking it and kombu recording it as
-unacked). Every ``SWEEP_EVERY_S`` one worker of the cluster (whichever takes the sweep's
-lock) looks at the open jobs whose record has not changed for ``GRACE_S``: a job whose
-message is in no queue and no worker's hands (kombu's unacked hash) and whose running
-lease has lapsed is a suspect; a suspect found so in two sweeps in a row is failed with
-``job_lost`` and a message saying what to do. Entries whose record expired are dropped.
+record not final yet is in ``keys.open_jobs()``, keeping a copy of its message. A message
+can still be lost (Redis restarted without it, or a worker killed between kombu's
+``BRPOP`` and its recording the message as unacked). Every ``SWEEP_EVERY_S`` one worker
+of the cluster (whichever takes the sweep's lock) looks at the open jobs whose record has
+not changed for ``GRACE_S``: a job whose message is in no queue and no worker's hands
+(kombu's unacked hash) and whose running lease has lapsed is a suspect; a suspect found
+so in two sweeps in a row is **sent again**: the message its record kept goes back on its
+queue (``JobStore.republish``), so a lost job is run, not failed, within ``GRACE_S`` + two
+sweeps (≈ 2 min) of the loss. A re-sent copy runs like a redelivered one: never while
+another copy holds the running lease, and the first final write wins. Only a record that
+kept no message (accepted before genq kept them, or created without one) or whose
+message was lost ``MAX_REPUBLISH`` times is failed with ``job_lost``. Entries whose
+record expired are dropped.
 
 Batch items are swept alike, batch by batch (``keys.open_batches()``): once a batch has
 been quiet for ``GRACE_S`` (no item started or ended), an item neither done nor
 cancelled whose message is nowhere and whose lease has lapsed is a suspect, and after two
-sweeps it gets its error line (``job_lost``; its ``custom_id`` read back from the input
-file), so the batch's counts add up and it completes. In a batch being cancelled or past
-its window, the item is counted as cancelled instead. A batch found final is dropped from
-the index.
+sweeps its kept message is sent again (``BatchStore.republish``). In a batch being
+cancelled or past its window, the item is counted as cancelled instead; an item that
+cannot be sent again gets its error line (``job_lost``; its ``custom_id`` read back from
+the input file), so the batch's counts add up and it completes. A batch found final is
+dropped from the index, with the messages it kept.
 """
 
 from __future__ import annotations
@@ -30,10 +37,10 @@ import redis
 
 from core import keys
 from core.batches import BatchRecord, BatchStore, item_request_id
-from core.contract import BatchItem, JobError
+from core.contract import QUEUE_BATCH, BatchItem, JobError
 from core.errors import JobLost, StorageUnavailable
 from core.files import FileStore
-from core.records import JobStore, Start
+from core.records import MAX_REPUBLISH, JobStore, Republished, Start
 from worker.batch_output import error_line
 
 __all__ = ["GRACE_S", "MAX_SCAN", "SWEEP_EVERY_S", "Reconciler"]
@@ -49,10 +56,15 @@ GRACE_S = 60.0
 PRIORITY_STEPS = (0, 3, 6, 9)
 PRIORITY_SEP = "\x06\x16"
 UNACKED_KEY = "unacked"
-LOST = (
+_LOST = (
     "genq lost this job's message (its worker or Redis went away with it) before it "
-    "finished; nothing more will happen to it: submit it again"
+    "finished, and {why}; nothing more will happen to it: submit it again"
 )
+LOST_REASONS = {
+    Republished.NO_MESSAGE: "its record kept no copy to send again",
+    Republished.TOO_OFTEN: f"lost it {MAX_REPUBLISH + 1} times",
+}
+"""Why a lost job is failed rather than sent again: the ``job_lost`` message says which."""
 
 
 class Reconciler:
@@ -75,10 +87,13 @@ class Reconciler:
         self._every_s, self._grace_s = every_s, grace_s
         self._suspects: set[str] = set()
         self._item_suspects: set[tuple[str, int]] = set()
+        self.republished = 0
+        """Jobs and batch items this process's sweeps sent again."""
 
     def sweep(self) -> list[str]:
         """One sweep, if this process gets the lock; returns the jobs (and batch items, by
-        request id) it failed."""
+        request id) it failed (``job_lost``, or cancelled); the lost ones it sent again
+        are counted in :attr:`republished`."""
         lock = f"{keys.PREFIX}reconciler:lock"
         if not self._redis.set(lock, "1", nx=True, px=int(self._every_s * 900)):
             return []
@@ -105,12 +120,35 @@ class Reconciler:
         }
         lost_items = item_suspects & self._item_suspects
         self._item_suspects = item_suspects - lost_items
-        failed = [job_id for job_id in lost if self._fail(job_id)]
+        failed = [job_id for job_id in lost if self._resend(job_id)]
         by_id = {batch.id: batch for batch, _ in items}
         for batch_id, index in sorted(lost_items):
-            if self._fail_item(by_id[batch_id], index):
+            if self._resend_item(by_id[batch_id], index):
                 failed.append(item_request_id(batch_id, index))
         return failed
+
+    def _resend(self, job_id: str) -> bool:
+        """Send a lost job's message again; True when it had to be failed instead."""
+        found = self._store.republish(job_id)
+        if found is Republished.SENT:
+            self.republished += 1
+            log.warning("reconciler.job_republished", extra={"job_id": job_id})
+        return found in LOST_REASONS and self._fail(job_id, LOST_REASONS[found])
+
+    def _resend_item(self, batch: BatchRecord, index: int) -> bool:
+        """Send a lost item's message again; True when it was failed or counted cancelled
+        instead."""
+        assert self._batches is not None
+        found = self._batches.republish(batch.id, index, QUEUE_BATCH)
+        if found is Republished.SENT:
+            self.republished += 1
+            extra = {"batch_id": batch.id, "index": index}
+            log.warning("reconciler.item_republished", extra=extra)
+            return False
+        if found in (Republished.NOTHING_TO_DO, Republished.RUNNING):
+            return False
+        why = LOST_REASONS.get(found, "its batch is stopping")
+        return self._fail_item(batch, index, why)
 
     def _leased(self, request_id: str) -> bool:
         return bool(self._redis.exists(keys.job_lease(request_id)))
@@ -132,7 +170,7 @@ class Reconciler:
             items += [(batch, index) for index in self._batches.unfinished(batch_id, total)]
         return items
 
-    def _fail_item(self, batch: BatchRecord, index: int) -> bool:
+    def _fail_item(self, batch: BatchRecord, index: int, why: str) -> bool:
         """The lost item's error line; taken as a run would take it, so a batch being
         cancelled (or past its window) counts it cancelled instead, and a copy that came
         back to life meanwhile keeps it."""
@@ -144,7 +182,7 @@ class Reconciler:
         custom_id = self._custom_id(batch.input_file_id, index) or f"(line {index + 1})"
         endpoint = "/v1/chat/completions" if "chat" in batch.endpoint else "/v1/completions"
         item = BatchItem(batch_id=batch.id, index=index, custom_id=custom_id, endpoint=endpoint)
-        error = JobLost(LOST)
+        error = JobLost(_LOST.format(why=why))
         line = error_line(item, request_id, JobError(type=error.type, message=error.message))
         written = self._batches.item_finish(batch.id, index, request_id, line, error=True)
         if written:
@@ -164,11 +202,11 @@ class Reconciler:
                 return custom_id if isinstance(custom_id, str) and custom_id else None
         return None
 
-    def _fail(self, job_id: str) -> bool:
+    def _fail(self, job_id: str, why: str) -> bool:
         if not self._redis.exists(keys.job(job_id)):
             self._redis.zrem(keys.open_jobs(), job_id)  # the record expired
             return False
-        error = JobLost(LOST)
+        error = JobLost(_LOST.format(why=why))
         job_error = JobError(type=error.type, message=error.message)
         written = self._store.finish(job_id, error=job_error)
         if written:

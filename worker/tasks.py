@@ -11,11 +11,12 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from core.connections import get_redis
-from core.contract import TASK_GENERATE, JobMessage, JobResult
+from core.contract import TASK_GENERATE, JobMessage, JobResult, task_argsrepr
 from core.errors import GenqError, InvalidJob, StorageUnavailable
 from core.files import FileStore
 from worker.app import QUEUES, app
 from worker.generation import get_service
+from worker.outcome import Done, RetryAfter
 from worker.reconciler import Reconciler
 
 __all__ = ["generate"]
@@ -39,35 +40,37 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         job_id = job.get("job_id") if isinstance(job, dict) else None
         log.error("task.invalid_payload", extra={"job_id": job_id, "errors": exc.error_count()})
         if isinstance(job_id, str):
-            service.fail(job_id, InvalidJob(f"invalid job payload: {exc.error_count()} error(s)"))
+            error = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
+            service.fail_undecodable(job_id, error)
         return None
     try:
-        # Retries after a 429 have their own budget (JobMessage.throttled), and a batch
-        # item's waits for an open circuit none (JobMessage.circuit_waits).
-        spent = self.request.retries - message.throttled - message.circuit_waits
-        outcome = service.run(message, retries_done=spent)
+        outcome = service.run(message)
     except Exception as exc:
-        # Never leave a record "running" forever: say it failed, then let Celery log it.
+        # Never leave a job "running" forever: record it failed, then let Celery log it.
         with contextlib.suppress(StorageUnavailable):
-            service.fail(message.job_id, GenqError(f"internal error ({type(exc).__name__})"))
+            service.fail(message, GenqError(f"internal error ({type(exc).__name__})"))
         raise
-    if outcome.retry_in is not None:
-        # The only retry layer: the slot is freed while the countdown runs.
-        args = None
-        if outcome.throttled:  # the message carries how often the upstream said "slower"
-            args = ({**job, "throttled": message.throttled + 1},)
-        elif outcome.circuit_wait:
-            args = ({**job, "circuit_waits": message.circuit_waits + 1},)
+    if isinstance(outcome, RetryAfter):
+        # The only retry layer: the slot is freed while the countdown runs. The message
+        # carries what each budget spent; Flower keeps showing ids, never the prompt.
+        spent = getattr(message, outcome.budget.value) + 1
+        args = ({**job, outcome.budget.value: spent},)
+        batch_id = message.batch.batch_id if message.batch else None
+        # Celery hands every option to apply_async; celery-types lists not these two.
+        shown: dict[str, Any] = {
+            "argsrepr": task_argsrepr(message.job_id, batch_id),
+            "kwargsrepr": "{}",
+        }
         try:
-            raise self.retry(args=args, countdown=outcome.retry_in)
+            raise self.retry(args=args, countdown=outcome.delay_s, **shown)
         except Reject as exc:
             # Celery could not publish the retry (the broker is down) and would drop the
             # message: it goes back to its queue instead, once Redis is back.
             log.warning("task.retry_unpublished", extra={"job_id": message.job_id})
             raise Reject(exc.args[0] if exc.args else None, requeue=True) from exc
-    if outcome.result is None:
-        return None
-    return summary(outcome.result)
+    if isinstance(outcome, Done) and outcome.result is not None:
+        return summary(outcome.result)
+    return None
 
 
 @signals.worker_ready.connect
@@ -75,7 +78,16 @@ def _start_reconciler(**_: Any) -> None:
     """Every worker runs the sweep for lost jobs; a lock in Redis lets one sweep at a time."""
     service = get_service()
     files = FileStore(get_redis(), service.settings.result_ttl_s)
-    Reconciler(get_redis(), service.store, QUEUES, batches=service.batches, files=files).start()
+    settings = service.settings
+    Reconciler(
+        get_redis(),
+        service.store,
+        QUEUES,
+        batches=service.batches,
+        files=files,
+        every_s=settings.sweep_every_s,
+        grace_s=settings.sweep_grace_s,
+    ).start()
 
 
 def summary(result: JobResult) -> str:

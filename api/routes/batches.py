@@ -26,7 +26,7 @@ from api.publish import TaskMessages
 from api.responses import BY_ID, CREATES, V1
 from api.routes.files import owned, unavailable
 from core.batches import BatchRecord, BatchStore, item_request_id
-from core.contract import QUEUE_BATCH, BatchEndpoint, GenerateRequest
+from core.contract import QUEUE_BATCH, BatchEndpoint, GenerateRequest, task_argsrepr
 from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
 
@@ -209,7 +209,7 @@ def _messages(
             "owner": batch.owner,
         }
         # Flower shows argsrepr: the item's ids, never its prompt.
-        yield messages.message(request_id, payload, f"[{request_id!r}, {batch.id!r}]")
+        yield messages.message(request_id, payload, task_argsrepr(request_id, batch.id))
 
 
 @router.get("/{batch_id}", responses=BY_ID)

@@ -17,7 +17,7 @@ from api.publish import TaskMessages
 from api.responses import BY_ID, CREATES, V1
 from api.schemas import Job, JobCreate, check_limits
 from core.connections import get_redis
-from core.contract import QUEUE_INTERACTIVE, JobMessage
+from core.contract import QUEUE_INTERACTIVE, JobMessage, task_argsrepr
 from core.errors import StorageUnavailable
 from core.records import JobRecord, JobStore
 from core.settings import Settings
@@ -81,7 +81,7 @@ def _publish(
     payload = JobMessage(job_id=job_id, request=body, owner=principal.owner)
     # What Flower shows for the task (argsrepr): its id, never the prompt it carries.
     message = _messages(celery).message(
-        job_id, payload.model_dump(mode="json", exclude_defaults=True), f"[{job_id!r}]"
+        job_id, payload.model_dump(mode="json", exclude_defaults=True), task_argsrepr(job_id)
     )
     try:
         enqueue = (QUEUE_INTERACTIVE, message)

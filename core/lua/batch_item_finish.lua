@@ -1,5 +1,6 @@
 -- An item's final line. KEYS: 3 output list, 4 error list, 5 the item's running lease
--- (released)[, 6 a key to SET with it (the cache entry)]. ARGV: 1 index, 2 'output' or
+-- (released), 6 the batch's kept messages (the item's is dropped)[, 7 a key to SET with
+-- it (the cache entry)]. ARGV: 1 index, 2 'output' or
 -- 'error', 3 the line (JSON), 4 source (upstream | cache | excerpt; '' for errors), 5 now
 -- (s), 6 ttl (s)[, 7 value, 8 its ttl]. The first final line wins: returns 1 if written,
 -- 0 if the item was already done or cancelled (another copy answered first) or the batch
@@ -9,6 +10,7 @@ if not redis.call('HGET', KEYS[1], 'status') then return 0 end
 local state = redis.call('HGET', KEYS[2], ARGV[1])
 if state == 'done' or state == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], 'done')
+redis.call('HDEL', KEYS[6], ARGV[1])
 if ARGV[2] == 'output' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'completed', 1)
@@ -19,7 +21,7 @@ else
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
   redis.call('HINCRBY', KEYS[1], 'error_bytes', #ARGV[3] + 1)
 end
-if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[8]) end
+if KEYS[7] then redis.call('SET', KEYS[7], ARGV[7], 'EX', ARGV[8]) end
 redis.call('HSET', KEYS[1], 'active_at', ARGV[5])
 finalize(tonumber(ARGV[5]))
 touch(ARGV[6], KEYS[1], KEYS[2], KEYS[3], KEYS[4])

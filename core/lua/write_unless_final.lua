@@ -22,6 +22,7 @@ local id = string.match(KEYS[1], '[^:]+$')
 local new = redis.call('HGET', KEYS[1], 'status')
 if new == 'succeeded' or new == 'failed' then
   redis.call('ZREM', KEYS[4], id)
+  redis.call('HDEL', KEYS[1], 'message', 'queue')  -- kept only to send a lost one again
 else
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[4], 'XX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)

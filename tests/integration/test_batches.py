@@ -21,6 +21,7 @@ from core import circuits
 from core.settings import Settings
 from simulator.server import SimulatorServer
 from tests.integration.conftest import ADMIN_KEY, API_KEY, OTHER_KEY, auth, wait_final
+from worker.generation import get_service
 from worker.upstream import UpstreamTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("celery_session_worker")]
@@ -378,3 +379,29 @@ def test_an_interactive_job_does_not_wait_behind_a_batch(
     assert client.batches.retrieve(batch.id).status == "in_progress"
     client.batches.cancel(batch.id)
     wait_batch(client, batch.id)
+
+
+def test_a_batch_items_internal_error_is_recorded_in_its_batch_at_once(
+    client: OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item whose run raises (its upstream call, here) is its batch's error line at
+    once, ``internal_error``, and the batch completes: nothing waits for the sweep."""
+    model = f"simulator/explode-{uuid.uuid4().hex[:8]}"
+    service = get_service()  # the session worker's: it runs in this process
+    real = service._call_upstream
+
+    def explode(target: Any, request: Any) -> Any:
+        if request.model == model:
+            raise RuntimeError("the run of this item raises")
+        return real(target, request)
+
+    monkeypatch.setattr(service, "_call_upstream", explode)
+    started = time.monotonic()
+    done = wait_batch(client, run_batch(client, completion_lines(2, model=model)).id)
+    assert done.status == "completed"
+    assert time.monotonic() - started < 20  # the sweep's grace alone is 60 s
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
+    errors = lines_of(client, done.error_file_id)
+    assert {line["error"]["code"] for line in errors} == {"internal_error"}
+    assert all("RuntimeError" in line["error"]["message"] for line in errors)

@@ -87,6 +87,25 @@ def test_a_dead_holders_slots_come_back_when_their_leases_lapse(
     assert capacity.snapshot(r, target)["in_flight"] == 1  # type: ignore[index]
 
 
+def test_a_renewed_slot_outlives_its_lease_and_a_released_one_stays_released(
+    r: redis.Redis, target: str
+) -> None:
+    """The holder's heartbeat keeps a slot past its lease; a renewal never brings back a
+    slot that was released (or that lapsed and was taken by another)."""
+    store = store_with(r, mode="fixed", ceiling=2, lease_ms=300)
+    (kept, epoch), (lapsed, _) = fill(store, target, 2)
+    for _ in range(3):
+        time.sleep(0.2)
+        store.renew([(target, kept)])
+    assert store.try_acquire(target, "late").granted  # the unrenewed slot lapsed
+    assert not store.try_acquire(target, "later").granted  # the renewed one is held
+    store.renew([(target, kept), (target, lapsed)])
+    assert capacity.snapshot(r, target)["in_flight"] == 2  # type: ignore[index]
+    store.release(target, kept, CallOutcome.NEUTRAL, epoch)
+    store.renew([(target, kept)])
+    assert capacity.snapshot(r, target)["in_flight"] == 1  # type: ignore[index]
+
+
 def test_slow_start_doubles_then_a_429_cuts_once_per_epoch(r: redis.Redis, target: str) -> None:
     store = store_with(r, initial=4, ceiling=100)
     names = (f"x{i}" for i in itertools.count())

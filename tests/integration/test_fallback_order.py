@@ -16,7 +16,8 @@ from core.records import JobStore
 from core.settings import Settings
 from worker import fallback
 from worker.cache import CachedGeneration, ResultCache, cache_key
-from worker.generation import GenerationService, Outcome, breaker_factory
+from worker.generation import GenerationService, breaker_factory
+from worker.outcome import AlreadyFinal, Done
 from worker.upstream import UpstreamTarget
 
 pytestmark = pytest.mark.integration
@@ -60,10 +61,13 @@ def circuit_open(r: redis.Redis, genq_settings: Settings) -> Iterator[str]:
 
 def run(
     settings: Settings, store: JobStore, cache: ResultCache, job_id: str, request: GenerateRequest
-) -> Outcome:
-    """One run of the job by a service of its own (its breakers see the forced state)."""
+) -> Done:
+    """One run of the job by a service of its own (its breakers see the forced state),
+    which must end it: a job (not a batch item) is never put back for an open circuit."""
     service = GenerationService(settings, store, cache, breaker_factory(settings))
-    return service.run(JobMessage(job_id=job_id, request=request))
+    outcome = service.run(JobMessage(job_id=job_id, request=request))
+    assert isinstance(outcome, Done | AlreadyFinal), outcome
+    return outcome if isinstance(outcome, Done) else Done()
 
 
 def cached(settings: Settings, cache: ResultCache, request: GenerateRequest, entry: str) -> None:
@@ -196,6 +200,7 @@ def test_an_answer_for_a_job_already_final_is_not_claimed(
     first = JobResult(text="first", model="m", source="upstream", degraded=False, latency_ms=1)
     store.finish(job_id, result=first)
     request = GenerateRequest(prompt="where is the cache", context=[DOC], cache="off")
-    outcome = run(genq_settings, store, cache, job_id, request)
-    assert outcome.result is None and outcome.error is None
+    service = GenerationService(genq_settings, store, cache, breaker_factory(genq_settings))
+    outcome = service.run(JobMessage(job_id=job_id, request=request))
+    assert isinstance(outcome, AlreadyFinal)
     assert store.get(job_id).result == first  # type: ignore[union-attr]

@@ -15,7 +15,8 @@ from core.records import LEASE_MS, JobStore
 from core.settings import Settings
 from simulator.server import SimulatorServer
 from worker.cache import ResultCache
-from worker.generation import GenerationService, Outcome, breaker_factory
+from worker.generation import GenerationService, breaker_factory
+from worker.outcome import AlreadyFinal, Budget, Done, Outcome, RetryAfter
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,10 @@ def test_a_redelivered_copy_does_not_call_the_upstream_while_the_first_runs(
     time.sleep(0.5)
     second = services[1].run(message)
     first.join(timeout=10)
-    assert second.retry_in == LEASE_MS / 1000 and second.result is None
-    assert outcomes[0].result is not None and outcomes[0].result.source == "upstream"
+    assert second == RetryAfter(LEASE_MS / 1000, Budget.LEASE_WAITS)
+    first_done = outcomes[0]
+    assert isinstance(first_done, Done) and first_done.result is not None
+    assert first_done.result.source == "upstream"
     assert sim.stats()["calls"] == 1
-    assert services[1].run(message).result is None  # done now: nothing more to do
+    assert isinstance(services[1].run(message), AlreadyFinal)  # done now: nothing more to do
     assert sim.stats()["calls"] == 1

@@ -16,6 +16,7 @@ from core.settings import Settings
 from devstack.redis import free_port
 from worker.cache import ResultCache
 from worker.generation import GenerationService, breaker_factory
+from worker.outcome import Budget, Done, RetryAfter
 from worker.upstream import UpstreamTarget
 
 pytestmark = pytest.mark.integration
@@ -38,10 +39,12 @@ def test_a_store_outage_is_retried_by_the_policy_and_never_counts_against_the_ci
     service = service_with_store_down(genq_settings, r)
     message = JobMessage(job_id=uuid.uuid4().hex, request=GenerateRequest(prompt="p", model=model))
     max_retries = genq_settings.max_retries
-    delays = [service.run(message, retries_done=n).retry_in for n in range(max_retries)]
-    assert all(d is not None and 0 <= d <= genq_settings.retry_cap_s for d in delays)
-    last = service.run(message, retries_done=max_retries)
-    assert last.retry_in is None
+    retries = [service.run(message.model_copy(update={"retries": n})) for n in range(max_retries)]
+    assert all(isinstance(o, RetryAfter) and o.budget is Budget.RETRIES for o in retries)
+    delays = [o.delay_s for o in retries if isinstance(o, RetryAfter)]
+    assert all(0 <= d <= genq_settings.retry_cap_s for d in delays)
+    last = service.run(message.model_copy(update={"retries": max_retries}))
+    assert isinstance(last, Done)
     assert last.error is not None and last.error.type == "storage_unavailable"
     assert circuits.snapshot(r, name)["failure_count"] == 0
 
@@ -62,7 +65,7 @@ def test_a_probe_whose_job_cannot_be_marked_running_hands_its_lease_back(
     request = GenerateRequest(prompt="p", model=model)
     time.sleep(genq_settings.breaker_reset_timeout_s + 0.05)  # the open window ends
     outcome = service.run(JobMessage(job_id=uuid.uuid4().hex, request=request))
-    assert outcome.retry_in is not None
+    assert isinstance(outcome, RetryAfter)
     report = circuits.snapshot(r, name)
     assert report["state"] == "half-open"
     assert report["probe_in_flight"] is False

@@ -30,7 +30,7 @@ from openai import OpenAI
 from openai.types import Batch
 
 from core.batches import BatchStore
-from core.capacity import CallOutcome, CapacityStore
+from core.capacity import SLOT_LEASE_MS, CallOutcome, CapacityStore
 from core.files import FileStore
 from core.records import JobStore
 from devstack.redis import RedisProcess, free_port
@@ -220,16 +220,17 @@ def test_an_adaptive_limit_follows_the_capacity_down_and_up(own_redis: RedisProc
 def test_a_killed_workers_slots_come_back_when_their_leases_lapse(
     own_redis: RedisProcess,
 ) -> None:
-    """A worker holding 8 slots is SIGKILLed: nobody releases them, and they come back
-    within the lease (connect + 2 x read timeout + 1 s = 7.5 s here)."""
-    lease_s = 0.5 + 2 * 3 + 1
+    """A worker holding 8 slots for calls of 15 s (a read timeout of 20 s) is SIGKILLed:
+    nobody releases them, and they come back within SLOT_LEASE_MS (10 s, no longer
+    renewed by the dead worker's heartbeat), not at the end of the longest call (41 s)."""
+    lease_s = SLOT_LEASE_MS / 1000
     with SimulatorServer() as sim:
-        sim.configure(latency_ms=2500)  # long calls: the kill finds them in flight
+        sim.configure(latency_ms=15_000)  # long calls: the kill finds them in flight
         env = {
             "GENQ_UPSTREAM_LIMIT": "fixed",
             "GENQ_UPSTREAM_MAX_IN_FLIGHT": "20",
             "GENQ_WORKER_CONCURRENCY": "8",
-            "GENQ_UPSTREAM_TIMEOUT_S": "3",
+            "GENQ_UPSTREAM_TIMEOUT_S": "20",
             "GENQ_UPSTREAM_CONNECT_TIMEOUT_S": "0.5",
         }
         with cluster(own_redis.url, sim.url, 1, **env) as stack:
@@ -238,6 +239,8 @@ def test_a_killed_workers_slots_come_back_when_their_leases_lapse(
             while (stack.limit() or {}).get("in_flight") != 8:
                 assert time.monotonic() < deadline, "the worker never held 8 slots"
                 time.sleep(0.1)
+            time.sleep(lease_s)  # the leases live on, renewed, past their first term
+            assert (stack.limit() or {}).get("in_flight") == 8
             worker = stack.procs[1]
             os.kill(worker.pid, signal.SIGKILL)
             killed = time.monotonic()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.capacity import CallOutcome, LimitOptions
+from core.capacity import SLOT_LEASE_MS, CallOutcome, LimitOptions
 from core.errors import UpstreamRateLimited, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from core.settings import Settings
+from worker.leases import RENEW_EVERY_S
 from worker.limiter import limit_options, outcome_of
 
 
@@ -30,10 +31,13 @@ def test_outcome_of(
     assert outcome_of(exc, elapsed, target) is expected
 
 
-def test_a_slots_lease_outlives_the_longest_call() -> None:
-    settings = Settings(upstream_timeout_s=10, upstream_connect_timeout_s=2)
+def test_a_slots_lease_is_short_and_renewed_whatever_the_call() -> None:
+    """A slot's lease is SLOT_LEASE_MS however long a call may take: its holder renews
+    it, so a dead worker's slot comes back in seconds."""
+    settings = Settings(upstream_timeout_s=30, upstream_connect_timeout_s=2)
     options = limit_options(settings)
-    assert options.lease_ms == (2 + 2 * 10 + 1) * 1000
+    assert options.lease_ms == SLOT_LEASE_MS == 10_000
+    assert RENEW_EVERY_S * 3 <= SLOT_LEASE_MS / 1000
     assert (options.mode, options.initial, options.floor, options.ceiling) == (
         "adaptive",
         16,

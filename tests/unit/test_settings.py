@@ -55,6 +55,7 @@ def test_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"RETRY_BASE_S": "40"}, "RETRY_BASE_S"),
         ({"BREAKER_MAX_RESET_TIMEOUT_S": "10"}, "MAX_RESET_TIMEOUT"),
         ({"BREAKER_WINDOW_S": "10"}, "together"),
+        ({"SWEEP_GRACE_S": "250"}, "SWEEP_GRACE_S"),
     ],
 )
 def test_bad_values_fail_at_start_up(

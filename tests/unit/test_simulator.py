@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -501,6 +502,19 @@ def test_stats_count_every_generation_call_by_outcome(sim: SimulatorServer) -> N
     assert stats["config"]["mode"] == "ok"
     gauges = ("in_flight", "peak_in_flight", "waiting", "peak_concurrent", "over_capacity")
     assert [stats[key] for key in gauges] == [0, 1, 0, 1, 0]  # one call at a time, no capacity
+
+
+def test_stats_count_prompts_asked_again_and_asked_twice_at_once(sim: SimulatorServer) -> None:
+    """``repeated``: calls whose prompt was asked before; ``overlapping``: calls whose
+    prompt another open call is asking (two copies of one job at once)."""
+    hf(sim, "first")
+    hf(sim, "first")
+    tgi(sim, "second")
+    assert (sim.stats()["repeated"], sim.stats()["overlapping"]) == (1, 0)
+    sim.configure(latency_ms=300)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: hf(sim, "third"), range(2)))
+    assert (sim.stats()["repeated"], sim.stats()["overlapping"]) == (2, 1)
 
 
 def test_require_token_rejects_other_tokens_with_401(sim: SimulatorServer) -> None:

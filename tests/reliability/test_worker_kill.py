@@ -1,0 +1,127 @@
+"""SIGKILL one of two workers under 500 jobs, restarted or not: nothing is lost.
+
+At-least-once is the contract: every job told 202 gets its answer unless the provider
+itself fails. A killed worker's jobs come back (kombu restores its unacked messages after
+the visibility timeout; a message lost between kombu's BRPOP and its unacked record is
+sent again by the sweep), its call slots come back within ``SLOT_LEASE_MS``, and no job
+is answered by two copies calling the upstream at once. The jobs called twice are those
+in flight at the kill: their answers died with the worker. Timeouts are shortened (a
+20 s visibility timeout) so that a run takes seconds; README's reliability section gives
+what a kill costs with the defaults.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+import requests
+
+from core import keys
+from core.records import JobStore
+from devstack.redis import RedisProcess, free_port
+from simulator.server import SimulatorServer
+from tests.integration.conftest import (
+    auth,
+    genq_env,
+    start_process,
+    start_worker,
+    wait_http,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
+
+JOBS, KILL_AT = 500, 100
+ENV = {
+    "GENQ_UPSTREAM_TIMEOUT_S": "3",
+    "GENQ_UPSTREAM_CONNECT_TIMEOUT_S": "0.5",
+    "GENQ_TASK_SOFT_TIME_LIMIT_S": "6",
+    "GENQ_TASK_TIME_LIMIT_S": "7",
+    "GENQ_BATCH_SLOT_WAIT_S": "8",
+    "GENQ_VISIBILITY_TIMEOUT_S": "20",
+    "GENQ_UNACKED_RESTORE_INTERVAL_S": "1",
+    "GENQ_SWEEP_EVERY_S": "1",
+    "GENQ_SWEEP_GRACE_S": "3",
+    "GENQ_RETRY_BASE_S": "0.2",
+    "GENQ_RETRY_CAP_S": "4",
+}
+BOUND_S = 20 + 1 + 30  # visibility timeout + restore interval + 30 s
+
+
+def submit_all(url: str, run: int) -> list[str]:
+    """500 interactive jobs only the provider can answer, from four client threads."""
+
+    def part(n: int) -> list[str]:
+        with requests.Session() as http:
+            body = {"cache": "off", "fallback": "none"}
+            return [
+                http.post(
+                    f"{url}/v1/jobs",
+                    json={**body, "prompt": f"kill {run} {i}"},
+                    headers=auth(),
+                    timeout=10,
+                ).json()["id"]
+                for i in range(n, JOBS, 4)
+            ]
+
+    with ThreadPoolExecutor(4) as pool:
+        return [job for chunk in pool.map(part, range(4)) for job in chunk]
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+@pytest.mark.parametrize("restart", [True, False], ids=["restarted", "not-restarted"])
+def test_a_sigkilled_worker_loses_no_job(own_redis: RedisProcess, restart: bool, run: int) -> None:
+    """Two workers, 500 jobs at 200 ms; one worker SIGKILLed once 100 are final (then
+    restarted, or not): every job succeeds, none is called by two copies at once, and the
+    last is final within the visibility timeout + restore interval + 30 s of the kill."""
+    with SimulatorServer() as sim:
+        sim.configure(latency_ms=200)
+        env = genq_env(own_redis.url, sim.url, **ENV)
+        port = str(free_port())
+        uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--log-level", "warning"]
+        procs = [start_process([*uvicorn, "--port", port], env, "kill-api")]
+        workers = [start_worker(env, f"kill-{n}", f"kill-{n}") for n in range(2)]
+        client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+            ids = submit_all(f"http://127.0.0.1:{port}", run)
+            open_jobs = lambda: int(client.zcard(keys.open_jobs()))  # noqa: E731
+            deadline = time.monotonic() + 60
+            while open_jobs() > JOBS - KILL_AT:
+                assert time.monotonic() < deadline, "100 jobs never finished"
+                time.sleep(0.05)
+            workers[0].send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            # The killed worker's calls stay open in the simulator until their answers go
+            # out (200 ms) to a socket nobody reads: they are counted here.
+            in_flight = int(sim.stats()["in_flight"])  # type: ignore[call-overload]
+            workers[0].wait(timeout=10)
+            if restart:
+                workers.append(start_worker(env, "kill-again", "kill-again"))
+            while open_jobs():
+                assert time.monotonic() - killed_at < BOUND_S, f"{open_jobs()} jobs not final"
+                time.sleep(0.2)
+            last_final_s = time.monotonic() - killed_at
+            store = JobStore(client, 3600)
+            records = [store.get(job_id) for job_id in ids]
+            stats = sim.stats()
+        finally:
+            for proc in procs + workers:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=15)
+    statuses = Counter(r.status.value if r else "missing" for r in records)
+    errors = Counter(str(r.error.type) for r in records if r and r.error)
+    print(
+        f"restart={restart} run={run}: last final {last_final_s:.1f} s after the kill; "
+        f"{stats['repeated']} jobs called twice ({in_flight} calls in flight at the kill); "
+        f"{stats['overlapping']} overlapping; {dict(statuses)} {dict(errors)}"
+    )
+    assert statuses == {"succeeded": JOBS}, (statuses, errors)
+    assert stats["overlapping"] == 0
+    assert int(stats["repeated"]) <= in_flight  # type: ignore[call-overload]
