@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Annotated
 
 import redis
 from celery import Celery
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Principal, authenticate
+from api.completions import Completions
 from core.batches import BatchStore
-from core.connections import get_binary_redis, get_redis
+from core.connections import get_async_redis, get_binary_redis, get_redis
 from core.files import FileStore
-from core.records import JobStore
+from core.records import AsyncJobs, JobStore
 from core.settings import Settings, get_settings
 from worker.app import app as celery_app
 
 __all__ = [
     "BatchesDep",
     "CeleryDep",
+    "CompletionsDep",
     "FilesDep",
     "PrincipalDep",
     "RedisDep",
     "SettingsDep",
     "StoreDep",
+    "async_jobs",
 ]
 
 _bearer = HTTPBearer(auto_error=False, description="One of GENQ_API_KEYS")
 
 
-def _settings() -> Settings:
+# Dependencies that do no I/O are async: FastAPI runs a sync one in its thread pool,
+# and that hop cost more than the check itself on every request.
+async def _settings() -> Settings:
     return get_settings()
 
 
@@ -43,21 +49,21 @@ def _store() -> JobStore:
     return JobStore(get_redis(), get_settings().job_ttl_s)
 
 
-def _job_store() -> JobStore:
+async def _job_store() -> JobStore:
     return _store()
 
 
 StoreDep = Annotated[JobStore, Depends(_job_store)]
 
 
-def _files() -> FileStore:
+async def _files() -> FileStore:
     return FileStore(get_binary_redis(), get_settings().result_ttl_s)
 
 
 FilesDep = Annotated[FileStore, Depends(_files)]
 
 
-def _batches() -> BatchStore:
+async def _batches() -> BatchStore:
     return _batch_store()
 
 
@@ -69,21 +75,39 @@ def _batch_store() -> BatchStore:
 BatchesDep = Annotated[BatchStore, Depends(_batches)]
 
 
-def _redis() -> redis.Redis:
+async def _redis() -> redis.Redis:
     return get_redis()
 
 
 RedisDep = Annotated[redis.Redis, Depends(_redis)]
 
 
-def _celery() -> Celery:
+async def _completions(request: Request) -> Completions:
+    completions: Completions = request.app.state.completions
+    return completions
+
+
+CompletionsDep = Annotated[Completions, Depends(_completions)]
+
+
+def async_jobs() -> AsyncJobs:
+    """This process's job records for the async routes (built on first use)."""
+    return _async_jobs_for(os.getpid())
+
+
+@functools.cache
+def _async_jobs_for(pid: int) -> AsyncJobs:
+    return AsyncJobs(get_async_redis(), get_settings().job_ttl_s)
+
+
+async def _celery() -> Celery:
     return celery_app
 
 
 CeleryDep = Annotated[Celery, Depends(_celery)]
 
 
-def _principal(
+async def _principal(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from api import errors, metrics
+from api.completions import Completions
 from api.limits import BodyLimits
 from api.metrics import read_cluster
 from api.probes import Monitor
 from api.routes import batches, circuits, files, generate, health, jobs
-from core.connections import get_redis
+from core.connections import get_async_redis, get_redis
 from core.logs import configure_logging
 from core.settings import get_settings
 
@@ -26,7 +27,9 @@ async def _lifespan(application: FastAPI) -> AsyncIterator[None]:
     await monitor.check()  # ready from the first request if Redis is
     monitor.start()
     application.state.monitor = monitor
+    application.state.completions = Completions(get_async_redis)
     yield
+    await application.state.completions.close()
     await monitor.stop()
 
 

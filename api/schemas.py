@@ -32,7 +32,9 @@ class Job(BaseModel):
 
     @classmethod
     def from_record(cls, record: JobRecord) -> Job:
-        return cls.model_validate(record.model_dump(exclude={"owner"}))
+        """The public object of a record (validated when it was read): all but its owner."""
+        fields = {name: getattr(record, name) for name in cls.model_fields}
+        return cls.model_construct(**fields)
 
 
 def limit_errors(body: GenerateRequest, settings: Settings) -> list[tuple[str, str]]:

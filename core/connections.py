@@ -15,12 +15,16 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis import asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 from core.settings import Settings, get_settings
 
 __all__ = [
     "MIN_POOL",
+    "async_redis_from_settings",
+    "get_async_redis",
     "get_binary_redis",
     "get_redis",
     "redis_from_settings",
@@ -33,10 +37,8 @@ least: above any thread count a worker is run with, unless GENQ_WORKER_CONCURREN
 more. A pool holds only what its threads use at once."""
 
 
-def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Redis:
-    """A new client for ``settings.redis_url`` with genq's timeouts; it answers strings
-    (``decode``) or bytes."""
-    common: dict[str, Any] = {
+def _common(settings: Settings, decode: bool) -> dict[str, Any]:
+    return {
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
         "health_check_interval": 30,
@@ -47,18 +49,52 @@ def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Red
         # `celery worker -c N` overrides GENQ_WORKER_CONCURRENCY.
         "max_connections": max(MIN_POOL, settings.worker_concurrency + 100),
     }
-    if not settings.uses_sentinel:
-        return redis.Redis.from_url(settings.redis_url, **common)
+
+
+def _sentinel_target(settings: Settings) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The sentinels of a ``sentinel://`` URL, and how to reach the master they name."""
     parts = [urlsplit(part.strip()) for part in settings.redis_url.split(";")]
     first = parts[0]
     sentinels = [(url.hostname or "localhost", url.port or 26379) for url in parts]
-    db = int(first.path.strip("/") or 0)
+    master = {
+        "service_name": settings.redis_sentinel_master or "",
+        "db": int(first.path.strip("/") or 0),
+        "username": unquote(first.username) if first.username else None,
+        "password": unquote(first.password) if first.password else None,
+    }
+    return sentinels, master
+
+
+def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Redis:
+    """A new client for ``settings.redis_url`` with genq's timeouts; it answers strings
+    (``decode``) or bytes."""
+    common = _common(settings, decode)
+    if not settings.uses_sentinel:
+        return redis.Redis.from_url(settings.redis_url, **common)
+    sentinels, master = _sentinel_target(settings)
     sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options(settings))
     client: redis.Redis = sentinel.master_for(
-        settings.redis_sentinel_master or "",
-        db=db,
-        username=unquote(first.username) if first.username else None,
-        password=unquote(first.password) if first.password else None,
+        master["service_name"],
+        db=master["db"],
+        username=master["username"],
+        password=master["password"],
+        **common,
+    )
+    return client
+
+
+def async_redis_from_settings(settings: Settings) -> aioredis.Redis:
+    """The same client for asyncio (strings), for the API's async routes."""
+    common = _common(settings, decode=True)
+    if not settings.uses_sentinel:
+        return aioredis.Redis.from_url(settings.redis_url, **common)
+    sentinels, master = _sentinel_target(settings)
+    sentinel = AsyncSentinel(sentinels, sentinel_kwargs=sentinel_options(settings))
+    client: aioredis.Redis = sentinel.master_for(
+        master["service_name"],
+        db=master["db"],
+        username=master["username"],
+        password=master["password"],
         **common,
     )
     return client
@@ -87,6 +123,17 @@ def _client_for(pid: int, decode: bool = True) -> redis.Redis:
 def get_redis() -> redis.Redis:
     """This process's Redis client (decoded strings), created on first use."""
     return _client_for(os.getpid())
+
+
+@functools.cache
+def _async_client_for(pid: int) -> aioredis.Redis:
+    return async_redis_from_settings(get_settings())
+
+
+def get_async_redis() -> aioredis.Redis:
+    """This process's asyncio Redis client (decoded strings), created on first use; use
+    it from one event loop (the API's)."""
+    return _async_client_for(os.getpid())
 
 
 def get_binary_redis() -> redis.Redis:

@@ -24,6 +24,7 @@ __all__ = [
     "job",
     "job_attempts",
     "job_lease",
+    "jobs_done",
     "open_jobs",
 ]
 
@@ -33,6 +34,12 @@ PREFIX = "genq:"
 def job(job_id: str) -> str:
     """Hash holding one job record (status, timestamps, result or error, owner)."""
     return f"{PREFIX}job:{job_id}"
+
+
+def jobs_done() -> str:
+    """Pub/sub channel: each job's id, published by the write that makes it final (the
+    API's long-polls wait on it)."""
+    return f"{PREFIX}jobs:done"
 
 
 def job_attempts(job_id: str) -> str:

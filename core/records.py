@@ -24,12 +24,22 @@ from typing import Any, TypeVar, cast
 
 import redis
 from pydantic import BaseModel
+from redis import asyncio as aioredis
 
 from core import keys, scripts
 from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
 from core.errors import StorageUnavailable
 
-__all__ = ["LEASE_MS", "MAX_REPUBLISH", "ExtraSet", "JobRecord", "JobStore", "Republished", "Start"]
+__all__ = [
+    "LEASE_MS",
+    "MAX_REPUBLISH",
+    "AsyncJobs",
+    "ExtraSet",
+    "JobRecord",
+    "JobStore",
+    "Republished",
+    "Start",
+]
 
 T = TypeVar("T")
 
@@ -85,6 +95,81 @@ class JobRecord(BaseModel):
     attempts: list[Attempt] = []
 
 
+def _record(job_id: str, values: list[Any], attempts: list[Any]) -> JobRecord | None:
+    """A record from its hash's ``_FIELDS`` and its attempts; None if it does not exist."""
+    fields = {name: value for name, value in zip(_FIELDS, values, strict=True) if value}
+    if not fields:
+        return None
+    return JobRecord(
+        id=job_id,
+        owner=fields["owner"],
+        status=JobStatus(fields["status"]),
+        created_at=fields["created_at"],
+        started_at=fields.get("started_at"),
+        finished_at=fields.get("finished_at"),
+        result=JobResult.model_validate_json(fields["result"]) if "result" in fields else None,
+        error=JobError.model_validate_json(fields["error"]) if "error" in fields else None,
+        attempts=[Attempt.model_validate_json(a) for a in attempts],
+    )
+
+
+def _new(job_id: str, owner: str) -> tuple[JobRecord, list[str]]:
+    """A new ``queued`` record, and its hash's fields as a flat list."""
+    record = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=utcnow())
+    fields = ["owner", owner, "status", record.status.value, "created_at", record.created_at]
+    return record, fields
+
+
+def _create_args(
+    ttl_s: int, fields: list[str], message: bytes, within_s: float
+) -> list[str | bytes | int]:
+    """create_job.lua's ARGV: the caller's deadline, the ttl, the message, the fields."""
+    deadline_ms = int((time.time() + within_s) * 1000)
+    return [deadline_ms, ttl_s, message, *fields]
+
+
+class AsyncJobs:
+    """The job records for asyncio (the API's enqueues and polls): the same scripts and
+    reads as :class:`JobStore`. Every read is fresh: never a cached copy, so a poll is
+    never older than the moment it was asked."""
+
+    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._create_job = client.register_script(scripts.load("core", "create_job"))
+        self._read_job = client.register_script(scripts.load("core", "read_job"))
+
+    async def create(
+        self, job_id: str, owner: str, enqueue: tuple[str, bytes], within_s: float
+    ) -> JobRecord:
+        """:meth:`JobStore.create` with a message: the record and the message together,
+        unless ``within_s`` has passed when Redis runs it."""
+        record, fields = _new(job_id, owner)
+        queue, message = enqueue
+        args = _create_args(self._ttl_s, fields, message, within_s)
+        try:
+            created = await self._create_job(
+                keys=[keys.job(job_id), queue, keys.open_jobs()], args=args
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        if not created:
+            raise StorageUnavailable("the job store answered too late; nothing was accepted")
+        return record
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """:meth:`JobStore.get`: the record in one round trip (read_job.lua: one EVALSHA
+        costs the API less than a pipeline of two reads), or None."""
+        try:
+            found = await self._read_job(
+                keys=[keys.job(job_id), keys.job_attempts(job_id)], args=_FIELDS
+            )
+            values, attempts = found[0], found[1]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return _record(job_id, values, attempts)
+
+
 class JobStore:
     """Reads and writes job records in Redis (registering the scripts does no I/O)."""
 
@@ -110,26 +195,19 @@ class JobStore:
         caller's own timeout) has passed: a Redis that hangs and resumes late finds a
         caller that already said no, and leaves no half-accepted job (clocks of the caller
         and Redis are assumed to agree to well within ``within_s``)."""
-        record = JobRecord(id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=utcnow())
-        fields: dict[Any, str] = {
-            "owner": owner,
-            "status": record.status.value,
-            "created_at": record.created_at,
-        }
+        record, fields = _new(job_id, owner)
         if enqueue is None:
 
             def write() -> object:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.hset(keys.job(job_id), mapping=fields)
+                pipe.hset(keys.job(job_id), items=fields)
                 pipe.expire(keys.job(job_id), self._ttl_s)
                 return pipe.execute()
 
             self._guard(write)
             return record
         queue, message = enqueue
-        deadline_ms = int((time.time() + within_s) * 1000)
-        pairs = [item for pair in fields.items() for item in pair]
-        args: list[str | bytes | int] = [deadline_ms, self._ttl_s, message, *pairs]
+        args = _create_args(self._ttl_s, fields, message, within_s)
         job_keys = [keys.job(job_id), queue, keys.open_jobs()]
         created = self._guard(lambda: self._create_job(job_keys, args))
         if not created:
@@ -146,20 +224,7 @@ class JobStore:
         pipe.hmget(keys.job(job_id), _FIELDS)  # not the message it keeps
         pipe.lrange(keys.job_attempts(job_id), 0, -1)
         values, attempts = self._guard(pipe.execute)
-        fields = {name: value for name, value in zip(_FIELDS, values, strict=True) if value}
-        if not fields:
-            return None
-        return JobRecord(
-            id=job_id,
-            owner=fields["owner"],
-            status=JobStatus(fields["status"]),
-            created_at=fields["created_at"],
-            started_at=fields.get("started_at"),
-            finished_at=fields.get("finished_at"),
-            result=JobResult.model_validate_json(fields["result"]) if "result" in fields else None,
-            error=JobError.model_validate_json(fields["error"]) if "error" in fields else None,
-            attempts=[Attempt.model_validate_json(a) for a in attempts],
-        )
+        return _record(job_id, values, attempts)
 
     def mark_running(self, job_id: str) -> Start:
         """Set ``running`` and take the job's running lease (``Start.RUN``); ``DONE`` when
@@ -235,9 +300,8 @@ class JobStore:
             extra = [also_set[1], also_set[2]]
         encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
         pairs = [item for pair in fields.items() for item in pair]
-        return self._write_unless_final(
-            keys=job_keys, args=[self._ttl_s, encoded, started_at, *extra, *pairs]
-        )
+        args = [self._ttl_s, encoded, started_at, *extra, keys.jobs_done(), *pairs]
+        return self._write_unless_final(keys=job_keys, args=args)
 
     @staticmethod
     def _guard(call: Callable[[], T]) -> T:

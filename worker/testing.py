@@ -39,6 +39,7 @@ def reset_process_state() -> None:
     use builds them from the environment as it is then."""
     get_settings.cache_clear()
     connections._client_for.cache_clear()
+    connections._async_client_for.cache_clear()
     upstream._session_for.cache_clear()
     generation._service_for.cache_clear()
 

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
+from api.deps import CeleryDep, CompletionsDep, PrincipalDep, SettingsDep, async_jobs
 from api.idempotency import IdempotencyKey
 from api.responses import CREATES, V1
-from api.routes.jobs import POLL_AFTER_S, enqueue
+from api.routes.jobs import POLL_AFTER_S, enqueue, wait_final
 from api.schemas import Job, JobCreate
-from core.errors import StorageUnavailable
 from core.records import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=V1 | CREATES)
 
 #: Retry-After of a failed answer whose error names no time of its own.
 RETRY_AFTER_S = 5
-#: How often the route looks at the job record while it waits.
-POLL_INTERVAL_S = 0.02
 
 
 @router.post(
@@ -40,28 +34,16 @@ async def generate(
     body: JobCreate,
     principal: PrincipalDep,
     settings: SettingsDep,
-    store: StoreDep,
     celery: CeleryDep,
+    completions: CompletionsDep,
     wait_s: Annotated[float, Query(gt=0, le=60, description="How long to wait")] = 10.0,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """200 with the result (degraded or not), 202 + Location if still running, 503 +
     Retry-After when the upstream is unavailable and the job has no fallback."""
-    record = await run_in_threadpool(
-        enqueue, body, principal, settings, store, celery, idempotency_key
-    )
-    deadline = time.monotonic() + wait_s
-    while not record.status.is_final and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_INTERVAL_S)
-        record = await run_in_threadpool(_reload, store, record)
-    return _answer(record)
-
-
-def _reload(store: StoreDep, record: JobRecord) -> JobRecord:
-    try:
-        return store.get(record.id) or record
-    except StorageUnavailable:
-        return record  # answered as still running (202 + Location) if it stays so
+    record = await enqueue(body, principal, settings, async_jobs(), celery, idempotency_key)
+    # Woken by the job's final write (api.completions), not by polling its record.
+    return _answer(await wait_final(completions, record, wait_s))
 
 
 def _answer(record: JobRecord) -> Response:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
+from typing import Annotated
 
 from celery import Celery
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from redis.exceptions import RedisError
 
 from api.auth import Principal
-from api.deps import CeleryDep, PrincipalDep, SettingsDep, StoreDep
-from api.idempotency import Idempotency, IdempotencyKey, fingerprint
+from api.completions import Completions
+from api.deps import CeleryDep, PrincipalDep, SettingsDep, async_jobs
+from api.idempotency import AsyncIdempotency, IdempotencyKey, fingerprint
 from api.metrics import JOBS_SUBMITTED
 from api.publish import TaskMessages
 from api.responses import BY_ID, CREATES, V1
 from api.schemas import Job, JobCreate, check_limits
-from core.connections import get_redis
+from core.connections import get_async_redis
 from core.contract import QUEUE_INTERACTIVE, JobMessage, task_argsrepr
 from core.errors import StorageUnavailable
-from core.records import JobRecord, JobStore
+from core.records import AsyncJobs, JobRecord
 from core.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1)
@@ -37,41 +41,50 @@ def _unavailable(what: str) -> HTTPException:
     )
 
 
-def enqueue(
+async def enqueue(
     body: JobCreate,
     principal: Principal,
     settings: Settings,
-    store: JobStore,
+    jobs: AsyncJobs,
     celery: Celery,
     idempotency_key: str | None = None,
 ) -> JobRecord:
     """Record the job, then publish it; nothing is left behind if either fails. With an
     ``Idempotency-Key`` seen before (same body), the job it created comes back instead."""
     check_limits(body, settings)
-    claim = Idempotency.of(
-        get_redis(), principal.owner, "jobs", idempotency_key, fingerprint(body.model_dump_json())
+    claim = AsyncIdempotency.of(
+        get_async_redis(),
+        principal.owner,
+        "jobs",
+        idempotency_key,
+        fingerprint(body.model_dump_json()),
     )
     try:
-        earlier = claim.claim()
+        earlier = await claim.claim()
         if earlier is not None:
-            found = store.get(earlier)
+            found = await jobs.get(earlier)
             if found is not None:
                 return found
-        record = _publish(body, principal, store, celery, settings.redis_socket_timeout_s)
+        record = await _publish(body, principal, jobs, celery, settings.redis_socket_timeout_s)
     except StorageUnavailable as exc:
-        claim.release()
+        await _forget(claim)
         raise _unavailable("the job store") from exc
     except BaseException:
-        claim.release()
+        await _forget(claim)
         raise
-    claim.done(record.id)
+    await claim.done(record.id)
     return record
 
 
-def _publish(
+async def _forget(claim: AsyncIdempotency) -> None:
+    with contextlib.suppress(StorageUnavailable, RedisError):
+        await claim.release()
+
+
+async def _publish(
     body: JobCreate,
     principal: Principal,
-    store: JobStore,
+    jobs: AsyncJobs,
     celery: Celery,
     within_s: float = 5.0,
 ) -> JobRecord:
@@ -84,13 +97,49 @@ def _publish(
         job_id, payload.model_dump(mode="json", exclude_defaults=True), task_argsrepr(job_id)
     )
     try:
-        enqueue = (QUEUE_INTERACTIVE, message)
-        record = store.create(job_id, principal.owner, enqueue=enqueue, within_s=within_s)
+        record = await jobs.create(
+            job_id, principal.owner, (QUEUE_INTERACTIVE, message), within_s=within_s
+        )
     except StorageUnavailable as exc:
         log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": exc.message})
         raise _unavailable("the job store and broker (Redis)") from exc
     JOBS_SUBMITTED.inc()
     return record
+
+
+async def _owned(job_id: str, principal: Principal) -> JobRecord:
+    """The job's record, read now; 404 for a job that is not this key's (or none)."""
+    try:
+        record = await async_jobs().get(job_id) if len(job_id) <= 64 else None
+    except StorageUnavailable as exc:
+        raise _unavailable("the job store") from exc
+    if record is None or record.owner != principal.owner:
+        # Another key's job is reported exactly like a job that does not exist.
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
+    return record
+
+
+async def wait_final(completions: Completions, record: JobRecord, wait_s: float) -> JobRecord:
+    """The job's record once it is final, or as it is after ``wait_s``: woken by the
+    job's final write, reading Redis only before and after the wait."""
+    latest = record
+
+    async def is_final() -> bool:
+        nonlocal latest
+        latest = await _read_or(latest)
+        return latest.status.is_final
+
+    if await completions.wait(record.id, wait_s, is_final) and latest.status.is_final:
+        return latest
+    return await _read_or(latest)
+
+
+async def _read_or(record: JobRecord) -> JobRecord:
+    """The record read again; the one given if Redis does not answer (or it expired)."""
+    try:
+        return await async_jobs().get(record.id) or record
+    except StorageUnavailable:
+        return record
 
 
 @functools.cache
@@ -99,32 +148,47 @@ def _messages(celery: Celery) -> TaskMessages:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=CREATES)
-def submit_job(
+async def submit_job(
     body: JobCreate,
     principal: PrincipalDep,
     settings: SettingsDep,
-    store: StoreDep,
     celery: CeleryDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> Job:
+) -> Response:
     """Accept a generation job; poll the ``Location`` it returns."""
-    record = enqueue(body, principal, settings, store, celery, idempotency_key)
-    response.headers["Location"] = f"/v1/jobs/{record.id}"
-    response.headers["Retry-After"] = str(POLL_AFTER_S)
-    return Job.from_record(record)
+    record = await enqueue(body, principal, settings, async_jobs(), celery, idempotency_key)
+    headers = {"Location": f"/v1/jobs/{record.id}", "Retry-After": str(POLL_AFTER_S)}
+    return job_response(record, status.HTTP_202_ACCEPTED, headers)
 
 
 @router.get("/{job_id}", response_model=Job, responses=BY_ID)
-def get_job(job_id: str, principal: PrincipalDep, store: StoreDep, response: Response) -> Job:
-    """The job object; ``Retry-After`` says when to poll again while it is not final."""
-    try:
-        record = store.get(job_id) if len(job_id) <= 64 else None
-    except StorageUnavailable as exc:
-        raise _unavailable("the job store") from exc
-    if record is None or record.owner != principal.owner:
-        # Another key's job is reported exactly like a job that does not exist.
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
-    if not record.status.is_final:
-        response.headers["Retry-After"] = str(POLL_AFTER_S)
-    return Job.from_record(record)
+async def get_job(
+    job_id: str,
+    principal: PrincipalDep,
+    request: Request,
+    wait_s: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            le=60,
+            description="Long-poll: answer as soon as the job is final, or "
+            "with the record as it is after this many seconds",
+        ),
+    ] = None,
+) -> Response:
+    """The job object; ``Retry-After`` says when to poll again while it is not final.
+    With ``wait_s``, the answer comes as soon as the job is final (a completion signal,
+    no polling), or with the record as it is once ``wait_s`` has passed."""
+    record = await _owned(job_id, principal)
+    if wait_s is not None and not record.status.is_final:
+        record = await wait_final(request.app.state.completions, record, wait_s)
+    headers = {} if record.status.is_final else {"Retry-After": str(POLL_AFTER_S)}
+    return job_response(record, status.HTTP_200_OK, headers)
+
+
+def job_response(record: JobRecord, code: int, headers: dict[str, str]) -> Response:
+    """The job object as JSON. Returned as a response, not a model for FastAPI to check
+    again against ``response_model`` (which only documents it here): that second check
+    cost more than the Redis read of a poll."""
+    body = Job.from_record(record).model_dump_json()
+    return Response(body, code, headers, media_type="application/json")
