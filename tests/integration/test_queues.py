@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
 import pytest
 import redis
+from redis import asyncio as aioredis
 
 from api.auth import Principal
 from api.publish import TaskMessages
 from api.routes.jobs import _publish
 from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest
-from core.records import JobStore
+from core.records import AsyncJobs, JobRecord
 from tests.integration.conftest import genq_env, publisher_for, settings_for
 
 pytestmark = pytest.mark.integration
@@ -71,9 +73,13 @@ def test_task_messages_show_flower_ids_never_prompts(redis_url: str) -> None:
     client = redis.Redis.from_url(url)
     client.flushdb()
     app = publisher_for(settings_for(genq_env(url, "http://127.0.0.1:9")))
-    store = JobStore(redis.Redis.from_url(url, decode_responses=True), ttl_s=60)
     secret = "a very private prompt"
-    record = _publish(GenerateRequest(prompt=secret), Principal("owner", False), store, app)
+
+    async def publish() -> JobRecord:
+        jobs = AsyncJobs(aioredis.Redis.from_url(url, decode_responses=True), ttl_s=60)
+        return await _publish(GenerateRequest(prompt=secret), Principal("owner", False), jobs, app)
+
+    record = asyncio.run(publish())
     job = json.loads(client.rpop(QUEUE_INTERACTIVE))  # type: ignore[arg-type]
     assert job["headers"]["argsrepr"] == f"[{record.id!r}]"
     item = TaskMessages(app, QUEUE_BATCH).message("req-9", {"request": {"prompt": secret}}, "[id]")
