@@ -51,11 +51,11 @@ class Completions:
         self._waiters.setdefault(job_id, []).append(future)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), timeout_s)
-            if await is_final():
-                return True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), timeout_s)
+                async with asyncio.timeout(timeout_s):  # one deadline for the whole wait
+                    await self._subscribed.wait()
+                    if await is_final():
+                        return True
+                    await future
             return future.done()
         finally:
             waiting = self._waiters.get(job_id, [])
@@ -70,11 +70,6 @@ class Completions:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting now."""
-        return sum(len(futures) for futures in self._waiters.values())
 
     def _ensure_listening(self) -> None:
         if self._listener is None or self._listener.done():

@@ -16,7 +16,7 @@ from api.completions import Completions
 from core.batches import BatchStore
 from core.connections import get_async_redis, get_binary_redis, get_redis
 from core.files import FileStore
-from core.records import AsyncJobs, JobStore
+from core.records import AsyncJobs
 from core.settings import Settings, get_settings
 from worker.app import app as celery_app
 
@@ -28,7 +28,6 @@ __all__ = [
     "PrincipalDep",
     "RedisDep",
     "SettingsDep",
-    "StoreDep",
     "async_jobs",
 ]
 
@@ -42,18 +41,6 @@ async def _settings() -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-
-
-@functools.cache
-def _store() -> JobStore:
-    return JobStore(get_redis(), get_settings().job_ttl_s)
-
-
-async def _job_store() -> JobStore:
-    return _store()
-
-
-StoreDep = Annotated[JobStore, Depends(_job_store)]
 
 
 async def _files() -> FileStore:

@@ -56,7 +56,7 @@ def _sentinel_target(settings: Settings) -> tuple[list[tuple[str, int]], dict[st
     parts = [urlsplit(part.strip()) for part in settings.redis_url.split(";")]
     first = parts[0]
     sentinels = [(url.hostname or "localhost", url.port or 26379) for url in parts]
-    master = {
+    master: dict[str, Any] = {
         "service_name": settings.redis_sentinel_master or "",
         "db": int(first.path.strip("/") or 0),
         "username": unquote(first.username) if first.username else None,
@@ -73,13 +73,7 @@ def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Red
         return redis.Redis.from_url(settings.redis_url, **common)
     sentinels, master = _sentinel_target(settings)
     sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options(settings))
-    client: redis.Redis = sentinel.master_for(
-        master["service_name"],
-        db=master["db"],
-        username=master["username"],
-        password=master["password"],
-        **common,
-    )
+    client: redis.Redis = sentinel.master_for(**master, **common)
     return client
 
 
@@ -90,13 +84,7 @@ def async_redis_from_settings(settings: Settings) -> aioredis.Redis:
         return aioredis.Redis.from_url(settings.redis_url, **common)
     sentinels, master = _sentinel_target(settings)
     sentinel = AsyncSentinel(sentinels, sentinel_kwargs=sentinel_options(settings))
-    client: aioredis.Redis = sentinel.master_for(
-        master["service_name"],
-        db=master["db"],
-        username=master["username"],
-        password=master["password"],
-        **common,
-    )
+    client: aioredis.Redis = sentinel.master_for(**master, **common)
     return client
 
 

@@ -57,7 +57,7 @@ async def enqueue(
         principal.owner,
         "jobs",
         idempotency_key,
-        fingerprint(body.model_dump_json()),
+        fingerprint(body.model_dump_json()) if idempotency_key else "",  # only keys need it
     )
     try:
         earlier = await claim.claim()
