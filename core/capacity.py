@@ -58,7 +58,7 @@ class LimitOptions:
     """How a target's limit behaves (``GENQ_UPSTREAM_*``); every worker should agree."""
 
     mode: Literal["adaptive", "fixed"] = "adaptive"
-    initial: int = 16
+    initial: int = 32
     floor: int = 1
     ceiling: int = 512
     decrease: float = 0.9
@@ -128,9 +128,10 @@ class CapacityStore:
         """Take a slot of ``target`` for ``token`` if one is free (one round trip);
         ``waited_ms``, the time already spent waiting, is counted if it is granted.
 
-        ``first``: an interactive job, which goes before batch items. Refused, it is
-        registered as waiting for ``wait_ms`` (0: not at all), and until then every batch
-        item leaves it a slot and the next freed slot wakes it (:meth:`wait_for_release`).
+        ``first``: an interactive job, which goes before batch items. Refused, a caller is
+        registered as waiting for ``wait_ms`` (0: not at all): the adaptive limit grows
+        only while someone waits; while an interactive job waits, every batch item leaves
+        it a slot and the next freed slot wakes it (:meth:`wait_for_release`).
         """
         args: list[str | int] = [
             self.options.packed,
@@ -164,15 +165,16 @@ class CapacityStore:
         pipe.execute()
 
     def note_wait(self, target: str, waited_ms: int, token: str | None = None) -> None:
-        """Count a wait that ended without a slot (the job was answered otherwise); an
-        interactive job's ``token`` stops waiting."""
-        state, _, _, waiters, _ = keys.call_limit(target)
+        """Count a wait that ended without a slot (the job was answered otherwise); the
+        caller's ``token`` stops waiting."""
+        state, _, _, waiters, _, waiting = keys.call_limit(target)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hincrby(state, "waited_ms", max(0, waited_ms))
         pipe.hincrby(state, "waits", 1)
         pipe.hincrby(state, "wait_timeouts", 1)
         if token is not None:
             pipe.zrem(waiters, token)
+            pipe.zrem(waiting, token)
         pipe.execute()
 
     def wait_for_release(self, target: str, timeout_s: float, *, first: bool = False) -> None:
@@ -191,10 +193,11 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
     """Target ``target``'s limit as the API shows it; None if no call has used it.
 
     ``in_flight`` counts live leases, ``interactive_waiting`` the interactive jobs waiting
-    for a slot (batch items leave one to each); ``waited_s`` is the total time jobs
-    waited for a slot, over ``waits`` waits (``wait_timeouts`` of them ended without one).
+    for a slot (batch items leave one to each), ``batch_waiting`` the batch items;
+    ``waited_s`` is the total time jobs waited for a slot, over ``waits`` waits
+    (``wait_timeouts`` of them ended without one).
     """
-    state_key, leases_key, _, waiters_key, _ = keys.call_limit(target)
+    state_key, leases_key, _, waiters_key, _, waiting_key = keys.call_limit(target)
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(state_key)
@@ -206,7 +209,8 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
     live = client.pipeline(transaction=False)
     live.zcount(leases_key, f"({now_ms}", "+inf")
     live.zcount(waiters_key, f"({now_ms}", "+inf")
-    in_flight, interactive_waiting = (int(n) for n in live.execute())
+    live.zcount(waiting_key, f"({now_ms}", "+inf")
+    in_flight, interactive_waiting, batch_waiting = (int(n) for n in live.execute())
     mode = state.get("mode", "adaptive")
     limit = float(state.get("ceiling" if mode == "fixed" else "limit", 0))
 
@@ -220,6 +224,7 @@ def snapshot(client: Redis, target: str) -> dict[str, Any] | None:
         "ceiling": count("ceiling"),
         "in_flight": in_flight,
         "interactive_waiting": interactive_waiting,
+        "batch_waiting": batch_waiting,
         "calls": count("calls"),
         "throttled": count("throttled"),
         "cuts": count("cuts"),

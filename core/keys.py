@@ -66,10 +66,18 @@ def breaker(circuit: str, part: str) -> str:
 def call_limit(target: str) -> list[str]:
     """An upstream target's cluster-wide call limit (``core.capacity``): its state (hash),
     the leases of the calls in flight (sorted set: token -> expiry ms), the list a freed
-    slot is announced on (waiters block on it), the interactive jobs waiting for a slot
-    (sorted set: token -> end of the wait, ms) and the list that wakes them first."""
+    slot is announced on (batch items block on it), the interactive jobs waiting for a
+    slot (sorted set: token -> end of the wait, ms), the list that wakes them first, and
+    the batch items waiting (sorted set, as the interactive jobs')."""
     tag = f"{PREFIX}limit:{{{target}}}"
-    return [tag, f"{tag}:leases", f"{tag}:freed", f"{tag}:waiters", f"{tag}:freed:first"]
+    return [
+        tag,
+        f"{tag}:leases",
+        f"{tag}:freed",
+        f"{tag}:waiters",
+        f"{tag}:freed:first",
+        f"{tag}:waiting",
+    ]
 
 
 def cache(digest: str) -> str:

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     """The fixed limit, or the adaptive limit's ceiling, of calls in flight per target."""
     upstream_min_in_flight: PositiveInt = 1
     """The adaptive limit's floor; 429s that persist at the floor count against the circuit."""
-    upstream_initial_in_flight: PositiveInt = 16
+    upstream_initial_in_flight: PositiveInt = 32
     """Where an adaptive limit starts (it doubles per round of calls until the first cut)."""
     upstream_latency_target_s: PositiveFloat | None = None
     """If set, an adaptive limit is also cut when a call succeeds slower than this."""

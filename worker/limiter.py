@@ -92,7 +92,7 @@ class ConcurrencyLimiter:
             waited_ms = 0  # until the first refusal, the job has not waited
             while True:
                 left = wait_s - (time.monotonic() - started)
-                wait_ms = max(0, round(left * 1000)) if first else 0
+                wait_ms = max(0, round(left * 1000))
                 grant = self.store.try_acquire(
                     target, token, waited_ms, first=first, wait_ms=wait_ms
                 )
@@ -100,8 +100,7 @@ class ConcurrencyLimiter:
                     return Slot(target, token, grant.epoch, waited_ms)
                 left = wait_s - (time.monotonic() - started)
                 if left <= 0:
-                    waiter = token if first else None
-                    self.store.note_wait(target, max(1, round(wait_s * 1000)), waiter)
+                    self.store.note_wait(target, max(1, round(wait_s * 1000)), token)
                     return None
                 self.store.wait_for_release(target, min(left, WAKE_EVERY_S), first=first)
                 waited_ms = max(1, round((time.monotonic() - started) * 1000))

@@ -31,6 +31,8 @@ class CallLimit(BaseModel):
     in_flight: int
     interactive_waiting: int
     """Interactive jobs waiting for a slot now: the next freed slots go to them."""
+    batch_waiting: int
+    """Batch items waiting for a slot now."""
     calls: int
     throttled: int
     """429s seen."""

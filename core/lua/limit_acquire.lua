@@ -1,7 +1,9 @@
 -- Take one call slot of an upstream target if one is free (after limit_prelude.lua).
 -- ARGV: 2 token, 3 lease (ms), 4 ms the caller has waited so far (counted when granted),
--- 5 '1' for an interactive job (it goes first) or '0' for a batch item, 6 how long an
--- interactive caller will wait if refused (ms; 0: it will not).
+-- 5 '1' for an interactive job (it goes first) or '0' for a batch item, 6 how long the
+-- caller will wait if refused (ms; 0: it will not). A caller that will wait is
+-- registered as waiting until it is granted, gives up, or its wait ends: the adaptive
+-- limit grows only while someone waits (limit_release.lua).
 -- Expired leases (their holder died) and ended waits are dropped first. A batch item
 -- leaves one slot for each interactive job waiting: a freed slot goes to them first.
 -- Among interactive jobs it is first come: a newcomer may take a slot a waiter was woken
@@ -25,10 +27,15 @@ if held < room then
     redis.call('HINCRBY', KEYS[1], 'waited_ms', ARGV[4])
     redis.call('HINCRBY', KEYS[1], 'waits', 1)
   end
-  if first and redis.call('ZREM', KEYS[4], ARGV[2]) == 1 then settle_waiters(now) end
-elseif first and tonumber(ARGV[6]) > 0 then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[4], ttl)
+  if first then
+    if redis.call('ZREM', KEYS[4], ARGV[2]) == 1 then settle_waiters(now) end
+  else
+    redis.call('ZREM', KEYS[6], ARGV[2])
+  end
+elseif tonumber(ARGV[6]) > 0 then
+  local waiting = first and KEYS[4] or KEYS[6]
+  redis.call('ZADD', waiting, now + tonumber(ARGV[6]), ARGV[2])
+  redis.call('PEXPIRE', waiting, ttl)
 end
 touch()
 local epoch = redis.call('HGET', KEYS[1], 'epoch') or '0'

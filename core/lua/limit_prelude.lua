@@ -1,7 +1,8 @@
 -- Shared by limit_acquire.lua and limit_release.lua: an upstream target's call limit.
 -- KEYS: 1 the limit's state (hash), 2 the leases of calls in flight (sorted set: token ->
 -- expiry in ms), 3 the freed-slot list batch items wait on, 4 the interactive jobs
--- waiting (sorted set: token -> end of the wait in ms), 5 the list they wait on.
+-- waiting (sorted set: token -> end of the wait in ms), 5 the list they wait on, 6 the
+-- batch items waiting (sorted set, as 4: they wait on 3).
 -- ARGV[1] holds the options, "mode:initial:floor:ceiling:decrease:ttl_ms": mode 'fixed'
 -- holds the ceiling; 'adaptive' starts at initial and moves between floor and ceiling;
 -- decrease is the factor of a cut; ttl_ms is the keys' idle expiry.
@@ -33,11 +34,12 @@ local function touch()
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 
--- Drop the interactive waits that ended; wake-ups on their list beyond the jobs still
+-- Drop the waits that ended; wake-ups on their list beyond the jobs still
 -- waiting go to the batch items' list (a waiter that gave up, or one woken twice, must
 -- not keep a freed slot from them).
 local function settle_waiters(now)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   local extra = redis.call('LLEN', KEYS[5]) - redis.call('ZCARD', KEYS[4])
   for _ = 1, extra do redis.call('LMOVE', KEYS[5], KEYS[3], 'RIGHT', 'LEFT') end
   if extra > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end

@@ -58,6 +58,7 @@ def test_a_fixed_limit_grants_that_many_slots_and_no_more(r: redis.Redis, target
         "ceiling": 3,
         "in_flight": 3,
         "interactive_waiting": 0,
+        "batch_waiting": 0,
         "calls": 1,
         "throttled": 1,
         "cuts": 0,
@@ -106,7 +107,7 @@ def test_a_renewed_slot_outlives_its_lease_and_a_released_one_stays_released(
     assert capacity.snapshot(r, target)["in_flight"] == 1  # type: ignore[index]
 
 
-def test_slow_start_doubles_then_a_429_cuts_once_per_epoch(r: redis.Redis, target: str) -> None:
+def test_slow_start_triples_then_a_429_cuts_once_per_epoch(r: redis.Redis, target: str) -> None:
     store = store_with(r, initial=4, ceiling=100)
     names = (f"x{i}" for i in itertools.count())
     held: list[tuple[str, int]] = []
@@ -116,23 +117,24 @@ def test_slow_start_doubles_then_a_429_cuts_once_per_epoch(r: redis.Redis, targe
             held.append((token, grant.epoch))
 
     refill()
-    for _ in range(4):  # the limit is full: each success adds one
+    for _ in range(4):  # the limit is full: each success adds two
         token, epoch = held.pop(0)
         store.release(target, token, CallOutcome.OK, epoch)
         refill()
     snapshot = capacity.snapshot(r, target)
-    assert snapshot is not None and (snapshot["limit"], snapshot["in_flight"]) == (8, 8)
+    assert snapshot is not None and (snapshot["limit"], snapshot["in_flight"]) == (12, 12)
     # Two 429s granted in the same epoch: only the first cuts.
     first = store.release(target, held[0][0], CallOutcome.THROTTLED, held[0][1])
     second = store.release(target, held[1][0], CallOutcome.THROTTLED, held[1][1])
-    assert first.limit == pytest.approx(7.2) and second.limit == pytest.approx(7.2)
-    # After the cut, near the limit of the cut (8), growth is gentle: 0.1/limit per success.
+    assert first.limit == pytest.approx(10.8) and second.limit == pytest.approx(10.8)
+    # After the cut, below the limit of the cut (12), it climbs back by at least one per
+    # round: 1/limit per success.
     third = store.release(target, held[2][0], CallOutcome.OK, held[2][1])
-    assert third.limit == pytest.approx(7.2 + 0.1 / 7.2)
+    assert third.limit == pytest.approx(10.8 + 1 / 10.8)
     # A slot granted after the cut may cut again.
     fresh = store.try_acquire(target, "fresh")
     assert fresh.epoch == 1
-    assert store.release(target, "fresh", CallOutcome.CONGESTED, fresh.epoch).limit < 7.2
+    assert store.release(target, "fresh", CallOutcome.CONGESTED, fresh.epoch).limit < 10.8
 
 
 def test_a_limit_the_demand_does_not_fill_does_not_grow(r: redis.Redis, target: str) -> None:
@@ -143,6 +145,43 @@ def test_a_limit_the_demand_does_not_fill_does_not_grow(r: redis.Redis, target: 
         for token, epoch in fill(store, target, 8):
             store.release(target, token, CallOutcome.OK, epoch)
     assert capacity.snapshot(r, target)["limit"] == 10  # type: ignore[index]
+
+
+def test_calls_that_end_together_while_jobs_wait_each_grow_the_limit(
+    r: redis.Redis, target: str
+) -> None:
+    """A round of 8 calls that all end before any waiter takes a slot again (they started
+    together, and took as long): a batch item waits meanwhile, so each success grows
+    the limit, 8 to 24 in one round, and each slot it grows by wakes a waiter too."""
+    store = store_with(r, initial=8, ceiling=100)
+    held = fill(store, target, 8)
+    assert not store.try_acquire(target, "waiting", wait_ms=5_000).granted
+    assert capacity.snapshot(r, target)["batch_waiting"] == 1  # type: ignore[index]
+    freed = keys.call_limit(target)[2]
+    for token, epoch in held:
+        released = store.release(target, token, CallOutcome.OK, epoch)
+    assert (released.limit, released.in_flight) == (24, 0)
+    assert r.llen(freed) == 24  # a wake-up per freed slot and per slot it grew by
+    assert store.try_acquire(target, "waiting").granted  # and it no longer waits
+    assert capacity.snapshot(r, target)["batch_waiting"] == 0  # type: ignore[index]
+    store.release(target, "waiting", CallOutcome.OK, 0)
+    # Nobody waiting, slots free: the same round grows nothing.
+    for token, epoch in fill(store, target, 8):
+        released = store.release(target, token, CallOutcome.OK, epoch)
+    assert released.limit == 24
+
+
+def test_a_wait_given_up_or_ended_grows_nothing(r: redis.Redis, target: str) -> None:
+    store = store_with(r, initial=4, ceiling=100)
+    held = fill(store, target, 4)
+    assert not store.try_acquire(target, "gave-up", wait_ms=60_000).granted
+    assert not store.try_acquire(target, "ran-out", wait_ms=50).granted
+    store.note_wait(target, 10, "gave-up")
+    time.sleep(0.1)
+    for token, epoch in held[:2]:
+        store.release(target, token, CallOutcome.NEUTRAL, epoch)
+    # Half the limit in use and nobody waiting: a success says nothing about capacity.
+    assert store.release(target, held[2][0], CallOutcome.OK, held[2][1]).limit == 4
 
 
 def test_a_429_at_the_floor_says_so(r: redis.Redis, target: str) -> None:
@@ -232,7 +271,7 @@ def test_an_interactive_job_waiting_gets_the_next_freed_slot(r: redis.Redis, tar
     wakes the batch items."""
     store = store_with(r, mode="fixed", ceiling=2)
     fill(store, target, 2)
-    _, _, freed, waiters, freed_first = keys.call_limit(target)
+    _, _, freed, waiters, freed_first, _ = keys.call_limit(target)
     assert not store.try_acquire(target, "interactive", first=True, wait_ms=5000).granted
     assert r.zcard(waiters) == 1
     assert capacity.snapshot(r, target)["interactive_waiting"] == 1  # type: ignore[index]
@@ -257,7 +296,7 @@ def test_an_interactive_wait_that_ended_keeps_no_slot(r: redis.Redis, target: st
     store.note_wait(target, 10, "gave-up")
     time.sleep(0.1)
     store.release(target, "t0", CallOutcome.OK, 0)
-    _, _, freed, _, freed_first = keys.call_limit(target)
+    _, _, freed, _, freed_first, _ = keys.call_limit(target)
     assert (r.llen(freed), r.llen(freed_first)) == (1, 0)
     assert store.try_acquire(target, "batch").granted
     assert r.zcard(waiters) == 0
@@ -269,7 +308,7 @@ def test_a_wake_up_its_waiter_left_goes_to_the_batch_items(r: redis.Redis, targe
     takes the slot."""
     store = store_with(r, mode="fixed", ceiling=1)
     fill(store, target, 1)
-    _, _, freed, _, freed_first = keys.call_limit(target)
+    _, _, freed, _, freed_first, _ = keys.call_limit(target)
     assert not store.try_acquire(target, "interactive", first=True, wait_ms=60_000).granted
     store.release(target, "t0", CallOutcome.OK, 0)
     assert (r.llen(freed), r.llen(freed_first)) == (0, 1)

@@ -40,7 +40,7 @@ def test_a_slots_lease_is_short_and_renewed_whatever_the_call() -> None:
     assert RENEW_EVERY_S * 3 <= SLOT_LEASE_MS / 1000
     assert (options.mode, options.initial, options.floor, options.ceiling) == (
         "adaptive",
-        16,
+        32,
         1,
         512,
     )
