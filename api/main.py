@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api import errors, metrics
 from api.completions import Completions
+from api.deps import document_bearer
 from api.limits import BodyLimits
 from api.metrics import read_cluster
 from api.probes import Monitor
@@ -43,13 +44,10 @@ def create_app() -> FastAPI:
     )
     errors.install(application)
     application.add_middleware(BodyLimits)
-    application.include_router(health.router)
-    application.include_router(jobs.router)
-    application.include_router(generate.router)
-    application.include_router(files.router)
-    application.include_router(batches.router)
-    application.include_router(circuits.router)
-    application.include_router(metrics.router)
+    routers = [r.router for r in (health, jobs, generate, files, batches, circuits, metrics)]
+    for router in routers:
+        application.include_router(router)
+    document_bearer(application, routers)
     return application
 
 

@@ -10,7 +10,7 @@ the "capacity" section of docs/benchmarks.md. One redis-server, one simulator pr
 - genq: a batch of N lines through the Batch API, drained by two worker processes
   started beforehand; jobs/s from the batch's creation to its completion. Runs: the
   limit fixed at C (told), at three worker concurrencies; adaptive (C unknown, starting
-  at 16); and fixed at 2 C (told wrong). For each: 429s, the simulator's peak of calls
+  at 32); and fixed at 2 C (told wrong). For each: 429s, the simulator's peak of calls
   at once, and for the adaptive run the time to converge (the limit first at 0.9 C) and
   the 429 share after it.
 """
@@ -212,9 +212,11 @@ The adaptive limit over time: {trace}.
 - **Concurrency**: 2 × 64 threads cannot hold C calls at once (128 at most); 2 × 256
   only adds threads that wait for a slot (a `BLPOP` each, woken one per freed slot), so
   128 a worker is the default.
-- **Adaptive**: the limit starts at 16 and doubles per round of calls while every slot
-  is busy, is cut by 10% at the first 429s, then creeps up past the last cut; the
-  time to converge is until it first reaches 0.9 C.
+- **Adaptive**: the limit starts at 32 and triples per round of calls while jobs wait
+  for a slot, is cut by 10% at the first 429s, then wins back half the way to the last
+  cut per round and probes gently past it; the time to converge is until it first
+  reaches 0.9 C. The same provider with the jobs arriving over HTTP:
+  `bench/front_door_bench.py`.
 - **Told wrong** (2 C): with 256 threads the cluster puts up to 256 calls in flight, the
   simulator refuses what is over 200, and each refused job retries after `Retry-After`
   on its own budget: no item fails, but that share of calls is wasted on 429s.

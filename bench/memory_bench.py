@@ -73,7 +73,7 @@ def measure(request: GenerateRequest, answer_chars: int) -> tuple[int, int]:
         key = cache_key("hf", "org/model", request, "o" * 32)
         entry = cache.entry(key, CachedGeneration(text, "org/model", result.usage, 0.0))
         store.finish(job_id, result=result, attempt=Attempt.now("succeeded"), also_set=entry)
-        answered = _usage(client, [keys.job(job_id), keys.job_attempts(job_id), key])
+        answered = _usage(client, [keys.job(job_id), key])
         return queued, answered
 
 

@@ -22,7 +22,6 @@ __all__ = [
     "file_content",
     "idempotency",
     "job",
-    "job_attempts",
     "job_lease",
     "jobs_done",
     "open_jobs",
@@ -40,11 +39,6 @@ def jobs_done() -> str:
     """Pub/sub channel: each job's id, published by the write that makes it final (the
     API's long-polls wait on it)."""
     return f"{PREFIX}jobs:done"
-
-
-def job_attempts(job_id: str) -> str:
-    """List of one job's upstream attempts, oldest first."""
-    return f"{PREFIX}job:{job_id}:attempts"
 
 
 def open_jobs() -> str:

@@ -5,10 +5,10 @@ accepted; the worker moves it through ``running`` to a final status. Celery's re
 backend is not used for this: a record carries the owner, timestamps and attempts, and
 clients must never see Celery's ``PENDING`` for an id that does not exist.
 
-Layout: hash ``genq:job:{id}`` (fields below; until the job is final, also the Celery
-message it was enqueued with and its queue, which the reconciler sends again if the
-message is lost) and list ``genq:job:{id}:attempts``, both expiring ``job_ttl_s`` after
-the last write. Worker writes are Lua scripts
+Layout: hash ``genq:job:{id}`` (fields below, the attempts a JSON array in one of them,
+so one ``HMGET`` reads a whole record; until the job is final, also the Celery message
+it was enqueued with and its queue, which the reconciler sends again if the message is
+lost), expiring ``job_ttl_s`` after the last write. Worker writes are Lua scripts
 (``core/lua/``): the first final answer wins, so a job that is redelivered after its
 worker died can be run and recorded again safely. Every call raises
 ``StorageUnavailable`` when Redis cannot be reached; retrying is the caller's policy.
@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any, TypeVar, cast
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from redis import asyncio as aioredis
 
 from core import keys, scripts
@@ -78,7 +78,17 @@ class Republished(Enum):
 MAX_REPUBLISH = 3
 """How often a job's (or a batch item's) lost message is sent again before the job is
 failed ``job_lost``: a message lost that often is lost for a reason a resend won't fix."""
-_FIELDS = ("owner", "status", "created_at", "started_at", "finished_at", "result", "error")
+_FIELDS = (
+    "owner",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+    "attempts",
+)
+_ATTEMPTS: TypeAdapter[list[Attempt]] = TypeAdapter(list[Attempt])
 
 
 class JobRecord(BaseModel):
@@ -95,8 +105,8 @@ class JobRecord(BaseModel):
     attempts: list[Attempt] = []
 
 
-def _record(job_id: str, values: list[Any], attempts: list[Any]) -> JobRecord | None:
-    """A record from its hash's ``_FIELDS`` and its attempts; None if it does not exist."""
+def _record(job_id: str, values: list[Any]) -> JobRecord | None:
+    """A record from its hash's ``_FIELDS``; None if it does not exist."""
     fields = {name: value for name, value in zip(_FIELDS, values, strict=True) if value}
     if not fields:
         return None
@@ -109,7 +119,7 @@ def _record(job_id: str, values: list[Any], attempts: list[Any]) -> JobRecord | 
         finished_at=fields.get("finished_at"),
         result=JobResult.model_validate_json(fields["result"]) if "result" in fields else None,
         error=JobError.model_validate_json(fields["error"]) if "error" in fields else None,
-        attempts=[Attempt.model_validate_json(a) for a in attempts],
+        attempts=_ATTEMPTS.validate_json(fields["attempts"]) if "attempts" in fields else [],
     )
 
 
@@ -137,7 +147,6 @@ class AsyncJobs:
         self._redis = client
         self._ttl_s = ttl_s
         self._create_job = client.register_script(scripts.load("core", "create_job"))
-        self._read_job = client.register_script(scripts.load("core", "read_job"))
 
     async def create(
         self, job_id: str, owner: str, enqueue: tuple[str, bytes], within_s: float
@@ -158,16 +167,12 @@ class AsyncJobs:
         return record
 
     async def get(self, job_id: str) -> JobRecord | None:
-        """:meth:`JobStore.get`: the record in one round trip (read_job.lua: one EVALSHA
-        costs the API less than a pipeline of two reads), or None."""
+        """:meth:`JobStore.get`: the record in one ``HMGET``, or None."""
         try:
-            found = await self._read_job(
-                keys=[keys.job(job_id), keys.job_attempts(job_id)], args=_FIELDS
-            )
-            values, attempts = found[0], found[1]
+            values = await self._redis.hmget(keys.job(job_id), _FIELDS)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StorageUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
-        return _record(job_id, values, attempts)
+        return _record(job_id, values)
 
 
 class JobStore:
@@ -216,15 +221,12 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Remove a record whose job could not be enqueued."""
-        self._guard(lambda: self._redis.delete(keys.job(job_id), keys.job_attempts(job_id)))
+        self._guard(lambda: self._redis.delete(keys.job(job_id)))
 
     def get(self, job_id: str) -> JobRecord | None:
         """The record, or None if no such job exists (or it expired)."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(keys.job(job_id), _FIELDS)  # not the message it keeps
-        pipe.lrange(keys.job_attempts(job_id), 0, -1)
-        values, attempts = self._guard(pipe.execute)
-        return _record(job_id, values, attempts)
+        values = self._guard(lambda: self._redis.hmget(keys.job(job_id), _FIELDS))
+        return _record(job_id, values)  # not the message it keeps
 
     def mark_running(self, job_id: str) -> Start:
         """Set ``running`` and take the job's running lease (``Start.RUN``); ``DONE`` when
@@ -288,12 +290,7 @@ class JobStore:
     ) -> object:
         # A direct EVALSHA: a Script inside a redis-py pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute.
-        job_keys = [
-            keys.job(job_id),
-            keys.job_attempts(job_id),
-            keys.job_lease(job_id),
-            keys.open_jobs(),
-        ]
+        job_keys = [keys.job(job_id), keys.job_lease(job_id), keys.open_jobs()]
         extra: list[str | bytes | int] = ["", 0]
         if also_set is not None:
             job_keys.append(also_set[0])

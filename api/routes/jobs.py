@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Principal
 from api.completions import Completions
-from api.deps import CeleryDep, PrincipalDep, SettingsDep, async_jobs
+from api.deps import PrincipalDep, async_jobs
 from api.idempotency import AsyncIdempotency, IdempotencyKey, fingerprint
 from api.metrics import JOBS_SUBMITTED
 from api.publish import TaskMessages
@@ -24,7 +24,8 @@ from core.connections import get_async_redis
 from core.contract import QUEUE_INTERACTIVE, JobMessage, task_argsrepr
 from core.errors import StorageUnavailable
 from core.records import AsyncJobs, JobRecord
-from core.settings import Settings
+from core.settings import Settings, get_settings
+from worker.app import app as celery_app
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1)
 log = logging.getLogger(__name__)
@@ -149,14 +150,13 @@ def _messages(celery: Celery) -> TaskMessages:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=CREATES)
 async def submit_job(
-    body: JobCreate,
-    principal: PrincipalDep,
-    settings: SettingsDep,
-    celery: CeleryDep,
-    idempotency_key: IdempotencyKey = None,
+    body: JobCreate, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Accept a generation job; poll the ``Location`` it returns."""
-    record = await enqueue(body, principal, settings, async_jobs(), celery, idempotency_key)
+    # The settings and the Celery app are read directly, not as dependencies: on the
+    # hottest route, solving each cost more than what it gives (see api.deps._principal).
+    settings = get_settings()
+    record = await enqueue(body, principal, settings, async_jobs(), celery_app, idempotency_key)
     headers = {"Location": f"/v1/jobs/{record.id}", "Retry-After": str(POLL_AFTER_S)}
     return job_response(record, status.HTTP_202_ACCEPTED, headers)
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.reliability
 
 
 def jobs(r: redis.Redis) -> int:
-    return sum(1 for k in r.scan_iter("genq:job:*") if not str(k).endswith(":attempts"))
+    return sum(1 for k in r.scan_iter("genq:job:*") if str(k).count(":") == 2)
 
 
 def post(api_url: str, body: bytes) -> requests.Response:
