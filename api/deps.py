@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute, APIRouter
 
 from api.auth import Principal, authenticate
 from api.completions import Completions
-from core.batches import BatchStore
+from core.batches import BatchStore, scheduling_of
 from core.connections import get_async_redis, get_binary_redis, get_redis
 from core.files import FileStore
 from core.records import AsyncJobs
@@ -59,7 +59,8 @@ async def _batches() -> BatchStore:
 
 @functools.cache
 def _batch_store() -> BatchStore:
-    return BatchStore(get_redis(), get_settings().result_ttl_s)
+    settings = get_settings()
+    return BatchStore(get_redis(), settings.result_ttl_s, scheduling_of(settings))
 
 
 BatchesDep = Annotated[BatchStore, Depends(_batches)]

@@ -7,13 +7,18 @@ Everything expires ``GENQ_RESULT_TTL_S`` after its last write.
 
 Lifecycle: ``create`` writes the batch as ``validating``; the API validates every input
 line, then either ``fail``s it with the line errors or ``start``s it, which in one Redis
-transaction enqueues every item and moves it to ``in_progress`` (a batch is never
-partly enqueued). Workers call ``item_start`` (which takes the item's running lease, as
-a job's ``mark_running`` does) and ``item_finish`` (Lua, ``core/lua/``):
-the first final line of an item wins, and the item that accounts for the last one
-finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a cancel or the
-24 h window stopped items before they ran). A batch still ``validating`` after
-``STALE_VALIDATING_S`` (its API process died mid-way) is failed with a reason when read.
+transaction keeps every item's message, moves it to ``in_progress`` and enrolls it with
+the scheduler (a batch is never partly accepted). The scheduler
+(``lua/sched_prelude.lua``) releases items onto the batch queue only as far as keeps it
+``ready_depth`` deep, in a fair order: an equal share per owner (or as ``weights``
+say), then per batch; workers top the queue up after each item and on a tick
+(:meth:`BatchStore.release`). Workers call ``item_start`` (which takes the item's
+running lease, as a job's ``mark_running`` does) and ``item_finish`` (Lua,
+``core/lua/``): the first final line of an item wins, and the item that accounts for
+the last one finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a
+cancel or the 24 h window stopped items before they ran). A batch still ``validating``
+after ``STALE_VALIDATING_S`` (its API process died mid-way) is failed with a reason
+when read.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 from pydantic import BaseModel
@@ -33,8 +39,17 @@ from pydantic import BaseModel
 from core import keys, scripts
 from core.errors import StorageUnavailable
 from core.records import LEASE_MS, MAX_REPUBLISH, Republished, Start
+from core.settings import Settings
 
-__all__ = ["BatchError", "BatchRecord", "BatchStore", "item_request_id", "new_batch_id"]
+__all__ = [
+    "BatchError",
+    "BatchRecord",
+    "BatchStore",
+    "Scheduling",
+    "item_request_id",
+    "new_batch_id",
+    "scheduling_of",
+]
 
 T = TypeVar("T")
 BatchStatus = Literal[
@@ -65,7 +80,15 @@ _TIMES = (
     "cancelled_at",
     "active_at",  # genq's own: when an item last started or ended (the reconciler's clock)
 )
-_COUNTS = ("total", "completed", "failed", "cancelled", "output_bytes", "error_bytes")
+_COUNTS = (
+    "total",
+    "released",
+    "completed",
+    "failed",
+    "cancelled",
+    "output_bytes",
+    "error_bytes",
+)
 SOURCES = ("upstream", "cache", "excerpt")
 
 
@@ -108,17 +131,41 @@ class BatchRecord(BaseModel):
 
 
 @functools.cache
-def _script(name: str) -> str:
-    """A batch script after batch_prelude.lua (read on first use)."""
-    return scripts.load("core", name, scripts.load("core", "batch_prelude"))
+def _script(name: str, *preludes: str) -> str:
+    """A batch script after batch_prelude.lua and ``preludes`` (read on first use)."""
+    head = "".join(scripts.load("core", p) for p in ("batch_prelude", *preludes))
+    return scripts.load("core", name, head)
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How the scheduler releases batch items (``GENQ_BATCH_READY_DEPTH``,
+    ``GENQ_KEY_WEIGHTS``): the queue depth it keeps, and each owner's weight (1 unless
+    named)."""
+
+    ready_depth: int = 64
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def packed_weights(self) -> str:
+        return json.dumps(dict(self.weights))
+
+
+def scheduling_of(settings: Settings) -> Scheduling:
+    return Scheduling(settings.batch_ready_depth, settings.key_weights)
 
 
 class BatchStore:
     """Batches in Redis; every call raises ``StorageUnavailable`` when Redis is down."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_s: int, scheduling: Scheduling | None = None
+    ) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self.scheduling = scheduling or Scheduling()
+        self._enroll = client.register_script(_script("batch_enroll", "sched_prelude"))
+        self._release = client.register_script(_script("batch_release", "sched_prelude"))
         self._start = client.register_script(_script("batch_item_start"))
         self._finish = client.register_script(_script("batch_item_finish"))
         self._cancel = client.register_script(_script("batch_cancel"))
@@ -176,10 +223,13 @@ class BatchStore:
         }
         self._guard(lambda: self._redis.hset(keys.batch(batch_id), mapping=fields))
 
-    def start(self, batch_id: str, queue: str, messages: Iterable[bytes], total: int) -> bool:
-        """Enqueue every item's message and move the batch to ``in_progress``, in one
-        transaction; False (nothing enqueued) when the batch is no longer ``validating``
-        (cancelled meanwhile)."""
+    def start(
+        self, batch_id: str, owner: str, queue: str, messages: Iterable[bytes], total: int
+    ) -> bool:
+        """Keep every item's message, move the batch to ``in_progress`` and enroll it with
+        the scheduler, which releases its first items onto ``queue``, in one transaction;
+        False (nothing kept) when the batch is no longer ``validating`` (cancelled
+        meanwhile)."""
         key = keys.batch(batch_id)
 
         def enqueue() -> bool:
@@ -189,23 +239,27 @@ class BatchStore:
                     return False
                 pipe.multi()
                 pending: list[bytes] = []
-                kept = keys.batch_messages(batch_id)  # the reconciler's, if one is lost
+                kept = keys.batch_messages(batch_id)  # released from here, or sent again
                 sent = 0
                 for message in messages:
                     pending.append(message)
                     if len(pending) == 1000:
-                        sent = _push(pipe, queue, kept, sent, pending)
+                        sent = _keep(pipe, kept, sent, pending)
                         pending = []
                 if pending:
-                    _push(pipe, queue, kept, sent, pending)
+                    _keep(pipe, kept, sent, pending)
                 pipe.expire(kept, self._ttl_s)
                 fields: dict[Any, str | int] = {
                     "status": "in_progress",
                     "in_progress_at": int(time.time()),
                     "total": total,
+                    "released": 0,
                 }
                 pipe.hset(key, mapping=fields)
                 pipe.zadd(keys.open_batches(), {batch_id: time.time() * 1000})
+                enroll_keys = [key, keys.batch_items(batch_id), queue, *_sched_keys()]
+                args = [keys.PREFIX, batch_id, owner, *self._sched_args()]
+                self._enroll(keys=enroll_keys, args=args, client=pipe)
                 pipe.execute()
                 return True
 
@@ -213,6 +267,38 @@ class BatchStore:
             return self._guard(enqueue)
         except redis.WatchError:
             return False
+
+    def release(self, queue: str) -> int:
+        """Top ``queue`` up to the ready depth with the next items in the scheduler's fair
+        order (batch_release.lua); returns how many were released."""
+        args = [keys.PREFIX, *self._sched_args()]
+        found = self._guard(lambda: self._release(keys=[queue, *_sched_keys()], args=args))
+        return int(cast(int, found))
+
+    def backlog(self) -> dict[str, int]:
+        """Items not yet released, by owner (the scheduler's waiting work)."""
+        owners = [
+            _text(o) for o in self._guard(lambda: self._redis.zrange(keys.sched_owners(), 0, -1))
+        ]
+        pipe = self._redis.pipeline(transaction=False)
+        for owner in owners:
+            pipe.zrange(keys.sched_owner(owner), 0, -1)
+        batch_ids = self._guard(pipe.execute)
+        waiting: dict[str, int] = {}
+        for owner, ids in zip(owners, batch_ids, strict=True):
+            pipe = self._redis.pipeline(transaction=False)
+            for batch_id in ids:
+                pipe.hmget(keys.batch(_text(batch_id)), "total", "released")
+            counts = self._guard(pipe.execute)
+            waiting[owner] = sum(int(t or 0) - int(r or 0) for t, r in counts)
+        return waiting
+
+    def _sched_args(self) -> list[str | int]:
+        return [
+            self.scheduling.ready_depth,
+            self.scheduling.packed_weights,
+            int(time.time()),
+        ]
 
     def cancel(self, batch_id: str) -> None:
         """Stop the batch: items not yet started will not run; see batch_cancel.lua."""
@@ -340,10 +426,11 @@ class BatchStore:
         found: Any = self._guard(lambda: self._republish(item_keys, args))
         return Republished(int(found))
 
-    def unfinished(self, batch_id: str, total: int) -> list[int]:
-        """The items neither done nor cancelled: queued, running, or lost."""
+    def unfinished(self, batch_id: str, released: int) -> list[int]:
+        """The items released to the queue and neither done nor cancelled: queued,
+        running, or lost (the ones not released yet wait with the scheduler)."""
         states = _text_map(self._guard(lambda: self._redis.hgetall(keys.batch_items(batch_id))))
-        return [i for i in range(total) if states.get(str(i)) not in ("done", "cancelled")]
+        return [i for i in range(released) if states.get(str(i)) not in ("done", "cancelled")]
 
     @staticmethod
     def _keys(batch_id: str) -> list[str]:
@@ -362,12 +449,15 @@ class BatchStore:
             raise StorageUnavailable(f"batch store unreachable: {type(exc).__name__}") from exc
 
 
-def _push(pipe: Any, queue: str, kept: str, first: int, messages: list[bytes]) -> int:
-    """Queue ``messages`` (items ``first``, ``first + 1``, …) and keep a copy of each;
+def _keep(pipe: Any, kept: str, first: int, messages: list[bytes]) -> int:
+    """Keep ``messages`` (items ``first``, ``first + 1``, …) for the scheduler to release;
     returns the index of the next item."""
-    pipe.lpush(queue, *messages)
     pipe.hset(kept, mapping=dict(enumerate(messages, start=first)))
     return first + len(messages)
+
+
+def _sched_keys() -> list[str]:
+    return [keys.sched_owners(), keys.sched()]
 
 
 def _text(value: object) -> str:

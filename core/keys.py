@@ -25,6 +25,9 @@ __all__ = [
     "job_lease",
     "jobs_done",
     "open_jobs",
+    "sched",
+    "sched_owner",
+    "sched_owners",
 ]
 
 PREFIX = "genq:"
@@ -131,6 +134,22 @@ def open_batches() -> str:
     """Sorted set of batches that were started, scored by their start (ms): what the
     reconciler looks through for items that no message will finish."""
     return f"{PREFIX}batches:open"
+
+
+def sched() -> str:
+    """Hash of the batch scheduler's state: ``vtime``, the pass it served last."""
+    return f"{PREFIX}sched"
+
+
+def sched_owners() -> str:
+    """Sorted set of the owners with batch items waiting to be released, by pass (the
+    scheduler serves the lowest; ``lua/sched_prelude.lua``)."""
+    return f"{PREFIX}sched:owners"
+
+
+def sched_owner(owner: str) -> str:
+    """Sorted set of one owner's batches with items waiting to be released, by pass."""
+    return f"{PREFIX}sched:owner:{owner}"
 
 
 def batches(owner: str) -> str:

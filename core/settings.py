@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     """How long files, batches and their output stay readable after their last update."""
     max_batch_requests: PositiveInt = 50_000
     """Most request lines a batch input file may hold."""
+    batch_ready_depth: PositiveInt = 64
+    """Batch items the scheduler keeps ready on the batch queue; the rest of every batch
+    waits with it, released in a fair order (an equal share per key, then per batch)."""
+    key_weights: dict[str, PositiveFloat] = Field(default_factory=dict)
+    """A key's share of the batch capacity against the others' (1 unless named), by the
+    key's owner id (``python -m api.auth <key>`` prints it; never the key itself)."""
     max_upload_bytes: PositiveInt = 100 * 1024 * 1024
     """Largest file ``POST /v1/files`` accepts (413 above it)."""
     max_body_bytes: PositiveInt = 1024 * 1024

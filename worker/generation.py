@@ -40,7 +40,7 @@ import os
 import time
 from collections.abc import Callable
 
-from core.batches import BatchStore
+from core.batches import BatchStore, scheduling_of
 from core.connections import get_redis
 from core.contract import Attempt, GenerateRequest, JobError, JobMessage, JobResult
 from core.errors import (
@@ -381,7 +381,7 @@ def _service_for(pid: int) -> GenerationService:
         JobStore(client, settings.job_ttl_s),
         ResultCache(client, settings.cache_ttl_s, settings.cache_max_entry_bytes),
         breaker_factory(settings),
-        batches=BatchStore(client, settings.result_ttl_s),
+        batches=BatchStore(client, settings.result_ttl_s, scheduling_of(settings)),
         limiter=ConcurrencyLimiter.from_settings(settings, client),
     )
 

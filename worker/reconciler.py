@@ -166,8 +166,8 @@ class Reconciler:
             times = batch.times
             if max(times.get("in_progress_at", 0), times.get("active_at", 0)) > cutoff_s:
                 continue  # items are moving: nothing is stuck yet
-            total = batch.counts["total"]
-            items += [(batch, index) for index in self._batches.unfinished(batch_id, total)]
+            released = batch.counts["released"]  # the rest wait with the scheduler
+            items += [(batch, index) for index in self._batches.unfinished(batch_id, released)]
         return items
 
     def _fail_item(self, batch: BatchRecord, index: int, why: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -11,13 +12,14 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from core.connections import get_redis
-from core.contract import TASK_GENERATE, JobMessage, JobResult, task_argsrepr
+from core.contract import QUEUE_BATCH, TASK_GENERATE, JobMessage, JobResult, task_argsrepr
 from core.errors import GenqError, InvalidJob, StorageUnavailable
 from core.files import FileStore
 from worker.app import QUEUES, app
 from worker.generation import get_service
 from worker.outcome import Done, RetryAfter
 from worker.reconciler import Reconciler
+from worker.scheduler import Releaser
 
 __all__ = ["generate"]
 
@@ -50,6 +52,9 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         with contextlib.suppress(StorageUnavailable):
             service.fail(message, GenqError(f"internal error ({type(exc).__name__})"))
         raise
+    finally:
+        if message.batch is not None:
+            _releaser().release()  # this item is out of the way: the next one in
     if isinstance(outcome, RetryAfter):
         # The only retry layer: the slot is freed while the countdown runs. The message
         # carries what each budget spent; Flower keeps showing ids, never the prompt.
@@ -73,9 +78,18 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
+def _releaser() -> Releaser:
+    batches = get_service().batches
+    assert batches is not None, "a worker has a batch store"
+    return Releaser(batches, QUEUE_BATCH)
+
+
 @signals.worker_ready.connect
 def _start_reconciler(**_: Any) -> None:
-    """Every worker runs the sweep for lost jobs; a lock in Redis lets one sweep at a time."""
+    """Every worker runs the sweep for lost jobs (a lock in Redis lets one sweep at a
+    time) and tops the batch queue up on a tick (no lock: each release is atomic)."""
+    _releaser().start()
     service = get_service()
     files = FileStore(get_redis(), service.settings.result_ttl_s)
     settings = service.settings

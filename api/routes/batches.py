@@ -58,6 +58,10 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
     if record.errors:
         data = [e.model_dump() for e in record.errors]
         errors = {"object": "list", "data": data}
+    # Items still waiting with the scheduler, not yet on the queue (a stopped batch's
+    # are counted cancelled).
+    running = record.status == "in_progress"
+    backlog = counts["total"] - counts["released"] if running else 0
     return {
         "id": record.id,
         "object": "batch",
@@ -75,7 +79,11 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
             "failed": counts["failed"],
         },
         "metadata": record.metadata,
-        "genq": {"counts_by_source": record.sources, "cancelled": counts["cancelled"]},
+        "genq": {
+            "counts_by_source": record.sources,
+            "cancelled": counts["cancelled"],
+            "backlog": backlog,
+        },
     }
 
 
@@ -187,7 +195,7 @@ def _create(
         batches.fail(record.id, parsed.errors)
     else:
         encoded = _messages(TaskMessages(celery, QUEUE_BATCH), record, parsed.requests)
-        batches.start(record.id, QUEUE_BATCH, encoded, len(parsed.requests))
+        batches.start(record.id, principal.owner, QUEUE_BATCH, encoded, len(parsed.requests))
     found = batches.get(record.id)
     assert found is not None
     return found

@@ -27,7 +27,7 @@ def rid(batch_id: str, index: int) -> str:
 
 def new_batch(store: BatchStore, queue: str, total: int) -> str:
     batch = store.create("owner", "file-in", "/v1/completions", "24h", None, "file-o", "file-e")
-    assert store.start(batch.id, queue, (f"m{i}".encode() for i in range(total)), total)
+    assert store.start(batch.id, "owner", queue, (f"m{i}".encode() for i in range(total)), total)
     return batch.id
 
 
@@ -80,7 +80,7 @@ def test_a_batch_cancelled_while_validating_enqueues_nothing(
     queue = f"test-{uuid.uuid4().hex}"
     batch = store.create("owner", "file-in", "/v1/completions", "24h", None, "file-o", "file-e")
     store.cancel(batch.id)
-    assert not store.start(batch.id, queue, [b"m"], 1)
+    assert not store.start(batch.id, "owner", queue, [b"m"], 1)
     assert r.llen(queue) == 0
     assert store.get(batch.id).status == "cancelled"  # type: ignore[union-attr]
 

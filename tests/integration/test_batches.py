@@ -405,3 +405,50 @@ def test_a_batch_items_internal_error_is_recorded_in_its_batch_at_once(
     errors = lines_of(client, done.error_file_id)
     assert {line["error"]["code"] for line in errors} == {"internal_error"}
     assert all("RuntimeError" in line["error"]["message"] for line in errors)
+
+
+def test_small_batches_behind_a_large_one_run_beside_it(
+    client: OpenAI, other: OpenAI, sim: SimulatorServer
+) -> None:
+    """A 300-line batch, then another key's 8-line batch and the same key's 8-line
+    batch: the scheduler releases their items beside the large one's (an equal share
+    per key, then per batch), so both small ones finish while most of the large one is
+    still waiting, its backlog shown in its ``genq`` object."""
+    sim.configure(latency_ms=30)
+    large = run_batch(client, completion_lines(300))
+    time.sleep(0.3)
+    theirs = run_batch(other, completion_lines(8))
+    mine = run_batch(client, completion_lines(8))
+    for small, by in ((theirs, other), (mine, client)):
+        done = wait_batch(by, small.id, timeout_s=20)
+        assert done.status == "completed"
+        assert done.request_counts is not None and done.request_counts.completed == 8
+    running = client.batches.retrieve(large.id)
+    assert running.status == "in_progress" and running.request_counts is not None
+    assert running.request_counts.completed < 200  # both small ones did not wait for it
+    assert running.model_extra is not None and running.model_extra["genq"]["backlog"] > 0
+    finished = wait_batch(client, large.id, timeout_s=60)
+    assert finished.status == "completed"
+    assert finished.request_counts is not None and finished.request_counts.completed == 300
+    assert finished.model_extra is not None and finished.model_extra["genq"]["backlog"] == 0
+
+
+def test_a_cancel_counts_the_items_never_released(
+    client: OpenAI, sim: SimulatorServer, r: redis.Redis
+) -> None:
+    """Cancelled while most of its items still wait with the scheduler: they are counted
+    cancelled at once, none of them reaches the upstream, and the counts add up."""
+    sim.configure(latency_ms=100)
+    batch = run_batch(client, completion_lines(200))
+    time.sleep(0.5)
+    before = client.batches.retrieve(batch.id)
+    assert before.model_extra is not None and before.model_extra["genq"]["backlog"] > 0
+    client.batches.cancel(batch.id)
+    done = wait_batch(client, batch.id, timeout_s=30)
+    assert done.status == "cancelled"
+    counts = done.request_counts
+    assert counts is not None and done.model_extra is not None
+    cancelled = done.model_extra["genq"]["cancelled"]
+    assert counts.completed + counts.failed + cancelled == 200
+    assert cancelled >= before.model_extra["genq"]["backlog"]
+    assert sim.stats()["calls"] == counts.completed + counts.failed

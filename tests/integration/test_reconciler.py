@@ -118,7 +118,7 @@ def start_batch(db: redis.Redis, total: int, present: set[int]) -> tuple[BatchSt
     upload = files.upload("o", "in.jsonl", "batch", ["\n\n".join(lines).encode()], 10**6)
     batch = batches.create("o", upload.id, "/v1/chat/completions", "24h", None, "f-o", "f-e")
     ids = [item_request_id(batch.id, i) for i in range(total)]
-    assert batches.start(batch.id, "batch", [message(i) for i in ids], total)
+    assert batches.start(batch.id, "o", "batch", [message(i) for i in ids], total)
     lose(db, "batch", *(message(ids[i]) for i in range(total) if i not in present))
     return batches, batch.id
 

@@ -1,0 +1,50 @@
+"""The batch scheduler's worker side: keep the batch queue topped up.
+
+Batch items wait with the scheduler (``core.batches``, ``lua/sched_prelude.lua``) and
+are released onto the batch queue in a fair order, only as far as keeps it
+``GENQ_BATCH_READY_DEPTH`` deep. Every worker tops it up after each batch item it runs
+(the task does) and on a tick, in case nothing finishes (a fresh cluster, items all
+waiting on retries). Each release is one Lua script: there is no lock to hold, so a
+worker killed mid-release releases nothing twice and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from core.batches import BatchStore
+from core.errors import StorageUnavailable
+
+__all__ = ["TICK_S", "Releaser"]
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+"""How often a worker tops the batch queue up whether or not an item finished."""
+
+
+class Releaser:
+    """Tops ``queue`` up from ``store``'s scheduler; :meth:`start` ticks in a daemon thread."""
+
+    def __init__(self, store: BatchStore, queue: str, every_s: float = TICK_S) -> None:
+        self._store, self._queue, self._every_s = store, queue, every_s
+
+    def release(self) -> int:
+        """Top the queue up now; how many items were released (0 if Redis is down: the
+        next one tries again)."""
+        try:
+            return self._store.release(self._queue)
+        except (StorageUnavailable, redis.RedisError) as exc:
+            log.warning("scheduler.release_failed", extra={"error": type(exc).__name__})
+            return 0
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="genq-scheduler", daemon=True).start()
+
+    def _run(self) -> None:
+        stop = threading.Event()  # never set: the thread lives as long as the process
+        while not stop.wait(self._every_s):
+            self.release()
