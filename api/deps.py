@@ -18,6 +18,7 @@ from api.completions import Completions
 from core.batches import BatchStore, scheduling_of
 from core.connections import get_async_redis, get_binary_redis, get_redis
 from core.files import FileStore
+from core.quotas import quota_of
 from core.records import AsyncJobs
 from core.settings import Settings, get_settings
 from worker.app import app as celery_app
@@ -88,7 +89,8 @@ def async_jobs() -> AsyncJobs:
 
 @functools.cache
 def _async_jobs_for(pid: int) -> AsyncJobs:
-    return AsyncJobs(get_async_redis(), get_settings().job_ttl_s)
+    settings = get_settings()
+    return AsyncJobs(get_async_redis(), settings.job_ttl_s, quota_of(settings))
 
 
 async def _celery() -> Celery:

@@ -24,7 +24,8 @@ OPENAI_ROUTES = ("/v1/files", "/v1/batches")
 
 def _openai(status: int, message: str, param: str | None, headers: Any = None) -> JSONResponse:
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    error = {"message": message, "type": kind, "param": param, "code": None}
+    code = "rate_limit_exceeded" if status == 429 else None  # as OpenAI names its 429s
+    error = {"message": message, "type": kind, "param": param, "code": code}
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BY_ID", "CREATES", "V1"]
+__all__ = ["BY_ID", "CREATES", "SUBMITS", "V1"]
 
 V1: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or unknown API key"},
@@ -25,3 +25,12 @@ CREATES: dict[int | str, dict[str, Any]] = {
     413: {"description": "the request body is over its limit"},
 }
 """POST routes that create something: bounded bodies and idempotency keys."""
+
+SUBMITS: dict[int | str, dict[str, Any]] = {
+    **CREATES,
+    429: {
+        "description": "the key is over its limits (GENQ_KEY_MAX_OPEN, GENQ_KEY_RATE_PER_MIN): "
+        "nothing was accepted; see Retry-After"
+    },
+}
+"""POST routes that submit work: also the key's limits."""

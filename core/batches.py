@@ -257,6 +257,8 @@ class BatchStore:
                 }
                 pipe.hset(key, mapping=fields)
                 pipe.zadd(keys.open_batches(), {batch_id: time.time() * 1000})
+                pipe.zadd(keys.owner_batches(owner), {batch_id: time.time() * 1000})
+                pipe.expire(keys.owner_batches(owner), self._ttl_s)
                 enroll_keys = [key, keys.batch_items(batch_id), queue, *_sched_keys()]
                 args = [keys.PREFIX, batch_id, owner, *self._sched_args()]
                 self._enroll(keys=enroll_keys, args=args, client=pipe)

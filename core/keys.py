@@ -25,6 +25,8 @@ __all__ = [
     "job_lease",
     "jobs_done",
     "open_jobs",
+    "owner_batches",
+    "owner_jobs",
     "sched",
     "sched_owner",
     "sched_owners",
@@ -150,6 +152,17 @@ def sched_owners() -> str:
 def sched_owner(owner: str) -> str:
     """Sorted set of one owner's batches with items waiting to be released, by pass."""
     return f"{PREFIX}sched:owner:{owner}"
+
+
+def owner_jobs(owner: str) -> str:
+    """Sorted set of one owner's jobs not final (job id -> created ms): part of its open
+    work (``core.quotas``, ``lua/owner_prelude.lua``)."""
+    return f"{PREFIX}owner:{owner}:jobs"
+
+
+def owner_batches(owner: str) -> str:
+    """Sorted set of one owner's batches in progress: the rest of its open work."""
+    return f"{PREFIX}owner:{owner}:batches"
 
 
 def batches(owner: str) -> str:

@@ -29,6 +29,8 @@ from redis import asyncio as aioredis
 from core import keys, scripts
 from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
 from core.errors import StorageUnavailable
+from core.quotas import Quota, refusal
+from core.quotas import script as quota_script
 
 __all__ = [
     "LEASE_MS",
@@ -131,11 +133,21 @@ def _new(job_id: str, owner: str) -> tuple[JobRecord, list[str]]:
 
 
 def _create_args(
-    ttl_s: int, fields: list[str], message: bytes, within_s: float
+    ttl_s: int, owner: str, quota: Quota, fields: list[str], message: bytes, within_s: float
 ) -> list[str | bytes | int]:
-    """create_job.lua's ARGV: the caller's deadline, the ttl, the message, the fields."""
+    """create_job.lua's ARGV: the caller's deadline, the ttl, the message, the owner and
+    its limits, the fields."""
     deadline_ms = int((time.time() + within_s) * 1000)
-    return [deadline_ms, ttl_s, message, *fields]
+    return [deadline_ms, ttl_s, message, keys.PREFIX, owner, *quota.args, *fields]
+
+
+def _created(reply: object) -> None:
+    """Raise what a create_job.lua reply that is not 1 says."""
+    refused = refusal(reply)
+    if refused is not None:
+        raise refused
+    if not reply:
+        raise StorageUnavailable("the job store answered too late; nothing was accepted")
 
 
 class AsyncJobs:
@@ -143,27 +155,28 @@ class AsyncJobs:
     reads as :class:`JobStore`. Every read is fresh: never a cached copy, so a poll is
     never older than the moment it was asked."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, ttl_s: int, quota: Quota | None = None) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self._create_job = client.register_script(scripts.load("core", "create_job"))
+        self._quota = quota or Quota()
+        self._create_job = client.register_script(quota_script("create_job"))
 
     async def create(
         self, job_id: str, owner: str, enqueue: tuple[str, bytes], within_s: float
     ) -> JobRecord:
         """:meth:`JobStore.create` with a message: the record and the message together,
-        unless ``within_s`` has passed when Redis runs it."""
+        unless ``within_s`` has passed when Redis runs it; ``OverQuota`` when the owner
+        is over a limit (nothing written)."""
         record, fields = _new(job_id, owner)
         queue, message = enqueue
-        args = _create_args(self._ttl_s, fields, message, within_s)
+        args = _create_args(self._ttl_s, owner, self._quota, fields, message, within_s)
         try:
             created = await self._create_job(
                 keys=[keys.job(job_id), queue, keys.open_jobs()], args=args
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StorageUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
-        if not created:
-            raise StorageUnavailable("the job store answered too late; nothing was accepted")
+        _created(created)
         return record
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -178,14 +191,15 @@ class AsyncJobs:
 class JobStore:
     """Reads and writes job records in Redis (registering the scripts does no I/O)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, quota: Quota | None = None) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._quota = quota or Quota()
         self._mark_running = client.register_script(scripts.load("core", "mark_running"))
         self._write_unless_final = client.register_script(
             scripts.load("core", "write_unless_final")
         )
-        self._create_job = client.register_script(scripts.load("core", "create_job"))
+        self._create_job = client.register_script(quota_script("create_job"))
         self._republish = client.register_script(scripts.load("core", "republish_job"))
 
     def create(
@@ -212,11 +226,9 @@ class JobStore:
             self._guard(write)
             return record
         queue, message = enqueue
-        args = _create_args(self._ttl_s, fields, message, within_s)
+        args = _create_args(self._ttl_s, owner, self._quota, fields, message, within_s)
         job_keys = [keys.job(job_id), queue, keys.open_jobs()]
-        created = self._guard(lambda: self._create_job(job_keys, args))
-        if not created:
-            raise StorageUnavailable("the job store answered too late; nothing was accepted")
+        _created(self._guard(lambda: self._create_job(job_keys, args)))
         return record
 
     def delete(self, job_id: str) -> None:

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     batch_ready_depth: PositiveInt = 64
     """Batch items the scheduler keeps ready on the batch queue; the rest of every batch
     waits with it, released in a fair order (an equal share per key, then per batch)."""
+    key_max_open: PositiveInt | None = None
+    """A key's most open work: its jobs not final plus its batch items not done (429
+    over it); unset: no limit."""
+    key_rate_per_min: PositiveInt | None = None
+    """A key's most submissions a minute (jobs, generations, batches), shared by every
+    API process through Redis (429 over it); unset: no limit."""
     key_weights: dict[str, PositiveFloat] = Field(default_factory=dict)
     """A key's share of the batch capacity against the others' (1 unless named), by the
     key's owner id (``python -m api.auth <key>`` prints it; never the key itself)."""

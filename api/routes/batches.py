@@ -23,12 +23,14 @@ from api.batch_input import parse_lines
 from api.deps import BatchesDep, CeleryDep, FilesDep, PrincipalDep, RedisDep, SettingsDep
 from api.idempotency import Idempotency, IdempotencyKey, fingerprint
 from api.publish import TaskMessages
-from api.responses import BY_ID, CREATES, V1
+from api.responses import BY_ID, SUBMITS, V1
 from api.routes.files import owned, unavailable
+from api.routes.jobs import over_quota
 from core.batches import BatchRecord, BatchStore, item_request_id
 from core.contract import QUEUE_BATCH, BatchEndpoint, GenerateRequest, task_argsrepr
 from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
+from core.quotas import OverQuota, Quotas, quota_of
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1)
 
@@ -112,7 +114,7 @@ def _owned(batches: BatchStore, batch_id: str, principal: Principal) -> BatchRec
 
 @router.post(
     "",
-    responses=CREATES
+    responses=SUBMITS
     | BY_ID
     | {400: {"description": "the input file is not a batch file, or a bad Idempotency-Key"}},
 )
@@ -136,7 +138,10 @@ def create(
         if earlier is not None:
             return batch_object(_owned(batches, earlier, principal))
         try:
-            record = _create(body, principal, settings, files, batches, celery)
+            record = _create(body, principal, settings, files, batches, celery, client)
+        except OverQuota as exc:
+            claim.release()
+            raise over_quota(exc) from exc
         except BaseException:
             claim.release()
             raise
@@ -153,6 +158,7 @@ def _create(
     files: FilesDep,
     batches: BatchesDep,
     celery: CeleryDep,
+    client: RedisDep,
 ) -> BatchRecord:
     source = owned(files, body.input_file_id, principal)
     if source.kind != "upload" or source.purpose != "batch":
@@ -169,6 +175,9 @@ def _create(
             status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             detail=f"the input file holds more than {limit} requests (GENQ_MAX_BATCH_REQUESTS)",
         )
+    if not parsed.error_count:  # a batch that will fail validation adds no work
+        quotas = Quotas(client, quota_of(settings), settings.job_ttl_s)
+        quotas.admit(principal.owner, len(parsed.requests))
     output_id, error_id = new_file_id(), new_file_id()
     record = batches.create(
         principal.owner,

@@ -9,12 +9,12 @@ from fastapi.responses import JSONResponse
 
 from api.deps import CeleryDep, CompletionsDep, PrincipalDep, SettingsDep, async_jobs
 from api.idempotency import IdempotencyKey
-from api.responses import CREATES, V1
+from api.responses import SUBMITS, V1
 from api.routes.jobs import POLL_AFTER_S, enqueue, wait_final
 from api.schemas import Job, JobCreate
 from core.records import JobRecord
 
-router = APIRouter(prefix="/v1", tags=["jobs"], responses=V1 | CREATES)
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=V1 | SUBMITS)
 
 #: Retry-After of a failed answer whose error names no time of its own.
 RETRY_AFTER_S = 5

@@ -18,11 +18,12 @@ from api.deps import PrincipalDep, async_jobs
 from api.idempotency import AsyncIdempotency, IdempotencyKey, fingerprint
 from api.metrics import JOBS_SUBMITTED
 from api.publish import TaskMessages
-from api.responses import BY_ID, CREATES, V1
+from api.responses import BY_ID, SUBMITS, V1
 from api.schemas import Job, JobCreate, check_limits
 from core.connections import get_async_redis
 from core.contract import QUEUE_INTERACTIVE, JobMessage, task_argsrepr
 from core.errors import StorageUnavailable
+from core.quotas import OverQuota
 from core.records import AsyncJobs, JobRecord
 from core.settings import Settings, get_settings
 from worker.app import app as celery_app
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 
 #: How soon a client polling an unfinished job should come back, in seconds.
 POLL_AFTER_S = 1
+
+
+def over_quota(exc: OverQuota) -> HTTPException:
+    """429 for a key over its limits, saying which, with ``Retry-After``."""
+    headers = {"Retry-After": str(exc.retry_after_s)}
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=exc.message, headers=headers)
 
 
 def _unavailable(what: str) -> HTTPException:
@@ -70,6 +77,9 @@ async def enqueue(
     except StorageUnavailable as exc:
         await _forget(claim)
         raise _unavailable("the job store") from exc
+    except OverQuota as exc:
+        await _forget(claim)
+        raise over_quota(exc) from exc
     except BaseException:
         await _forget(claim)
         raise
@@ -148,7 +158,7 @@ def _messages(celery: Celery) -> TaskMessages:
     return TaskMessages(celery, QUEUE_INTERACTIVE)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=CREATES)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=SUBMITS)
 async def submit_job(
     body: JobCreate, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
 ) -> Response:

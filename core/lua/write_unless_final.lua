@@ -27,6 +27,10 @@ local new = redis.call('HGET', KEYS[1], 'status')
 if new == 'succeeded' or new == 'failed' then
   redis.call('ZREM', KEYS[3], id)
   redis.call('HDEL', KEYS[1], 'message', 'queue')  -- kept only to send a lost one again
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then  -- no longer the key's open work (owner_prelude.lua)
+    redis.call('ZREM', string.match(KEYS[1], '^(.*)job:') .. 'owner:' .. owner .. ':jobs', id)
+  end
   redis.call('PUBLISH', ARGV[6], id)  -- wakes the API's long-polls
 else
   local t = redis.call('TIME')
