@@ -18,10 +18,12 @@ from openai import OpenAI
 from openai.types import Batch
 
 from core import circuits
+from core.capacity import CallOutcome, CapacityStore
 from core.settings import Settings
 from simulator.server import SimulatorServer
 from tests.integration.conftest import ADMIN_KEY, API_KEY, OTHER_KEY, auth, wait_final
 from worker.generation import get_service
+from worker.limiter import limit_options
 from worker.upstream import UpstreamTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("celery_session_worker")]
@@ -451,4 +453,35 @@ def test_a_cancel_counts_the_items_never_released(
     cancelled = done.model_extra["genq"]["cancelled"]
     assert counts.completed + counts.failed + cancelled == 200
     assert cancelled >= before.model_extra["genq"]["backlog"]
+    assert sim.stats()["calls"] == counts.completed + counts.failed
+
+
+def test_after_a_cancel_no_item_waiting_for_a_call_slot_calls_the_upstream(
+    client: OpenAI, sim: SimulatorServer, r: redis.Redis, genq_settings: Settings
+) -> None:
+    """The target's call limit held but for one slot: of the worker's four threads, one
+    calls and three wait for the slot with their items in hand. Cancelled then, no item
+    that had not called the upstream calls it: an item is marked running only once it
+    holds a slot, and that mark is where a cancel stops it."""
+    model = f"simulator/cancel-{uuid.uuid4().hex[:8]}"
+    target = UpstreamTarget.from_settings(genq_settings, model).name
+    store = CapacityStore(r, limit_options(genq_settings))
+    held = [f"held-{i}" for i in range(genq_settings.upstream_initial_in_flight - 1)]
+    assert all(store.try_acquire(target, token).granted for token in held)
+    sim.configure(latency_ms=300)
+    try:
+        batch = run_batch(client, completion_lines(30, model=model))
+        time.sleep(1.0)  # a call or three made, the other threads waiting for the slot
+        client.batches.cancel(batch.id)
+        calls_at_cancel = sim.stats()["calls"]
+        done = wait_batch(client, batch.id, timeout_s=30)
+    finally:
+        for token in held:
+            store.release(target, token, CallOutcome.NEUTRAL, 0)
+    assert done.status == "cancelled"
+    counts = done.request_counts
+    assert counts is not None and done.model_extra is not None
+    assert counts.completed + counts.failed + done.model_extra["genq"]["cancelled"] == 30
+    # At most the one call that held the slot as the cancel landed may still start.
+    assert sim.stats()["calls"] <= calls_at_cancel + 1
     assert sim.stats()["calls"] == counts.completed + counts.failed

@@ -12,6 +12,8 @@ what a kill costs with the defaults.
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import sys
 import time
@@ -21,12 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 import requests
+from openai import OpenAI
 
 from core import keys
 from core.records import JobStore
 from devstack.redis import RedisProcess, free_port
 from simulator.server import SimulatorServer
 from tests.integration.conftest import (
+    API_KEY,
     auth,
     genq_env,
     start_process,
@@ -125,3 +129,67 @@ def test_a_sigkilled_worker_loses_no_job(own_redis: RedisProcess, restart: bool,
     assert statuses == {"succeeded": JOBS}, (statuses, errors)
     assert stats["overlapping"] == 0
     assert int(stats["repeated"]) <= in_flight  # type: ignore[call-overload]
+
+
+def test_a_sigkilled_worker_loses_no_batch_item_the_scheduler_released(
+    own_redis: RedisProcess,
+) -> None:
+    """A 300-line batch released 16 at a time (GENQ_BATCH_READY_DEPTH=16), two workers,
+    one SIGKILLed once 60 items are done, while the workers release after every item: the
+    batch completes with one line per item, none called by two copies at once. There is
+    no scheduler lock to die holding: each release is one Lua script, whole or not at all;
+    the killed worker's released items come back as its jobs do."""
+    total = 300
+    with SimulatorServer() as sim:
+        sim.configure(latency_ms=100)
+        env = genq_env(own_redis.url, sim.url, **ENV, GENQ_BATCH_READY_DEPTH="16")
+        port = str(free_port())
+        uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--log-level", "warning"]
+        procs = [start_process([*uvicorn, "--port", port], env, "kill-batch-api")]
+        workers = [start_worker(env, f"kill-batch-{n}", f"kill-batch-{n}") for n in range(2)]
+        url = f"http://127.0.0.1:{port}"
+        client = OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+        try:
+            wait_http(f"{url}/readyz")
+            lines = [
+                {
+                    "custom_id": f"item-{i}",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"prompt": f"kill batch {i}", "cache": "off", "fallback": "none"},
+                }
+                for i in range(total)
+            ]
+            data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+            upload = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
+            )
+            deadline = time.monotonic() + 60
+            while completed(client, batch.id) < 60:
+                assert time.monotonic() < deadline, "60 items never finished"
+                time.sleep(0.05)
+            workers[0].send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            in_flight = int(sim.stats()["in_flight"])  # type: ignore[call-overload]
+            workers[0].wait(timeout=10)
+            while (done := client.batches.retrieve(batch.id)).status != "completed":
+                assert time.monotonic() - killed_at < BOUND_S, done.request_counts
+                time.sleep(0.2)
+            output = client.files.content(done.output_file_id or "").text.splitlines()
+            stats = sim.stats()
+        finally:
+            for proc in procs + workers:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=15)
+    ids = Counter(json.loads(line)["custom_id"] for line in output)
+    assert done.request_counts is not None and done.request_counts.completed == total
+    assert ids == Counter(f"item-{i}" for i in range(total))  # each once
+    assert stats["overlapping"] == 0
+    assert int(stats["repeated"]) <= in_flight  # type: ignore[call-overload]
+
+
+def completed(client: OpenAI, batch_id: str) -> int:
+    counts = client.batches.retrieve(batch_id).request_counts
+    return counts.completed if counts else 0
