@@ -8,6 +8,7 @@ on the record is a digest of that key, never the key itself.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -48,3 +49,13 @@ def authenticate(key: str, settings: Settings) -> Principal | None:
     if not (admin or user):
         return None
     return Principal(owner=owner_of(key), admin=admin)
+
+
+def main() -> None:
+    """``python -m api.auth``: the owner id of a key (asked for, not echoed), as
+    ``GENQ_KEY_WEIGHTS`` and the scheduler name it; never the key itself."""
+    print(owner_of(getpass.getpass("API key: ").strip()))
+
+
+if __name__ == "__main__":
+    main()

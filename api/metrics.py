@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.probes import Monitor
+from core.batches import backlog
 from core.capacity import with_limits
 from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
@@ -35,14 +36,16 @@ JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API proce
 STATE_LABELS = tuple(code.label for code in CircuitState)
 
 
-Cluster = tuple[list[dict[str, Any]], list[tuple[str, int]]]
-"""What a scrape reads from Redis: every circuit's snapshot, and each queue's depth."""
+Cluster = tuple[list[dict[str, Any]], list[tuple[str, int]], dict[str, int]]
+"""What a scrape reads from Redis: every circuit's snapshot, each queue's depth, and the
+batch items waiting with the scheduler by owner id."""
 
 
 def read_cluster() -> Cluster:
     client = get_redis()
     circuits = with_limits(client, list_circuits(client))
-    return circuits, [(queue, int(client.llen(queue))) for queue in QUEUES]
+    depths = [(queue, int(client.llen(queue))) for queue in QUEUES]
+    return circuits, depths, backlog(client)
 
 
 class ClusterCollector(Collector):
@@ -58,7 +61,7 @@ class ClusterCollector(Collector):
         yield up
         if self._cluster is None:
             return
-        circuits, depths = self._cluster
+        circuits, depths, waiting = self._cluster
         state = GaugeMetricFamily(
             "genq_circuit_state", "1 for the state each circuit is in", labels=["circuit", "state"]
         )
@@ -78,7 +81,14 @@ class ClusterCollector(Collector):
         queued = GaugeMetricFamily("genq_queue_depth", "Messages waiting", labels=["queue"])
         for queue, depth in depths:
             queued.add_metric([queue], float(depth))
-        yield from (state, retry, transitions, queued)
+        backlog = GaugeMetricFamily(
+            "genq_batch_backlog_items",
+            "Batch items waiting with the scheduler, by key (its owner id, never the key)",
+            labels=["owner"],
+        )
+        for owner, items in waiting.items():
+            backlog.add_metric([owner], float(items))
+        yield from (state, retry, transitions, queued, backlog)
         yield from _limit_families(circuits)
 
 

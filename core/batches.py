@@ -11,7 +11,7 @@ transaction keeps every item's message, moves it to ``in_progress`` and enrolls 
 the scheduler (a batch is never partly accepted). The scheduler
 (``lua/sched_prelude.lua``) releases items onto the batch queue only as far as keeps it
 ``ready_depth`` deep, in a fair order: an equal share per owner (or as ``weights``
-say), then per batch; workers top the queue up after each item and on a tick
+say), then per batch; workers top the queue up as they take each item and on a tick
 (:meth:`BatchStore.release`). Workers call ``item_start`` (which takes the item's
 running lease, as a job's ``mark_running`` does) and ``item_finish`` (Lua,
 ``core/lua/``): the first final line of an item wins, and the item that accounts for
@@ -46,6 +46,7 @@ __all__ = [
     "BatchRecord",
     "BatchStore",
     "Scheduling",
+    "backlog",
     "item_request_id",
     "new_batch_id",
     "scheduling_of",
@@ -277,24 +278,6 @@ class BatchStore:
         found = self._guard(lambda: self._release(keys=[queue, *_sched_keys()], args=args))
         return int(cast(int, found))
 
-    def backlog(self) -> dict[str, int]:
-        """Items not yet released, by owner (the scheduler's waiting work)."""
-        owners = [
-            _text(o) for o in self._guard(lambda: self._redis.zrange(keys.sched_owners(), 0, -1))
-        ]
-        pipe = self._redis.pipeline(transaction=False)
-        for owner in owners:
-            pipe.zrange(keys.sched_owner(owner), 0, -1)
-        batch_ids = self._guard(pipe.execute)
-        waiting: dict[str, int] = {}
-        for owner, ids in zip(owners, batch_ids, strict=True):
-            pipe = self._redis.pipeline(transaction=False)
-            for batch_id in ids:
-                pipe.hmget(keys.batch(_text(batch_id)), "total", "released")
-            counts = self._guard(pipe.execute)
-            waiting[owner] = sum(int(t or 0) - int(r or 0) for t, r in counts)
-        return waiting
-
     def _sched_args(self) -> list[str | int]:
         return [
             self.scheduling.ready_depth,
@@ -449,6 +432,21 @@ class BatchStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StorageUnavailable(f"batch store unreachable: {type(exc).__name__}") from exc
+
+
+def backlog(client: redis.Redis) -> dict[str, int]:
+    """Batch items not yet released, by owner id: the scheduler's waiting work."""
+    owners = [_text(o) for o in client.zrange(keys.sched_owners(), 0, -1)]
+    pipe = client.pipeline(transaction=False)
+    for owner in owners:
+        pipe.zrange(keys.sched_owner(owner), 0, -1)
+    waiting: dict[str, int] = {}
+    for owner, ids in zip(owners, pipe.execute(), strict=True):
+        counts = client.pipeline(transaction=False)
+        for batch_id in ids:
+            counts.hmget(keys.batch(_text(batch_id)), "total", "released")
+        waiting[owner] = sum(int(t or 0) - int(r or 0) for t, r in counts.execute())
+    return waiting
 
 
 def _keep(pipe: Any, kept: str, first: int, messages: list[bytes]) -> int:

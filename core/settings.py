@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     API process through Redis (429 over it); unset: no limit."""
     key_weights: dict[str, PositiveFloat] = Field(default_factory=dict)
     """A key's share of the batch capacity against the others' (1 unless named), by the
-    key's owner id (``python -m api.auth <key>`` prints it; never the key itself)."""
+    key's owner id (``python -m api.auth`` prints it; never the key itself)."""
     max_upload_bytes: PositiveInt = 100 * 1024 * 1024
     """Largest file ``POST /v1/files`` accepts (413 above it)."""
     max_body_bytes: PositiveInt = 1024 * 1024

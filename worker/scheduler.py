@@ -2,10 +2,12 @@
 
 Batch items wait with the scheduler (``core.batches``, ``lua/sched_prelude.lua``) and
 are released onto the batch queue in a fair order, only as far as keeps it
-``GENQ_BATCH_READY_DEPTH`` deep. Every worker tops it up after each batch item it runs
-(the task does) and on a tick, in case nothing finishes (a fresh cluster, items all
-waiting on retries). Each release is one Lua script: there is no lock to hold, so a
-worker killed mid-release releases nothing twice and loses nothing.
+``GENQ_BATCH_READY_DEPTH`` deep. Every worker tops it up as it takes each batch item
+off the queue (the task does: the queue refills as fast as it drains, so idle threads
+never wait for a tick) and on a tick, in case nothing is taken (items all waiting on
+retries, a queue drained while no worker ran). Each release is one Lua script: there is
+no lock to hold, so a worker killed mid-release releases nothing twice and loses
+nothing.
 """
 
 from __future__ import annotations

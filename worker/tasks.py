@@ -45,6 +45,8 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
             error = InvalidJob(f"invalid job payload: {exc.error_count()} error(s)")
             service.fail_undecodable(job_id, error)
         return None
+    if message.batch is not None:
+        _releaser().release()  # this item left the batch queue: the next one in
     try:
         outcome = service.run(message)
     except Exception as exc:
@@ -52,9 +54,6 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         with contextlib.suppress(StorageUnavailable):
             service.fail(message, GenqError(f"internal error ({type(exc).__name__})"))
         raise
-    finally:
-        if message.batch is not None:
-            _releaser().release()  # this item is out of the way: the next one in
     if isinstance(outcome, RetryAfter):
         # The only retry layer: the slot is freed while the countdown runs. The message
         # carries what each budget spent; Flower keeps showing ids, never the prompt.

@@ -17,6 +17,7 @@ import requests
 from openai import OpenAI
 from openai.types import Batch
 
+from api.auth import owner_of
 from core import circuits
 from core.capacity import CallOutcome, CapacityStore
 from core.settings import Settings
@@ -485,3 +486,34 @@ def test_after_a_cancel_no_item_waiting_for_a_call_slot_calls_the_upstream(
     # At most the one call that held the slot as the cancel landed may still start.
     assert sim.stats()["calls"] <= calls_at_cancel + 1
     assert sim.stats()["calls"] == counts.completed + counts.failed
+
+
+def test_the_backlog_is_shown_on_the_batch_and_in_metrics(
+    client: OpenAI, api_url: str, r: redis.Redis, genq_settings: Settings
+) -> None:
+    """While a batch's items wait (every call slot of its target held elsewhere), what the
+    scheduler has not released is its ``genq.backlog``, and /metrics shows it under the
+    key's owner id (never the key); the batch queue stays at the ready depth."""
+    model = f"simulator/backlog-{uuid.uuid4().hex[:8]}"
+    target = UpstreamTarget.from_settings(genq_settings, model).name
+    store = CapacityStore(r, limit_options(genq_settings))
+    held = [f"held-{i}" for i in range(genq_settings.upstream_initial_in_flight)]
+    assert all(store.try_acquire(target, token).granted for token in held)
+    try:
+        batch = run_batch(client, completion_lines(300, model=model))
+        time.sleep(0.5)
+        backlog = client.batches.retrieve(batch.id).model_extra["genq"]["backlog"]  # type: ignore[index]
+        assert 300 - genq_settings.batch_ready_depth - 8 <= backlog < 300
+        line = f'genq_batch_backlog_items{{owner="{owner_of(API_KEY)}"}}'
+        deadline = time.monotonic() + 8  # the API's monitor reads the cluster every 5 s
+        while line not in (text := requests.get(f"{api_url}/metrics", timeout=5).text):
+            assert time.monotonic() < deadline, "no backlog in /metrics"
+            time.sleep(0.5)
+        shown = float(next(s for s in text.splitlines() if s.startswith(line)).split()[-1])
+        assert shown >= backlog - 8
+        assert API_KEY not in text
+        client.batches.cancel(batch.id)
+    finally:
+        for token in held:
+            store.release(target, token, CallOutcome.NEUTRAL, 0)
+    assert wait_batch(client, batch.id).status == "cancelled"
