@@ -14,7 +14,7 @@ something else here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from core.contract import (
     GenerationParams,
 )
 from core.contract import ChatMessage as Message
+from core.openai_batch import request_lines
 from core.settings import Settings
 
 __all__ = ["MAX_LISTED_ERRORS", "InputLine", "parse_lines"]
@@ -107,7 +108,7 @@ def parse_lines(
 ) -> Parsed:
     """Every line checked; the requests are only meant to be used when there is no error."""
     parsed, seen = Parsed(), set[str]()
-    for number, raw in _numbered(lines):
+    for number, raw in request_lines(lines):
         request = _one(raw, number, endpoint, settings, refuse_degraded, parsed)
         if request is None:
             continue
@@ -120,12 +121,6 @@ def parse_lines(
     if not parsed.requests and not parsed.error_count:
         parsed.fail(1, "empty_file", "the input file holds no request lines")
     return parsed
-
-
-def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    for number, raw in enumerate(lines, start=1):
-        if raw.strip():
-            yield number, raw
 
 
 def _one(

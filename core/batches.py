@@ -17,8 +17,8 @@ running lease, as a job's ``mark_running`` does) and ``item_finish`` (Lua,
 ``core/lua/``): the first final line of an item wins, and the item that accounts for
 the last one finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a
 cancel or the 24 h window stopped items before they ran). A batch still ``validating``
-after ``STALE_VALIDATING_S`` (its API process died mid-way) is failed with a reason
-when read.
+after ``STALE_VALIDATING_S`` (its API process died mid-way) is failed with a reason by
+the reconciler's sweep (:meth:`BatchStore.fail_stale`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,18 @@ import redis
 from pydantic import BaseModel
 
 from core import keys, scripts
+from core.contract import BatchEndpoint
 from core.errors import StorageUnavailable
 from core.records import LEASE_MS, MAX_REPUBLISH, Republished, Start
 from core.settings import Settings
 
 __all__ = [
+    "BatchCounts",
     "BatchError",
     "BatchRecord",
+    "BatchSources",
     "BatchStore",
+    "BatchTimes",
     "Scheduling",
     "backlog",
     "item_request_id",
@@ -69,28 +73,6 @@ STALE_VALIDATING_S = 600
 COMPLETION_WINDOW_S = 24 * 3600
 #: Lines read from Redis per range when a batch's output is streamed.
 LINES_PER_READ = 1000
-_TIMES = (
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-    "active_at",  # genq's own: when an item last started or ended (the reconciler's clock)
-)
-_COUNTS = (
-    "total",
-    "released",
-    "completed",
-    "failed",
-    "cancelled",
-    "output_bytes",
-    "error_bytes",
-)
-SOURCES = ("upstream", "cache", "excerpt")
 
 
 def new_batch_id() -> str:
@@ -113,22 +95,65 @@ class BatchError(BaseModel):
     param: str | None = None
 
 
+class BatchTimes(BaseModel):
+    """A batch's moments (epoch seconds): OpenAI's (``TIME_FIELDS``), and genq's own
+    ``active_at`` (an item last started or ended: the reconciler's clock)."""
+
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    active_at: int | None = None
+
+
+class BatchCounts(BaseModel):
+    """A batch's items (released: let onto the queue by the scheduler so far) and the
+    bytes of its output and error files."""
+
+    total: int = 0
+    released: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    output_bytes: int = 0
+    error_bytes: int = 0
+
+
+class BatchSources(BaseModel):
+    """Where the batch's completed items were answered from."""
+
+    upstream: int = 0
+    cache: int = 0
+    excerpt: int = 0
+
+
 class BatchRecord(BaseModel):
     """A batch as stored."""
 
     id: str
     owner: str
     status: BatchStatus
-    endpoint: str
+    endpoint: BatchEndpoint
     input_file_id: str
     completion_window: str
     metadata: dict[str, str] | None = None
     output_file_id: str
     error_file_id: str
     errors: list[BatchError] | None = None
-    times: dict[str, int]
-    counts: dict[str, int]
-    sources: dict[str, int]
+    times: BatchTimes
+    counts: BatchCounts
+    sources: BatchSources
+
+    @property
+    def backlog(self) -> int:
+        """Items still waiting with the scheduler (a stopped batch's are counted
+        cancelled)."""
+        return self.counts.total - self.counts.released if self.status == "in_progress" else 0
 
 
 @functools.cache
@@ -178,7 +203,7 @@ class BatchStore:
         self,
         owner: str,
         input_file_id: str,
-        endpoint: str,
+        endpoint: BatchEndpoint,
         completion_window: str,
         metadata: Mapping[str, str] | None,
         output_file_id: str,
@@ -207,6 +232,7 @@ class BatchStore:
             pipe.expire(keys.batch(batch_id), self._ttl_s)
             pipe.zadd(keys.batches(owner), {batch_id: time.time() * 1000})
             pipe.expire(keys.batches(owner), self._ttl_s)
+            pipe.zadd(keys.validating_batches(), {batch_id: now})  # until it starts or fails
             pipe.execute()
 
         self._guard(write)
@@ -290,20 +316,33 @@ class BatchStore:
         self._guard(lambda: self._cancel(self._keys(batch_id)[:2], [int(time.time())]))
 
     def get(self, batch_id: str) -> BatchRecord | None:
-        """The batch, or None; a batch whose enqueue died mid-way is failed here."""
+        """The batch as stored, or None (a read writes nothing)."""
         fields = _text_map(self._guard(lambda: self._redis.hgetall(keys.batch(batch_id))))
-        if not fields:
-            return None
-        created = int(fields.get("created_at", 0))
-        if fields["status"] == "validating" and time.time() - created > STALE_VALIDATING_S:
-            error = BatchError(
-                code="enqueue_interrupted",
-                message="the API process validating this batch stopped before enqueueing it; "
-                "nothing of it ran: create it again",
-            )
-            self.fail(batch_id, [error])
-            return self.get(batch_id)
-        return _record(fields)
+        return _record(fields) if fields else None
+
+    def fail_stale(self, now: float | None = None) -> list[str]:
+        """Fail the batches left ``validating`` over ``STALE_VALIDATING_S`` (the API
+        process creating them died before it enqueued them), saying why; the reconciler
+        calls it. Returns their ids."""
+        cutoff = (now if now is not None else time.time()) - STALE_VALIDATING_S
+        index = keys.validating_batches()
+        ids = [_text(i) for i in self._guard(lambda: self._redis.zrange(index, 0, -1))]
+        failed, moved_on = [], []
+        for batch_id in ids:
+            record = self.get(batch_id)
+            if record is None or record.status != "validating":
+                moved_on.append(batch_id)
+            elif record.times.created_at < cutoff:
+                error = BatchError(
+                    code="enqueue_interrupted",
+                    message="the API process validating this batch stopped before "
+                    "enqueueing it; nothing of it ran: create it again",
+                )
+                self.fail(batch_id, [error])
+                failed.append(batch_id)
+        if moved_on or failed:
+            self._guard(lambda: self._redis.zrem(index, *moved_on, *failed))
+        return failed
 
     def page(self, owner: str, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
         """One owner's batches, newest first, after the batch ``after``; and whether
@@ -471,6 +510,10 @@ def _text_map(fields: Mapping[Any, Any]) -> dict[str, str]:
 def _record(fields: dict[str, str]) -> BatchRecord:
     errors = fields.get("errors")
     metadata = fields.get("metadata")
+
+    def ints(names: Iterable[str], prefix: str = "") -> dict[str, int]:
+        return {n: int(fields[prefix + n]) for n in names if prefix + n in fields}
+
     return BatchRecord(
         id=fields["id"],
         owner=fields["owner"],
@@ -482,7 +525,7 @@ def _record(fields: dict[str, str]) -> BatchRecord:
         output_file_id=fields["output_file_id"],
         error_file_id=fields["error_file_id"],
         errors=[BatchError.model_validate(e) for e in json.loads(errors)] if errors else None,
-        times={name: int(fields[name]) for name in _TIMES if name in fields},
-        counts={name: int(fields.get(name, 0)) for name in _COUNTS},
-        sources={name: int(fields.get(f"source_{name}", 0)) for name in SOURCES},
+        times=BatchTimes(**ints(BatchTimes.model_fields)),
+        counts=BatchCounts(**ints(BatchCounts.model_fields)),
+        sources=BatchSources(**ints(BatchSources.model_fields, "source_")),
     )

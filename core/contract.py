@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -45,6 +45,7 @@ __all__ = [
     "ModelId",
     "RefusalReason",
     "Source",
+    "batch_item_payload",
     "task_argsrepr",
     "utcnow",
 ]
@@ -295,6 +296,25 @@ class JobMessage(_Strict):
     batch's window, they spend no retry budget."""
     lease_waits: int = Field(default=0, ge=0)
     """Times the job came back later because another copy held its running lease."""
+
+
+def batch_item_payload(
+    request_id: str, request: GenerateRequest, item: BatchItem, owner: str
+) -> dict[str, Any]:
+    """A batch item's ``genq.generate`` argument: the dict :class:`JobMessage` decodes,
+    built from values validated already (building the model again for each of a large
+    batch's items cost more than the rest of its message; the worker validates it)."""
+    return {
+        "job_id": request_id,
+        "request": request.model_dump(mode="json", exclude_defaults=True),
+        "batch": {
+            "batch_id": item.batch_id,
+            "index": item.index,
+            "custom_id": item.custom_id,
+            "endpoint": item.endpoint,
+        },
+        "owner": owner,
+    }
 
 
 def task_argsrepr(job_id: str, batch_id: str | None = None) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "sched",
     "sched_owner",
     "sched_owners",
+    "validating_batches",
 ]
 
 PREFIX = "genq:"
@@ -130,6 +131,12 @@ def batch_output(batch_id: str) -> str:
 def batch_errors(batch_id: str) -> str:
     """List of a batch's error lines (JSON), in the order they finished."""
     return f"{PREFIX}batch:{{{batch_id}}}:errors"
+
+
+def validating_batches() -> str:
+    """Sorted set of batches created and not yet started or failed, by creation (s): a
+    batch left there too long lost its API process (the reconciler fails it)."""
+    return f"{PREFIX}batches:validating"
 
 
 def open_batches() -> str:

@@ -40,8 +40,8 @@ from core.batches import BatchRecord, BatchStore, item_request_id
 from core.contract import QUEUE_BATCH, BatchItem, JobError
 from core.errors import JobLost, StorageUnavailable
 from core.files import FileStore
+from core.openai_batch import custom_id_of, error_line, request_lines
 from core.records import MAX_REPUBLISH, JobStore, Republished, Start
-from worker.batch_output import error_line
 
 __all__ = ["GRACE_S", "MAX_SCAN", "SWEEP_EVERY_S", "Reconciler"]
 
@@ -97,6 +97,9 @@ class Reconciler:
         lock = f"{keys.PREFIX}reconciler:lock"
         if not self._redis.set(lock, "1", nx=True, px=int(self._every_s * 900)):
             return []
+        if self._batches is not None:
+            for batch_id in self._batches.fail_stale():
+                log.warning("reconciler.batch_interrupted", extra={"batch_id": batch_id})
         cutoff_ms = (time.time() - self._grace_s) * 1000
         quiet = [
             _text(j) for j in self._redis.zrangebyscore(keys.open_jobs(), 0, cutoff_ms, 0, 1000)
@@ -164,9 +167,9 @@ class Reconciler:
                 self._batches.forget(batch_id)
                 continue
             times = batch.times
-            if max(times.get("in_progress_at", 0), times.get("active_at", 0)) > cutoff_s:
+            if max(times.in_progress_at or 0, times.active_at or 0) > cutoff_s:
                 continue  # items are moving: nothing is stuck yet
-            released = batch.counts["released"]  # the rest wait with the scheduler
+            released = batch.counts.released  # the rest wait with the scheduler
             items += [(batch, index) for index in self._batches.unfinished(batch_id, released)]
         return items
 
@@ -180,8 +183,9 @@ class Reconciler:
         if start is not Start.RUN:
             return start is Start.DONE
         custom_id = self._custom_id(batch.input_file_id, index) or f"(line {index + 1})"
-        endpoint = "/v1/chat/completions" if "chat" in batch.endpoint else "/v1/completions"
-        item = BatchItem(batch_id=batch.id, index=index, custom_id=custom_id, endpoint=endpoint)
+        item = BatchItem(
+            batch_id=batch.id, index=index, custom_id=custom_id, endpoint=batch.endpoint
+        )
         error = JobLost(_LOST.format(why=why))
         line = error_line(item, request_id, JobError(type=error.type, message=error.message))
         written = self._batches.item_finish(batch.id, index, request_id, line, error=True)
@@ -194,12 +198,9 @@ class Reconciler:
         as the API numbered them), or None if the input file is gone."""
         if self._files is None:
             return None
-        lines = (raw for raw in self._files.lines(file_id) if raw.strip())
-        for number, raw in enumerate(lines):
+        for number, (_, raw) in enumerate(request_lines(self._files.lines(file_id))):
             if number == index:
-                line = _loads(raw)
-                custom_id = line.get("custom_id") if isinstance(line, dict) else None
-                return custom_id if isinstance(custom_id, str) and custom_id else None
+                return custom_id_of(raw)
         return None
 
     def _fail(self, job_id: str, why: str) -> bool:

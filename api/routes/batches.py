@@ -27,9 +27,17 @@ from api.responses import BY_ID, SUBMITS, V1
 from api.routes.files import owned, unavailable
 from api.routes.jobs import over_quota
 from core.batches import BatchRecord, BatchStore, item_request_id
-from core.contract import QUEUE_BATCH, BatchEndpoint, GenerateRequest, task_argsrepr
+from core.contract import (
+    QUEUE_BATCH,
+    BatchEndpoint,
+    BatchItem,
+    GenerateRequest,
+    batch_item_payload,
+    task_argsrepr,
+)
 from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
+from core.openai_batch import batch_object
 from core.quotas import OverQuota, Quotas, quota_of
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1)
@@ -50,56 +58,6 @@ class BatchCreate(BaseModel):
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
     ) = Field(default=None, max_length=16)
     output_expires_after: dict[str, Any] | None = None
-
-
-def batch_object(record: BatchRecord) -> dict[str, Any]:
-    """The batch as OpenAI's ``Batch`` object, with genq's figures in ``genq``."""
-    times = record.times
-    counts = record.counts
-    errors = None
-    if record.errors:
-        data = [e.model_dump() for e in record.errors]
-        errors = {"object": "list", "data": data}
-    # Items still waiting with the scheduler, not yet on the queue (a stopped batch's
-    # are counted cancelled).
-    running = record.status == "in_progress"
-    backlog = counts["total"] - counts["released"] if running else 0
-    return {
-        "id": record.id,
-        "object": "batch",
-        "endpoint": record.endpoint,
-        "errors": errors,
-        "input_file_id": record.input_file_id,
-        "completion_window": record.completion_window,
-        "status": record.status,
-        "output_file_id": record.output_file_id,
-        "error_file_id": record.error_file_id,
-        **{name: times.get(name) for name in _TIME_FIELDS},
-        "request_counts": {
-            "total": counts["total"],
-            "completed": counts["completed"],
-            "failed": counts["failed"],
-        },
-        "metadata": record.metadata,
-        "genq": {
-            "counts_by_source": record.sources,
-            "cancelled": counts["cancelled"],
-            "backlog": backlog,
-        },
-    }
-
-
-_TIME_FIELDS = (
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
 
 
 def _owned(batches: BatchStore, batch_id: str, principal: Principal) -> BatchRecord:
@@ -214,17 +172,13 @@ def _messages(
     messages: TaskMessages, batch: BatchRecord, requests: list[tuple[str, GenerateRequest]]
 ) -> Iterator[bytes]:
     """Each item's ``genq.generate`` message (a ``JobMessage``, whose ``job_id`` is the
-    item's request id), built as a plain dict from values validated already: building
-    the model again costs more than the rest of the message (the worker validates it)."""
+    item's request id: ``batch_item_payload``, what the worker decodes)."""
     for index, (custom_id, request) in enumerate(requests):
         request_id = item_request_id(batch.id, index)
-        item = {"batch_id": batch.id, "index": index, "custom_id": custom_id}
-        payload = {
-            "job_id": request_id,
-            "request": request.model_dump(mode="json", exclude_defaults=True),
-            "batch": item | {"endpoint": batch.endpoint},
-            "owner": batch.owner,
-        }
+        item = BatchItem.model_construct(
+            batch_id=batch.id, index=index, custom_id=custom_id, endpoint=batch.endpoint
+        )
+        payload = batch_item_payload(request_id, request, item, batch.owner)
         # Flower shows argsrepr: the item's ids, never its prompt.
         yield messages.message(request_id, payload, task_argsrepr(request_id, batch.id))
 

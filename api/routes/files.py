@@ -59,8 +59,10 @@ def file_object(record: FileRecord, batches: BatchStore, ttl_s: int) -> dict[str
     size = record.bytes
     if record.batch_id is not None:
         batch = batches.get(record.batch_id)
-        kind = "output_bytes" if record.kind == "output" else "error_bytes"
-        size = batch.counts[kind] if batch else 0
+        size = 0
+        if batch is not None:
+            counts = batch.counts
+            size = counts.output_bytes if record.kind == "output" else counts.error_bytes
     return {
         "id": record.id,
         "object": "file",

@@ -46,11 +46,11 @@ def test_an_item_that_ends_twice_is_counted_once(store: BatchStore, r: redis.Red
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "completed"
-    assert (batch.counts["completed"], batch.counts["failed"]) == (1, 1)
-    assert batch.sources == {"upstream": 0, "cache": 1, "excerpt": 0}
+    assert (batch.counts.completed, batch.counts.failed) == (1, 1)
+    assert batch.sources.model_dump() == {"upstream": 0, "cache": 1, "excerpt": 0}
     assert list(store.lines(batch_id, "output")) == [b'{"a":1}\n']
     assert list(store.lines(batch_id, "error")) == [b'{"e":1}\n']
-    assert batch.times["completed_at"] >= batch.times["in_progress_at"]
+    assert (batch.times.completed_at or 0) >= (batch.times.in_progress_at or 1)
 
 
 def test_after_a_cancel_items_not_started_are_counted_and_never_run(store: BatchStore) -> None:
@@ -66,7 +66,7 @@ def test_after_a_cancel_items_not_started_are_counted_and_never_run(store: Batch
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "cancelled"
-    assert (batch.counts["completed"], batch.counts["failed"], batch.counts["cancelled"]) == (
+    assert (batch.counts.completed, batch.counts.failed, batch.counts.cancelled) == (
         1,
         0,
         2,
@@ -88,9 +88,15 @@ def test_a_batch_cancelled_while_validating_enqueues_nothing(
 def test_a_batch_left_validating_by_a_dead_api_process_is_failed_with_a_reason(
     store: BatchStore, r: redis.Redis
 ) -> None:
-    """A batch still validating long after its creation is failed when read, saying why."""
+    """A batch still validating long after its creation is failed by the sweep, saying
+    why; reading it writes nothing; a batch that started is left alone."""
     batch = store.create("owner", "file-in", "/v1/completions", "24h", None, "file-o", "file-e")
-    r.hset(keys.batch(batch.id), "created_at", int(time.time()) - STALE_VALIDATING_S - 1)
+    started = store.create("owner", "file-in", "/v1/completions", "24h", None, "f-o", "f-e")
+    assert store.start(started.id, "owner", f"test-{uuid.uuid4().hex}", [b"m"], 1)
+    later = time.time() + STALE_VALIDATING_S + 1
+    assert store.get(batch.id).status == "validating"  # type: ignore[union-attr]
+    assert batch.id in store.fail_stale(now=later)
+    assert started.id not in store.fail_stale(now=later)
     found = store.get(batch.id)
     assert found is not None
     assert found.status == "failed"
@@ -108,7 +114,7 @@ def test_items_of_an_expired_batch_do_not_run(store: BatchStore, r: redis.Redis)
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "expired"
-    assert batch.counts["cancelled"] == 1
+    assert batch.counts.cancelled == 1
 
 
 def test_a_second_copy_of_a_running_item_does_not_run_it(store: BatchStore, r: redis.Redis) -> None:

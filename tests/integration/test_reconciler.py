@@ -151,7 +151,7 @@ def test_a_lost_batch_item_is_sent_again_and_the_counts_add_up(db: redis.Redis) 
         assert batches.item_finish(batch_id, i, rid[i], "{}", error=False, source="cache")
     batch = batches.get(batch_id)
     assert batch is not None and batch.status == "completed"
-    assert (batch.counts["completed"], batch.counts["failed"]) == (4, 0)
+    assert (batch.counts.completed, batch.counts.failed) == (4, 0)
     db.delete(f"{keys.PREFIX}reconciler:lock")
     reconciler.sweep()
     assert batch_id not in batches.started()
@@ -176,7 +176,7 @@ def test_a_lost_item_that_cannot_be_sent_again_gets_its_error_line(db: redis.Red
     ]
     batch = batches.get(batch_id)
     assert batch is not None and batch.status == "in_progress"
-    assert (batch.counts["completed"], batch.counts["failed"]) == (1, 1)
+    assert (batch.counts.completed, batch.counts.failed) == (1, 1)
     assert batches.unfinished(batch_id, 4) == [0, 1]
 
     assert batches.item_start(batch_id, 0, rid[0]) is Start.RUN
@@ -184,7 +184,7 @@ def test_a_lost_item_that_cannot_be_sent_again_gets_its_error_line(db: redis.Red
         assert batches.item_finish(batch_id, i, rid[i], "{}", error=False, source="cache")
     batch = batches.get(batch_id)
     assert batch is not None and batch.status == "completed"
-    assert (batch.counts["completed"], batch.counts["failed"]) == (3, 1)
+    assert (batch.counts.completed, batch.counts.failed) == (3, 1)
     db.delete(f"{keys.PREFIX}reconciler:lock")
     reconciler.sweep()
     assert batch_id not in batches.started()
@@ -202,7 +202,7 @@ def test_a_lost_item_of_a_cancelling_batch_is_counted_cancelled(db: redis.Redis)
     assert sweep_twice(reconciler, db) == [rid[1]]
     batch = batches.get(batch_id)
     assert batch is not None and batch.status == "cancelled"
-    assert (batch.counts["completed"], batch.counts["cancelled"]) == (1, 1)
+    assert (batch.counts.completed, batch.counts.cancelled) == (1, 1)
     assert list(batches.lines(batch_id, "error")) == []
 
 

@@ -62,7 +62,7 @@ def test_items_are_released_only_as_deep_as_the_queue_is_kept(r: redis.Redis, qu
     drain(r, queue)
     assert s.release(queue) == 2  # what was left
     record = s.get(batch_id)
-    assert record is not None and record.counts["released"] == 12
+    assert record is not None and record.counts.released == 12
 
 
 def test_keys_share_equally_then_batches_within_a_key(r: redis.Redis, queue: str) -> None:
@@ -108,7 +108,7 @@ def test_a_cancel_counts_the_items_never_released_and_releases_no_more(
     s.cancel(batch_id)
     record = s.get(batch_id)
     assert record is not None and record.status == "cancelling"
-    assert record.counts["cancelled"] == 6  # the 4 released still may start, or be counted
+    assert record.counts.cancelled == 6  # the 4 released still may start, or be counted
     drain(r, queue)
     assert s.release(queue) == 0
     assert r.zcard(keys.sched_owners()) == 0  # the scheduler let it go

@@ -10,8 +10,9 @@ from typing import Any
 from api.batch_input import MAX_LISTED_ERRORS, parse_lines
 from api.publish import TaskMessages
 from api.routes.batches import _messages
-from core.batches import BatchRecord
-from core.contract import JobMessage
+from core.batches import BatchCounts, BatchRecord, BatchSources, BatchTimes
+from core.contract import BatchItem, GenerateRequest, JobMessage, batch_item_payload
+from core.openai_batch import custom_id_of, request_lines
 from core.settings import Settings
 from worker.app import app
 
@@ -95,9 +96,9 @@ def test_each_batch_message_carries_a_valid_job_message() -> None:
         completion_window="24h",
         output_file_id="o",
         error_file_id="e",
-        times={},
-        counts={},
-        sources={},
+        times=BatchTimes(created_at=0),
+        counts=BatchCounts(),
+        sources=BatchSources(),
     )
     raw = list(_messages(TaskMessages(app, "batch"), batch, parsed.requests))
     jobs = []
@@ -110,3 +111,24 @@ def test_each_batch_message_carries_a_valid_job_message() -> None:
     assert [(j.batch.index, j.batch.custom_id) for j in jobs if j.batch] == [(0, "c1"), (1, "c2")]
     assert jobs[1].request.params.max_new_tokens == 5
     assert len({j.job_id for j in jobs}) == 2
+
+
+def test_an_items_payload_is_what_the_worker_decodes() -> None:
+    """The API builds each item's argument as a dict (no model per item); the worker's
+    JobMessage decodes exactly the message it was built from."""
+    request = GenerateRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "params": {"max_new_tokens": 8}}
+    )
+    item = BatchItem(
+        batch_id="batch_x", index=3, custom_id="req-3", endpoint="/v1/chat/completions"
+    )
+    payload = batch_item_payload("batch_req_x", request, item, "o" * 32)
+    decoded = JobMessage.model_validate(json.loads(json.dumps(payload)))
+    assert decoded == JobMessage(job_id="batch_req_x", request=request, batch=item, owner="o" * 32)
+
+
+def test_item_i_is_the_ith_request_line_blank_lines_skipped() -> None:
+    lines = [b'{"custom_id": "a"}', b"", b"  ", b'{"custom_id": "b"}', b"not json"]
+    numbered = list(request_lines(lines))
+    assert [n for n, _ in numbered] == [1, 4, 5]
+    assert [custom_id_of(raw) for _, raw in numbered] == ["a", "b", None]
