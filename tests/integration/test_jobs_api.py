@@ -170,3 +170,14 @@ def test_health_routes_need_no_key(api_url: str) -> None:
     assert metrics.status_code == 200
     assert "genq_redis_up 1.0" in metrics.text
     assert 'genq_queue_depth{queue="interactive"}' in metrics.text
+
+
+@pytest.mark.parametrize(("wait", "says"), [("0", "greater than 0"), ("61", "60"), ("x", "number")])
+def test_a_bad_wait_s_is_a_422_naming_it(api_url: str, wait: str, says: str) -> None:
+    """``wait_s`` is read by the route, checked with the bounds the schema documents."""
+    job_id = submit(api_url, {"prompt": "wait"}).json()["id"]
+    resp = requests.get(f"{api_url}/v1/jobs/{job_id}?wait_s={wait}", headers=auth(), timeout=5)
+    assert resp.status_code == 422
+    (error,) = resp.json()["detail"]
+    assert error["loc"] == ["query", "wait_s"] and says in error["msg"]
+    assert "input" not in error
