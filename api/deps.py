@@ -15,11 +15,12 @@ from fastapi.routing import APIRoute, APIRouter
 
 from api.auth import Principal, authenticate
 from api.completions import Completions
-from core.batches import BatchStore, scheduling_of
+from core.batches import BatchStore
 from core.connections import get_async_redis, get_binary_redis, get_redis
 from core.files import FileStore
 from core.quotas import quota_of
 from core.records import AsyncJobs
+from core.scheduler import scheduling_of
 from core.settings import Settings, get_settings
 from worker.app import app as celery_app
 

@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.probes import Monitor
-from core.batches import backlog
 from core.capacity import with_limits
 from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
+from core.scheduler import backlog
 from worker.app import QUEUES
 
 __all__ = ["JOBS_SUBMITTED", "ClusterCollector", "read_cluster", "router"]

@@ -8,11 +8,8 @@ Everything expires ``GENQ_RESULT_TTL_S`` after its last write.
 Lifecycle: ``create`` writes the batch as ``validating``; the API validates every input
 line, then either ``fail``s it with the line errors or ``start``s it, which in one Redis
 transaction keeps every item's message, moves it to ``in_progress`` and enrolls it with
-the scheduler (a batch is never partly accepted). The scheduler
-(``lua/sched_prelude.lua``) releases items onto the batch queue only as far as keeps it
-``ready_depth`` deep, in a fair order: an equal share per owner (or as ``weights``
-say), then per batch; workers top the queue up as they take each item and on a tick
-(:meth:`BatchStore.release`). Workers call ``item_start`` (which takes the item's
+the scheduler (a batch is never partly accepted); the scheduler (``core.scheduler``) then lets its
+items onto the batch queue in turn. Workers call ``item_start`` (which takes the item's
 running lease, as a job's ``mark_running`` does) and ``item_finish`` (Lua,
 ``core/lua/``): the first final line of an item wins, and the item that accounts for
 the last one finalizes the batch (``completed``, or ``cancelled`` / ``expired`` when a
@@ -30,8 +27,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 import redis
 from pydantic import BaseModel
@@ -40,7 +36,7 @@ from core import keys, scripts
 from core.contract import BatchEndpoint
 from core.errors import StorageUnavailable
 from core.records import LEASE_MS, MAX_REPUBLISH, Republished, Start
-from core.settings import Settings
+from core.scheduler import Scheduler, Scheduling
 
 __all__ = [
     "BatchCounts",
@@ -49,11 +45,8 @@ __all__ = [
     "BatchSources",
     "BatchStore",
     "BatchTimes",
-    "Scheduling",
-    "backlog",
     "item_request_id",
     "new_batch_id",
-    "scheduling_of",
 ]
 
 T = TypeVar("T")
@@ -157,28 +150,9 @@ class BatchRecord(BaseModel):
 
 
 @functools.cache
-def _script(name: str, *preludes: str) -> str:
-    """A batch script after batch_prelude.lua and ``preludes`` (read on first use)."""
-    head = "".join(scripts.load("core", p) for p in ("batch_prelude", *preludes))
-    return scripts.load("core", name, head)
-
-
-@dataclass(frozen=True)
-class Scheduling:
-    """How the scheduler releases batch items (``GENQ_BATCH_READY_DEPTH``,
-    ``GENQ_KEY_WEIGHTS``): the queue depth it keeps, and each owner's weight (1 unless
-    named)."""
-
-    ready_depth: int = 64
-    weights: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def packed_weights(self) -> str:
-        return json.dumps(dict(self.weights))
-
-
-def scheduling_of(settings: Settings) -> Scheduling:
-    return Scheduling(settings.batch_ready_depth, settings.key_weights)
+def _script(name: str) -> str:
+    """A batch script after batch_prelude.lua (read on first use)."""
+    return scripts.load("core", name, scripts.load("core", "batch_prelude"))
 
 
 class BatchStore:
@@ -189,9 +163,7 @@ class BatchStore:
     ) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self.scheduling = scheduling or Scheduling()
-        self._enroll = client.register_script(_script("batch_enroll", "sched_prelude"))
-        self._release = client.register_script(_script("batch_release", "sched_prelude"))
+        self.scheduler = Scheduler(client, scheduling or Scheduling())
         self._start = client.register_script(_script("batch_item_start"))
         self._finish = client.register_script(_script("batch_item_finish"))
         self._cancel = client.register_script(_script("batch_cancel"))
@@ -286,9 +258,7 @@ class BatchStore:
                 pipe.zadd(keys.open_batches(), {batch_id: time.time() * 1000})
                 pipe.zadd(keys.owner_batches(owner), {batch_id: time.time() * 1000})
                 pipe.expire(keys.owner_batches(owner), self._ttl_s)
-                enroll_keys = [key, keys.batch_items(batch_id), queue, *_sched_keys()]
-                args = [keys.PREFIX, batch_id, owner, *self._sched_args()]
-                self._enroll(keys=enroll_keys, args=args, client=pipe)
+                self.scheduler.enroll(pipe, batch_id, owner, queue)
                 pipe.execute()
                 return True
 
@@ -296,20 +266,6 @@ class BatchStore:
             return self._guard(enqueue)
         except redis.WatchError:
             return False
-
-    def release(self, queue: str) -> int:
-        """Top ``queue`` up to the ready depth with the next items in the scheduler's fair
-        order (batch_release.lua); returns how many were released."""
-        args = [keys.PREFIX, *self._sched_args()]
-        found = self._guard(lambda: self._release(keys=[queue, *_sched_keys()], args=args))
-        return int(cast(int, found))
-
-    def _sched_args(self) -> list[str | int]:
-        return [
-            self.scheduling.ready_depth,
-            self.scheduling.packed_weights,
-            int(time.time()),
-        ]
 
     def cancel(self, batch_id: str) -> None:
         """Stop the batch: items not yet started will not run; see batch_cancel.lua."""
@@ -473,30 +429,11 @@ class BatchStore:
             raise StorageUnavailable(f"batch store unreachable: {type(exc).__name__}") from exc
 
 
-def backlog(client: redis.Redis) -> dict[str, int]:
-    """Batch items not yet released, by owner id: the scheduler's waiting work."""
-    owners = [_text(o) for o in client.zrange(keys.sched_owners(), 0, -1)]
-    pipe = client.pipeline(transaction=False)
-    for owner in owners:
-        pipe.zrange(keys.sched_owner(owner), 0, -1)
-    waiting: dict[str, int] = {}
-    for owner, ids in zip(owners, pipe.execute(), strict=True):
-        counts = client.pipeline(transaction=False)
-        for batch_id in ids:
-            counts.hmget(keys.batch(_text(batch_id)), "total", "released")
-        waiting[owner] = sum(int(t or 0) - int(r or 0) for t, r in counts.execute())
-    return waiting
-
-
 def _keep(pipe: Any, kept: str, first: int, messages: list[bytes]) -> int:
     """Keep ``messages`` (items ``first``, ``first + 1``, …) for the scheduler to release;
     returns the index of the next item."""
     pipe.hset(kept, mapping=dict(enumerate(messages, start=first)))
     return first + len(messages)
-
-
-def _sched_keys() -> list[str]:
-    return [keys.sched_owners(), keys.sched()]
 
 
 def _text(value: object) -> str:

@@ -40,7 +40,7 @@ import os
 import time
 from collections.abc import Callable
 
-from core.batches import BatchStore, scheduling_of
+from core.batches import BatchStore
 from core.connections import get_redis
 from core.contract import Attempt, GenerateRequest, JobError, JobMessage, JobResult
 from core.errors import (
@@ -53,6 +53,7 @@ from core.errors import (
     UpstreamRejected,
 )
 from core.records import LEASE_MS, JobStore, Start
+from core.scheduler import scheduling_of
 from core.settings import Settings, get_settings
 from worker.backoff import RetryPolicy
 from worker.batch_output import BatchItemRecords

@@ -1,6 +1,6 @@
 """The batch scheduler's worker side: keep the batch queue topped up.
 
-Batch items wait with the scheduler (``core.batches``, ``lua/sched_prelude.lua``) and
+Batch items wait with the scheduler (``core.scheduler``, ``lua/sched_prelude.lua``) and
 are released onto the batch queue in a fair order, only as far as keeps it
 ``GENQ_BATCH_READY_DEPTH`` deep. Every worker tops it up as it takes each batch item
 off the queue (the task does: the queue refills as fast as it drains, so idle threads
@@ -17,8 +17,8 @@ import threading
 
 import redis
 
-from core.batches import BatchStore
 from core.errors import StorageUnavailable
+from core.scheduler import Scheduler
 
 __all__ = ["TICK_S", "Releaser"]
 
@@ -29,16 +29,16 @@ TICK_S = 1.0
 
 
 class Releaser:
-    """Tops ``queue`` up from ``store``'s scheduler; :meth:`start` ticks in a daemon thread."""
+    """Tops ``queue`` up from ``scheduler``; :meth:`start` ticks in a daemon thread."""
 
-    def __init__(self, store: BatchStore, queue: str, every_s: float = TICK_S) -> None:
-        self._store, self._queue, self._every_s = store, queue, every_s
+    def __init__(self, scheduler: Scheduler, queue: str, every_s: float = TICK_S) -> None:
+        self._scheduler, self._queue, self._every_s = scheduler, queue, every_s
 
     def release(self) -> int:
         """Top the queue up now; how many items were released (0 if Redis is down: the
         next one tries again)."""
         try:
-            return self._store.release(self._queue)
+            return self._scheduler.release(self._queue)
         except (StorageUnavailable, redis.RedisError) as exc:
             log.warning("scheduler.release_failed", extra={"error": type(exc).__name__})
             return 0

@@ -81,7 +81,7 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
 def _releaser() -> Releaser:
     batches = get_service().batches
     assert batches is not None, "a worker has a batch store"
-    return Releaser(batches, QUEUE_BATCH)
+    return Releaser(batches.scheduler, QUEUE_BATCH)
 
 
 @signals.worker_ready.connect

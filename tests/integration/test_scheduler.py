@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from core import keys
-from core.batches import BatchStore, Scheduling
+from core.batches import BatchStore
+from core.scheduler import Scheduling
 
 pytestmark = pytest.mark.integration
 
@@ -56,11 +57,11 @@ def test_items_are_released_only_as_deep_as_the_queue_is_kept(r: redis.Redis, qu
     s = store(r, 5)
     batch_id = start(s, queue, "a", 12)
     assert r.llen(queue) == 5
-    assert s.release(queue) == 0  # still 5 deep
+    assert s.scheduler.release(queue) == 0  # still 5 deep
     drain(r, queue)
-    assert s.release(queue) == 5
+    assert s.scheduler.release(queue) == 5
     drain(r, queue)
-    assert s.release(queue) == 2  # what was left
+    assert s.scheduler.release(queue) == 2  # what was left
     record = s.get(batch_id)
     assert record is not None and record.counts.released == 12
 
@@ -71,8 +72,8 @@ def test_keys_share_equally_then_batches_within_a_key(r: redis.Redis, queue: str
     s = store(r, 0)
     a1, a2 = start(s, queue, "a", 100), start(s, queue, "a", 100)
     b1 = start(s, queue, "b", 100)
-    s.scheduling = Scheduling(12)
-    assert s.release(queue) == 12
+    s.scheduler.scheduling = Scheduling(12)
+    assert s.scheduler.release(queue) == 12
     released = Counter(drain(r, queue))
     assert released == {b1: 6, a1: 3, a2: 3}
 
@@ -80,8 +81,8 @@ def test_keys_share_equally_then_batches_within_a_key(r: redis.Redis, queue: str
 def test_a_weight_changes_a_keys_share(r: redis.Redis, queue: str) -> None:
     s = store(r, 0)
     heavy, light = start(s, queue, "heavy", 100), start(s, queue, "light", 100)
-    s.scheduling = Scheduling(30, {"heavy": 2.0})
-    s.release(queue)
+    s.scheduler.scheduling = Scheduling(30, {"heavy": 2.0})
+    s.scheduler.release(queue)
     assert Counter(drain(r, queue)) == {heavy: 20, light: 10}
 
 
@@ -93,10 +94,10 @@ def test_a_newcomer_takes_its_share_from_now_on_not_for_the_time_it_was_away(
     s = store(r, 50)
     a = start(s, queue, "a", 200)
     drain(r, queue)
-    s.scheduling = Scheduling(0)
+    s.scheduler.scheduling = Scheduling(0)
     b = start(s, queue, "b", 200)
-    s.scheduling = Scheduling(20)
-    s.release(queue)
+    s.scheduler.scheduling = Scheduling(20)
+    s.scheduler.release(queue)
     assert Counter(drain(r, queue)) == {a: 10, b: 10}
 
 
@@ -110,5 +111,5 @@ def test_a_cancel_counts_the_items_never_released_and_releases_no_more(
     assert record is not None and record.status == "cancelling"
     assert record.counts.cancelled == 6  # the 4 released still may start, or be counted
     drain(r, queue)
-    assert s.release(queue) == 0
+    assert s.scheduler.release(queue) == 0
     assert r.zcard(keys.sched_owners()) == 0  # the scheduler let it go
