@@ -46,7 +46,7 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
             service.fail_undecodable(job_id, error)
         return None
     if message.batch is not None:
-        _releaser().release()  # this item left the batch queue: the next one in
+        _releaser().taken()  # this item left the batch queue: the next ones in
     try:
         outcome = service.run(message)
     except Exception as exc:
