@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from core import keys
-from core.batches import BatchStore
+from core.batches import BatchStore, item_request_id
+from core.records import Start
 from core.scheduler import Scheduling
 
 pytestmark = pytest.mark.integration
@@ -113,3 +114,24 @@ def test_a_cancel_counts_the_items_never_released_and_releases_no_more(
     drain(r, queue)
     assert s.scheduler.release(queue) == 0
     assert r.zcard(keys.sched_owners()) == 0  # the scheduler let it go
+
+
+def test_past_its_window_the_items_never_released_are_counted_and_the_batch_expires(
+    r: redis.Redis, queue: str
+) -> None:
+    """The 24 h window ends with 3 of 5 items still waiting: the next release counts them
+    cancelled and releases none; the 2 released are refused at their start, and the
+    batch ends expired with every item accounted for."""
+    s = store(r, 2)
+    batch_id = start(s, queue, "a", 5)
+    r.hset(keys.batch(batch_id), "expires_at", 0)
+    drain(r, queue)
+    assert s.scheduler.release(queue) == 0
+    record = s.get(batch_id)
+    assert record is not None and record.counts.cancelled == 3
+    for index in (0, 1):
+        rid = item_request_id(batch_id, index)
+        assert s.item_start(batch_id, index, rid) is Start.DONE
+    record = s.get(batch_id)
+    assert record is not None and record.status == "expired"
+    assert record.counts.cancelled == 5 and record.backlog == 0
