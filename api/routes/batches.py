@@ -1,12 +1,14 @@
 """``/v1/batches``: OpenAI's Batch API over genq's queue.
 
-Create validates every line of the input file before anything is enqueued (all or
-nothing: a bad line fails the batch with the line errors), then enqueues every item on
-the ``batch`` queue in one Redis transaction. Output and error files are readable while
-the batch runs. A batch's ``metadata`` may hold ``genq_fallback: "none"``: its items then
-fail with ``service_unavailable`` rather than answer degraded (a line's own ``fallback``
-wins). genq's own figures are in a ``genq`` field: counts by source, and the items a
-cancel or the expiry kept from running.
+Create validates every line of the input file before anything is accepted (all or
+nothing: a bad line fails the batch with the line errors), checks the key's limits
+(``core.quotas``), then keeps every item's message and enrolls the batch with the
+scheduler (``core.scheduler``) in one Redis transaction; its items reach the ``batch``
+queue in turn with other batches'. Output and error files are readable while the batch
+runs. A batch's ``metadata`` may hold ``genq_fallback: "none"``: its items then fail
+with ``service_unavailable`` rather than answer degraded (a line's own ``fallback``
+wins). genq's own figures are in a ``genq`` field: counts by source, the items a cancel
+or the expiry kept from running, and the backlog still waiting for its turn.
 """
 
 from __future__ import annotations
