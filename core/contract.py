@@ -299,20 +299,16 @@ class JobMessage(_Strict):
 
 
 def batch_item_payload(
-    request_id: str, request: GenerateRequest, item: BatchItem, owner: str
+    request_id: str, request: GenerateRequest, item: dict[str, Any], owner: str
 ) -> dict[str, Any]:
     """A batch item's ``genq.generate`` argument: the dict :class:`JobMessage` decodes,
-    built from values validated already (building the model again for each of a large
-    batch's items cost more than the rest of its message; the worker validates it)."""
+    ``item`` holding :class:`BatchItem`'s fields. Built as dicts from values validated
+    already: a model for each of a large batch's items cost more than the rest of its
+    message (the worker validates it)."""
     return {
         "job_id": request_id,
         "request": request.model_dump(mode="json", exclude_defaults=True),
-        "batch": {
-            "batch_id": item.batch_id,
-            "index": item.index,
-            "custom_id": item.custom_id,
-            "endpoint": item.endpoint,
-        },
+        "batch": item,
         "owner": owner,
     }
 

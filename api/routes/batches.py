@@ -32,7 +32,6 @@ from core.batches import BatchRecord, BatchStore, item_request_id
 from core.contract import (
     QUEUE_BATCH,
     BatchEndpoint,
-    BatchItem,
     GenerateRequest,
     batch_item_payload,
     task_argsrepr,
@@ -177,9 +176,8 @@ def _messages(
     item's request id: ``batch_item_payload``, what the worker decodes)."""
     for index, (custom_id, request) in enumerate(requests):
         request_id = item_request_id(batch.id, index)
-        item = BatchItem.model_construct(
-            batch_id=batch.id, index=index, custom_id=custom_id, endpoint=batch.endpoint
-        )
+        item = {"batch_id": batch.id, "index": index, "custom_id": custom_id}
+        item["endpoint"] = batch.endpoint
         payload = batch_item_payload(request_id, request, item, batch.owner)
         # Flower shows argsrepr: the item's ids, never its prompt.
         yield messages.message(request_id, payload, task_argsrepr(request_id, batch.id))

@@ -122,7 +122,7 @@ def test_an_items_payload_is_what_the_worker_decodes() -> None:
     item = BatchItem(
         batch_id="batch_x", index=3, custom_id="req-3", endpoint="/v1/chat/completions"
     )
-    payload = batch_item_payload("batch_req_x", request, item, "o" * 32)
+    payload = batch_item_payload("batch_req_x", request, item.model_dump(), "o" * 32)
     decoded = JobMessage.model_validate(json.loads(json.dumps(payload)))
     assert decoded == JobMessage(job_id="batch_req_x", request=request, batch=item, owner="o" * 32)
 
