@@ -95,12 +95,14 @@ def backlog(client: redis.Redis) -> dict[str, int]:
     pipe = client.pipeline(transaction=False)
     for owner in owners:
         pipe.zrange(keys.sched_owner(owner), 0, -1)
-    waiting: dict[str, int] = {}
-    for owner, ids in zip(owners, pipe.execute(), strict=True):
-        counts = client.pipeline(transaction=False)
-        for batch_id in ids:
-            counts.hmget(keys.batch(_text(batch_id)), "total", "released")
-        waiting[owner] = sum(int(t or 0) - int(r or 0) for t, r in counts.execute())
+    listed = zip(owners, pipe.execute(), strict=True)
+    batches = [(owner, _text(batch_id)) for owner, ids in listed for batch_id in ids]
+    counts = client.pipeline(transaction=False)  # every batch's counts in one round trip
+    for _, batch_id in batches:
+        counts.hmget(keys.batch(batch_id), "total", "released")
+    waiting = dict.fromkeys(owners, 0)
+    for (owner, _), (total, released) in zip(batches, counts.execute(), strict=True):
+        waiting[owner] += int(total or 0) - int(released or 0)
     return waiting
 
 

@@ -6,7 +6,7 @@
 -- weight), 6 now (s). Returns how many items were released.
 local vtime = tonumber(redis.call('HGET', KEYS[5], 'vtime')) or 0
 redis.call('ZADD', KEYS[4], 'NX', vtime, ARGV[3])
-local mine = owner_key(ARGV[3])
+local mine = sched_owner_key(ARGV[3])
 local low = redis.call('ZRANGE', mine, 0, 0, 'WITHSCORES')
 redis.call('ZADD', mine, 'NX', tonumber(low[2]) or 0, ARGV[2])
 local weights = cjson.decode(ARGV[5])

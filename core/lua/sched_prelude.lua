@@ -11,7 +11,7 @@
 local PREFIX = ARGV[1]
 
 local function batch_key(id) return PREFIX .. 'batch:{' .. id .. '}' end
-local function owner_key(owner) return PREFIX .. 'sched:owner:' .. owner end
+local function sched_owner_key(owner) return PREFIX .. 'sched:owner:' .. owner end
 
 -- The next message of batch ``id`` to release, or nil when it has none left to release
 -- (done releasing, gone, cancelling, or past its window: then its backlog is counted
@@ -45,7 +45,7 @@ local function release(queue, owners, state, target, weights, now)
     local top = redis.call('ZRANGE', owners, 0, 0, 'WITHSCORES')
     if #top == 0 then break end
     local owner, pass = top[1], tonumber(top[2])
-    local mine = owner_key(owner)
+    local mine = sched_owner_key(owner)
     local first = redis.call('ZRANGE', mine, 0, 0, 'WITHSCORES')
     local message = nil
     if #first > 0 then message = next_message(first[1], now) end

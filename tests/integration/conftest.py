@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -190,31 +191,26 @@ def wait_http(url: str, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not answer in {timeout_s} s")
 
 
-@pytest.fixture(scope="session")
-def api_url(redis_url: str, simulator: SimulatorServer) -> Iterator[str]:
-    """The API served by a real uvicorn process."""
+@contextmanager
+def serve_api(env: dict[str, str], log_name: str) -> Iterator[str]:
+    """``uvicorn api.main:app`` with ``env`` on a free port, until the block ends; its URL."""
     port = free_port()
-    proc = start_process(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        genq_env(redis_url, simulator.url),
-        "api",
-    )
+    uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--log-level", "warning"]
+    proc = start_process([*uvicorn, "--port", str(port)], env, log_name)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz")
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def api_url(redis_url: str, simulator: SimulatorServer) -> Iterator[str]:
+    """The API served by a real uvicorn process."""
+    with serve_api(genq_env(redis_url, simulator.url), "api") as url:
+        yield url
 
 
 def auth(key: str = API_KEY) -> dict[str, str]:

@@ -7,11 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import openai
 import pytest
@@ -21,36 +18,21 @@ from openai import OpenAI
 
 from core.contract import JobResult
 from core.records import JobStore
-from devstack.redis import RedisProcess, free_port
+from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer
 from tests.integration.conftest import (
     API_KEY,
     OTHER_KEY,
     auth,
     genq_env,
-    start_process,
+    serve_api,
     start_worker,
     wait_final,
-    wait_http,
 )
 
 pytestmark = pytest.mark.reliability
 
 RESULT = JobResult(text="done", model="m", source="upstream", degraded=False, latency_ms=1.0)
-
-
-@contextmanager
-def api(env: dict[str, str], name: str) -> Iterator[str]:
-    port = free_port()
-    uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--log-level", "warning"]
-    proc = start_process([*uvicorn, "--port", str(port)], env, name)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/healthz")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def submit(url: str, key: str = API_KEY) -> requests.Response:
@@ -78,7 +60,7 @@ def test_a_key_over_its_open_work_gets_429_and_others_do_not(own_redis: RedisPro
     key may submit again."""
     env = genq_env(own_redis.url, "http://127.0.0.1:9", GENQ_KEY_MAX_OPEN="5")
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    with api(env, "limits-open") as url:
+    with serve_api(env, "limits-open") as url:
         accepted = [submit(url) for _ in range(5)]
         assert [r.status_code for r in accepted] == [202] * 5
         before = jobs(client)
@@ -114,7 +96,7 @@ def test_a_keys_rate_is_shared_by_every_api_process(own_redis: RedisProcess) -> 
     minute is refused whichever process takes it, with the wait to the next minute;
     another key is not."""
     env = genq_env(own_redis.url, "http://127.0.0.1:9", GENQ_KEY_RATE_PER_MIN="3")
-    with api(env, "limits-rate-1") as first, api(env, "limits-rate-2") as second:
+    with serve_api(env, "limits-rate-1") as first, serve_api(env, "limits-rate-2") as second:
         if time.time() % 60 > 55:
             time.sleep(6)  # all four in one minute
         codes = [submit(u).status_code for u in (first, second, first)]
@@ -139,7 +121,7 @@ def test_a_burst_from_one_key_does_not_keep_another_keys_job_waiting(
     )
     worker = start_worker(env, "limits", "limits-worker")
     try:
-        with api(env, "limits-burst") as url:
+        with serve_api(env, "limits-burst") as url:
             with concurrent.futures.ThreadPoolExecutor(32) as pool:
                 codes = list(pool.map(lambda _: submit(url).status_code, range(1000)))
             started = time.monotonic()
