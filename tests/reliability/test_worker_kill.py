@@ -15,10 +15,12 @@ from __future__ import annotations
 import io
 import json
 import signal
-import sys
+import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -27,13 +29,13 @@ from openai import OpenAI
 
 from core import keys
 from core.records import JobStore
-from devstack.redis import RedisProcess, free_port
+from devstack.redis import RedisProcess
 from simulator.server import SimulatorServer
 from tests.integration.conftest import (
     API_KEY,
     auth,
     genq_env,
-    start_process,
+    serve_api,
     start_worker,
     wait_http,
 )
@@ -55,6 +57,22 @@ ENV = {
     "GENQ_RETRY_CAP_S": "4",
 }
 BOUND_S = 20 + 1 + 30  # visibility timeout + restore interval + 30 s
+
+
+@contextmanager
+def cluster(env: dict[str, str], name: str) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """The API and two workers on ``env``, all stopped afterwards, with any worker the
+    test adds to the list; the API's URL and the workers."""
+    workers = [start_worker(env, f"{name}-{n}", f"{name}-{n}") for n in range(2)]
+    try:
+        with serve_api(env, f"{name}-api") as url:
+            wait_http(f"{url}/readyz")
+            yield url, workers
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=15)
 
 
 def submit_all(url: str, run: int) -> list[str]:
@@ -86,14 +104,9 @@ def test_a_sigkilled_worker_loses_no_job(own_redis: RedisProcess, restart: bool,
     with SimulatorServer() as sim:
         sim.configure(latency_ms=200)
         env = genq_env(own_redis.url, sim.url, **ENV)
-        port = str(free_port())
-        uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--log-level", "warning"]
-        procs = [start_process([*uvicorn, "--port", port], env, "kill-api")]
-        workers = [start_worker(env, f"kill-{n}", f"kill-{n}") for n in range(2)]
         client = redis.Redis.from_url(own_redis.url, decode_responses=True)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/readyz")
-            ids = submit_all(f"http://127.0.0.1:{port}", run)
+        with cluster(env, "kill") as (url, workers):
+            ids = submit_all(url, run)
             open_jobs = lambda: int(client.zcard(keys.open_jobs()))  # noqa: E731
             deadline = time.monotonic() + 60
             while open_jobs() > JOBS - KILL_AT:
@@ -114,11 +127,6 @@ def test_a_sigkilled_worker_loses_no_job(own_redis: RedisProcess, restart: bool,
             store = JobStore(client, 3600)
             records = [store.get(job_id) for job_id in ids]
             stats = sim.stats()
-        finally:
-            for proc in procs + workers:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=15)
     statuses = Counter(r.status.value if r else "missing" for r in records)
     errors = Counter(str(r.error.type) for r in records if r and r.error)
     print(
@@ -143,14 +151,8 @@ def test_a_sigkilled_worker_loses_no_batch_item_the_scheduler_released(
     with SimulatorServer() as sim:
         sim.configure(latency_ms=100)
         env = genq_env(own_redis.url, sim.url, **ENV, GENQ_BATCH_READY_DEPTH="16")
-        port = str(free_port())
-        uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--log-level", "warning"]
-        procs = [start_process([*uvicorn, "--port", port], env, "kill-batch-api")]
-        workers = [start_worker(env, f"kill-batch-{n}", f"kill-batch-{n}") for n in range(2)]
-        url = f"http://127.0.0.1:{port}"
-        client = OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
-        try:
-            wait_http(f"{url}/readyz")
+        with cluster(env, "kill-batch") as (url, workers):
+            client = OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
             lines = [
                 {
                     "custom_id": f"item-{i}",
@@ -178,11 +180,6 @@ def test_a_sigkilled_worker_loses_no_batch_item_the_scheduler_released(
                 time.sleep(0.2)
             output = client.files.content(done.output_file_id or "").text.splitlines()
             stats = sim.stats()
-        finally:
-            for proc in procs + workers:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=15)
     ids = Counter(json.loads(line)["custom_id"] for line in output)
     assert done.request_counts is not None and done.request_counts.completed == total
     assert ids == Counter(f"item-{i}" for i in range(total))  # each once
