@@ -86,6 +86,23 @@ class InputLine(BaseModel):
     body: dict[str, Any]
 
 
+class _CompletionLine(InputLine):
+    url: Literal["/v1/completions"]
+    body: CompletionBody  # type: ignore[assignment]
+
+
+class _ChatLine(InputLine):
+    url: Literal["/v1/chat/completions"]
+    body: ChatBody  # type: ignore[assignment]
+
+
+_TYPED_LINES: dict[BatchEndpoint, type[_CompletionLine | _ChatLine]] = {
+    "/v1/completions": _CompletionLine,
+    "/v1/chat/completions": _ChatLine,
+}
+"""A good line of each endpoint's files, read in one pass (``_line``)."""
+
+
 @dataclass
 class Parsed:
     """What a file's lines came to: (custom_id, request) per line, or errors."""
@@ -131,9 +148,36 @@ def _one(
     refuse_degraded: bool,
     parsed: Parsed,
 ) -> tuple[str, GenerateRequest] | None:
+    line = _line(raw, number, endpoint, parsed)
+    if line is None:
+        return None
+    custom_id, body = line
     try:
-        data = json.loads(raw)
-        line = InputLine.model_validate(data)
+        request = _request(body, refuse_degraded)
+    except ValidationError as exc:
+        _report(parsed, number, exc, prefix="body.")
+        return None
+    problems = limit_errors(request, settings)
+    for param, message in problems:
+        parsed.fail(number, "invalid_value", message, f"body.{param}")
+    return None if problems else (custom_id, request)
+
+
+def _line(
+    raw: bytes, number: int, endpoint: BatchEndpoint, parsed: Parsed
+) -> tuple[str, CompletionBody | ChatBody] | None:
+    """A line's ``custom_id`` and body, or None with its errors reported.
+
+    A good line is read in one pass of pydantic-core (JSON and the body's model at once:
+    a third of the time of decoding, then validating the line, then its body). A line it
+    refuses is read again step by step, for errors that say which step failed."""
+    try:
+        typed = _TYPED_LINES[endpoint].model_validate_json(raw)
+        return typed.custom_id, typed.body
+    except ValidationError:
+        pass
+    try:
+        line = InputLine.model_validate(json.loads(raw))
     except (ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, ValidationError):
             _report(parsed, number, exc, prefix="")
@@ -150,14 +194,10 @@ def _one(
             body = CompletionBody.model_validate(line.body)
         else:
             body = ChatBody.model_validate(line.body)
-        request = _request(body, refuse_degraded)
     except ValidationError as exc:
         _report(parsed, number, exc, prefix="body.")
         return None
-    problems = limit_errors(request, settings)
-    for param, message in problems:
-        parsed.fail(number, "invalid_value", message, f"body.{param}")
-    return None if problems else (line.custom_id, request)
+    return line.custom_id, body
 
 
 def _request(body: CompletionBody | ChatBody, refuse_degraded: bool) -> GenerateRequest:

