@@ -5,7 +5,8 @@ Each line is ``{"custom_id", "method": "POST", "url", "body"}``, ``url`` the bat
 endpoint. ``/v1/completions`` bodies carry ``prompt``; ``/v1/chat/completions`` bodies
 carry ``messages`` (a ``developer`` message is a system message). Both take ``model``,
 ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``,
-``seed``, and genq's own ``context``, ``context_mode``, ``cache`` and ``fallback``;
+``seed``, and genq's own ``context``, ``context_mode``, ``cache``, ``fallback`` and
+``failover`` (a line's own wins over its batch's ``BatchPolicy``);
 ``n`` (1), ``stream`` (false) and ``user`` are accepted and change nothing. Anything
 else is an error, so that a file written for another service does not silently mean
 something else here.
@@ -27,6 +28,7 @@ from core.contract import (
     CachePolicy,
     ContextDoc,
     ContextMode,
+    FailoverPolicy,
     FallbackPolicy,
     GenerateRequest,
     GenerationParams,
@@ -35,7 +37,7 @@ from core.contract import ChatMessage as Message
 from core.openai_batch import request_lines
 from core.settings import Settings
 
-__all__ = ["MAX_LISTED_ERRORS", "InputLine", "parse_lines"]
+__all__ = ["MAX_LISTED_ERRORS", "BatchPolicy", "InputLine", "parse_lines"]
 
 MAX_LISTED_ERRORS = 100
 """A failed batch lists at most this many errors (the first ones)."""
@@ -57,6 +59,7 @@ class _Body(BaseModel):
     context: list[ContextDoc] = Field(default_factory=list)
     cache: CachePolicy = "fallback"
     fallback: FallbackPolicy | None = None
+    failover: FailoverPolicy | None = None
     context_mode: ContextMode = "prompt"
 
 
@@ -103,6 +106,15 @@ _TYPED_LINES: dict[BatchEndpoint, type[_CompletionLine | _ChatLine]] = {
 """A good line of each endpoint's files, read in one pass (``_line``)."""
 
 
+@dataclass(frozen=True)
+class BatchPolicy:
+    """What a batch's ``metadata`` sets for every line that does not say: its
+    ``fallback`` (``genq_fallback``) and its ``failover`` (``genq_failover``)."""
+
+    fallback: FallbackPolicy = "auto"
+    failover: FailoverPolicy = "auto"
+
+
 @dataclass
 class Parsed:
     """What a file's lines came to: (custom_id, request) per line, or errors."""
@@ -121,12 +133,12 @@ def parse_lines(
     lines: Iterable[bytes],
     endpoint: BatchEndpoint,
     settings: Settings,
-    refuse_degraded: bool,
+    batch: BatchPolicy,
 ) -> Parsed:
     """Every line checked; the requests are only meant to be used when there is no error."""
     parsed, seen = Parsed(), set[str]()
     for number, raw in request_lines(lines):
-        request = _one(raw, number, endpoint, settings, refuse_degraded, parsed)
+        request = _one(raw, number, endpoint, settings, batch, parsed)
         if request is None:
             continue
         custom_id, job = request
@@ -145,7 +157,7 @@ def _one(
     number: int,
     endpoint: BatchEndpoint,
     settings: Settings,
-    refuse_degraded: bool,
+    batch: BatchPolicy,
     parsed: Parsed,
 ) -> tuple[str, GenerateRequest] | None:
     line = _line(raw, number, endpoint, parsed)
@@ -153,7 +165,7 @@ def _one(
         return None
     custom_id, body = line
     try:
-        request = _request(body, refuse_degraded)
+        request = _request(body, batch)
     except ValidationError as exc:
         _report(parsed, number, exc, prefix="body.")
         return None
@@ -200,7 +212,7 @@ def _line(
     return line.custom_id, body
 
 
-def _request(body: CompletionBody | ChatBody, refuse_degraded: bool) -> GenerateRequest:
+def _request(body: CompletionBody | ChatBody, batch: BatchPolicy) -> GenerateRequest:
     params: dict[str, Any] = {}
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None:
@@ -210,7 +222,8 @@ def _request(body: CompletionBody | ChatBody, refuse_degraded: bool) -> Generate
             params[name] = getattr(body, name)
     if body.stop is not None:
         params["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    fallback = body.fallback or ("none" if refuse_degraded else "auto")
+    fallback = body.fallback or batch.fallback
+    failover = body.failover or batch.failover
     if isinstance(body, CompletionBody):
         asked: dict[str, Any] = {"prompt": body.prompt}
     else:
@@ -222,6 +235,7 @@ def _request(body: CompletionBody | ChatBody, refuse_degraded: bool) -> Generate
         context=body.context,
         cache=body.cache,
         fallback=fallback,
+        failover=failover,
         context_mode=body.context_mode,
     )
 

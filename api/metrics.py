@@ -28,6 +28,7 @@ from core.capacity import with_limits
 from core.circuits import CircuitState, list_circuits
 from core.connections import get_redis
 from core.scheduler import backlog
+from core.settings import get_settings
 from worker.app import QUEUES
 
 __all__ = ["JOBS_SUBMITTED", "ClusterCollector", "read_cluster", "router"]
@@ -43,7 +44,7 @@ batch items waiting with the scheduler by owner id."""
 
 def read_cluster() -> Cluster:
     client = get_redis()
-    circuits = with_limits(client, list_circuits(client))
+    circuits = with_limits(client, list_circuits(client, get_settings().target_circuits))
     depths = [(queue, int(client.llen(queue))) for queue in QUEUES]
     return circuits, depths, backlog(client)
 

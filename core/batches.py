@@ -118,9 +118,12 @@ class BatchCounts(BaseModel):
 
 
 class BatchSources(BaseModel):
-    """Where the batch's completed items were answered from."""
+    """Where the batch's completed items were answered from: ``upstream`` counts the
+    primary target's answers, ``failover`` the failover targets' (``source: upstream``
+    in their lines, ``failover: true``)."""
 
     upstream: int = 0
+    failover: int = 0
     cache: int = 0
     excerpt: int = 0
 

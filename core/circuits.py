@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any, cast
@@ -157,10 +158,12 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def list_circuits(client: Redis) -> list[dict[str, Any]]:
-    """:func:`snapshot` of every circuit ever written, sorted by name."""
+def list_circuits(client: Redis, configured: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """:func:`snapshot` of every circuit ever written and every ``configured`` one (a
+    configured target not called yet shows closed), sorted by name."""
     names: set[str | bytes] = client.smembers(keys.circuits())
-    return [snapshot(client, n) for n in sorted(_text(n) for n in names)]
+    every = {_text(n) for n in names} | set(configured)
+    return [snapshot(client, n) for n in sorted(every)]
 
 
 def snapshot(client: Redis, name: str) -> dict[str, Any]:

@@ -163,6 +163,7 @@ Source = Literal["upstream", "cache", "excerpt"]
 CachePolicy = Literal["fallback", "prefer", "off"]
 ContextMode = Literal["prompt", "fallback_only"]
 FallbackPolicy = Literal["auto", "none"]
+FailoverPolicy = Literal["auto", "none"]
 RefusalReason = Literal["circuit_open", "circuit_forced_open", "probe_in_flight"]
 """Why the shared breaker refused a call."""
 FallbackReason = Literal[RefusalReason, "upstream_failed", "rate_limited"]
@@ -241,6 +242,8 @@ class GenerateRequest(_Strict):
     serve a hit without calling the upstream; ``off``: never read or write it."""
     fallback: FallbackPolicy = "auto"
     """``none``: fail with ``service_unavailable`` instead of a degraded answer."""
+    failover: FailoverPolicy = "auto"
+    """``none``: only the primary target may answer (``GENQ_UPSTREAM_FAILOVER`` is skipped)."""
     context_mode: ContextMode = "prompt"
     """``prompt``: the context documents are sent to the model (``worker.prompt``);
     ``fallback_only``: they only feed the excerpt fallback."""
@@ -296,6 +299,10 @@ class JobMessage(_Strict):
     batch's window, they spend no retry budget."""
     lease_waits: int = Field(default=0, ge=0)
     """Times the job came back later because another copy held its running lease."""
+    failovers: int = Field(default=0, ge=0)
+    """Times a transient failure at one target sent the job on to the next at once."""
+    target: int = Field(default=0, ge=0)
+    """The index, in the job's targets (``worker.router``), where this run starts."""
 
 
 def batch_item_payload(
@@ -346,6 +353,12 @@ class JobResult(_Strict):
     circuit: str | None = None
     retry_after: float | None = None
     citations: list[Citation] = Field(default_factory=list)
+    target: str | None = None
+    """The circuit name of the target that answered (null for cache and excerpt)."""
+    failover: bool = False
+    """True when that target is not the job's first (``GENQ_UPSTREAM_FAILOVER``)."""
+    cached_from: str | None = None
+    """A cache answer: the circuit name of the target whose answer was cached."""
 
 
 class JobError(_Strict):

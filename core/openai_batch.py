@@ -12,9 +12,9 @@ Output line::
 ``body`` is a completion (``/v1/completions``: ``object: "text_completion"``,
 ``choices[].text``) or a chat completion (``/v1/chat/completions``:
 ``choices[].message``), with ``usage`` when the upstream reported it, plus a ``genq``
-object: ``{source, degraded, fallback_reason, circuit, retry_after, citations}``. An item
-that ends failed goes to the error file as ``{"id", "custom_id", "response": null,
-"error": {"code", "message"}}``.
+object: ``{source, degraded, fallback_reason, circuit, retry_after, citations, target,
+failover}``. An item that ends failed goes to the error file as ``{"id", "custom_id",
+"response": null, "error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def _body(item: BatchItem, request_id: str, result: JobResult) -> dict[str, Any]
         "circuit": result.circuit,
         "retry_after": result.retry_after,
         "citations": [c.model_dump() for c in result.citations],
+        "target": result.target,
+        "failover": result.failover,
     }
     return body
 

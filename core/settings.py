@@ -8,6 +8,7 @@ start-up rather than on the first job.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -16,17 +17,19 @@ from pydantic import (
     HttpUrl,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.circuits import circuit_name
 from core.contract import ModelId
+from core.failover import FailoverTarget, Protocol
 
 __all__ = ["Protocol", "Settings", "get_settings"]
 
-Protocol = Literal["hf", "tgi", "openai"]
 
 #: Schemes of ``GENQ_REDIS_URL``: plain, TLS, or Redis Sentinel (``;``-separated sentinels).
 REDIS_SCHEMES = ("redis", "rediss", "sentinel")
@@ -79,6 +82,10 @@ class Settings(BaseSettings):
     circuit, so an open list lets clients create circuits."""
     upstream_token: SecretStr | None = None
     """Bearer token sent upstream; never logged, never stored in a result."""
+    upstream_failover: list[FailoverTarget] = Field(default_factory=list, max_length=8)
+    """Targets tried in order after the primary when it cannot answer (a JSON list:
+    ``core.failover``); each names the variable of its token, which must be set."""
+    _failover_tokens: list[SecretStr | None] = PrivateAttr(default_factory=list)
     upstream_timeout_s: PositiveFloat = 30.0
     """Read timeout of one upstream call."""
     upstream_connect_timeout_s: PositiveFloat = 3.05
@@ -219,7 +226,8 @@ class Settings(BaseSettings):
     def longest_attempt_s(self) -> float:
         """The longest one run of a job can take: the wait for a call slot, the upstream
         call, then the record write."""
-        wait = max(self.batch_slot_wait_s, self.interactive_slot_wait_s)
+        short = self.targets_per_job * self.interactive_slot_wait_s  # one short wait a target
+        wait = max(self.batch_slot_wait_s, short)
         return wait + self.longest_call_s + self.redis_socket_timeout_s
 
     @property
@@ -281,6 +289,7 @@ class Settings(BaseSettings):
         if self.retry_cap_s >= self.visibility_timeout_s:
             # A retry waiting on its countdown is an unacked message too.
             raise ValueError("GENQ_RETRY_CAP_S must be below GENQ_VISIBILITY_TIMEOUT_S")
+        self._check_failover()
         if self.env == "production":
             keys = [k.get_secret_value() for k in self.api_keys + self.admin_api_keys]
             if not self.api_keys:
@@ -288,6 +297,39 @@ class Settings(BaseSettings):
             if any(k.lower() in _PLACEHOLDER_KEYS or len(k) < 16 for k in keys):
                 raise ValueError("GENQ_API_KEYS holds a placeholder or short key (< 16 chars)")
         return self
+
+    def _check_failover(self) -> None:
+        """Each failover target's token read from the variable it names, which must be
+        set (the value is never in a message); no target twice, nor the primary again."""
+        tokens: list[SecretStr | None] = []
+        seen = {(self.upstream_protocol, str(self.upstream_url), self.upstream_model)}
+        for n, target in enumerate(self.upstream_failover):
+            where = f"GENQ_UPSTREAM_FAILOVER[{n}]"
+            if (target.protocol, str(target.url), target.model) in seen:
+                raise ValueError(f"{where} repeats the primary or an earlier target")
+            seen.add((target.protocol, str(target.url), target.model))
+            token = os.environ.get(target.token_env) if target.token_env else None
+            if target.token_env and not token:
+                raise ValueError(f"{where}.token_env: the variable {target.token_env} is not set")
+            tokens.append(SecretStr(token) if token else None)
+        self._failover_tokens = tokens
+
+    def failover_token(self, index: int) -> SecretStr | None:
+        """The token of ``upstream_failover[index]``, read from its variable at start-up."""
+        return self._failover_tokens[index]
+
+    @property
+    def target_circuits(self) -> list[str]:
+        """The circuit names of the primary (for its default model) and of every failover
+        target, in the order jobs try them."""
+        primary = (self.upstream_protocol, str(self.upstream_url), self.upstream_model)
+        targets = [primary, *((t.protocol, str(t.url), t.model) for t in self.upstream_failover)]
+        return [circuit_name(p, url.rstrip("/"), m) for p, url, m in targets]
+
+    @property
+    def targets_per_job(self) -> int:
+        """The most targets one job may try: the primary and every failover target."""
+        return 1 + len(self.upstream_failover)
 
 
 @functools.cache

@@ -118,6 +118,8 @@ class RetryPolicy:
                                 bounds it: its caller asks) most ``cap_s``
         ``LEASE_WAITS``         always (the other copy's    ``retry_after``: the lease
                                 lease lapses if it dies)
+        ``FAILOVERS``           always (the job's targets   none: the next target, at once
+                                bound it: its caller asks)
         ======================  ==========================  ================================
         """
         spent = getattr(message, budget.value)
@@ -127,6 +129,8 @@ class RetryPolicy:
             return RetryAfter(min(circuit_wait(retry_after, rng=rng), self.cap_s), budget)
         if budget is Budget.LEASE_WAITS:
             return RetryAfter(retry_after or self.base_s, budget)
+        if budget is Budget.FAILOVERS:
+            return RetryAfter(0.0, budget)
         limit = self.max_retries if budget is Budget.RETRIES else self.max_throttled_retries
         if spent >= limit:
             return None

@@ -50,7 +50,7 @@ class BatchItemRecords:
                 job_id,
                 line,
                 error=False,
-                source=result.source,
+                source="failover" if result.failover else result.source,
                 also_set=also_set,
             )
         assert error is not None, "an item ends with a result or an error"

@@ -108,6 +108,8 @@ class CachedGeneration:
     usage: dict[str, int] | None
     created_at: float
     """Epoch seconds of the upstream answer, so a cached result can say its age."""
+    target: str | None = None
+    """The circuit name of the target that answered (None in entries older than failover)."""
 
     def encode(self) -> bytes:
         """The stored form: compact JSON in UTF-8 (ASCII escapes if text has a lone surrogate)."""
@@ -116,6 +118,7 @@ class CachedGeneration:
             "model": self.model,
             "usage": self.usage,
             "created_at": self.created_at,
+            "target": self.target,
         }
         try:
             return _canonical(fields).encode("utf-8")
@@ -135,7 +138,10 @@ class CachedGeneration:
             raise ValueError("text and model must be strings")
         if not isinstance(created_at, int | float) or isinstance(created_at, bool):
             raise ValueError("created_at must be a number")
-        return cls(text, model, _usage(usage), float(created_at))
+        target = data.get("target")
+        if target is not None and not isinstance(target, str):
+            raise ValueError("target must be a string")
+        return cls(text, model, _usage(usage), float(created_at), target)
 
 
 def _usage(value: object) -> dict[str, int] | None:

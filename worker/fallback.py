@@ -97,6 +97,7 @@ class Fallback:
             degraded=True,
             latency_ms=_ms_since(started),
             usage=hit.usage,
+            cached_from=hit.target,
             fallback_reason=reason,
             circuit=circuit,
             retry_after=retry_after,

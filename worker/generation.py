@@ -34,6 +34,7 @@ counts the message carries (``worker.outcome.Budget``). The rules:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -57,12 +58,13 @@ from core.scheduler import scheduling_of
 from core.settings import Settings, get_settings
 from worker.backoff import RetryPolicy
 from worker.batch_output import BatchItemRecords
-from worker.breaker import Permit, SharedCircuitBreaker
+from worker.breaker import SharedCircuitBreaker
 from worker.cache import CachedGeneration, ResultCache, cache_key
 from worker.fallback import Fallback, Refusal
 from worker.leases import Heartbeat
-from worker.limiter import ConcurrencyLimiter, Slot
+from worker.limiter import ConcurrencyLimiter
 from worker.outcome import AlreadyFinal, Budget, Done, Outcome, Recorder, Records, RetryAfter
+from worker.router import Admitted, NoSlot, Refused, Router
 from worker.upstream import Generation, UpstreamTarget, generate
 
 __all__ = ["GenerationService", "Outcome", "get_service"]
@@ -100,11 +102,7 @@ class GenerationService:
             settings.retry_cap_s,
             settings.max_throttled_retries,
         )
-        # One target per model named by jobs: built once, its circuit name computed once.
-        self._target_for = functools.lru_cache(maxsize=256)(self._make_target)
-
-    def _make_target(self, model: str | None) -> UpstreamTarget:
-        return UpstreamTarget.from_settings(self.settings, model)
+        self.router = Router(settings, breaker_for, self.limiter)
 
     def run(self, message: JobMessage) -> Outcome:
         """Run one attempt of the job and record what happened."""
@@ -135,41 +133,42 @@ class GenerationService:
         request, job_id = message.request, message.job_id
         records = self.records_for(message)
         recorder = Recorder(records)
-        target = self._target_for(request.model)
+        targets = self.router.targets(request)
         key = None
         if request.cache != "off":
+            # Cached under the request as it was asked: its first target's.
             scope = message.owner if self.settings.cache_scope == "key" else None
-            key = cache_key(target.protocol, target.model, request, scope)
+            key = cache_key(targets[0].protocol, targets[0].model, request, scope)
         if key and request.cache == "prefer":
             answered = self.fallback.cached(message, key, recorder)
             if answered is not None:
                 return answered
-        breaker = self._breaker_for(target)
-        admitted = self._admit(message, key, target, breaker, records, recorder)
-        if not isinstance(admitted, tuple):
+        admitted = self._admit(message, key, targets, records, recorder)
+        if not isinstance(admitted, Admitted):
             return admitted
-        slot, start, permit = admitted
-        if start is Start.DONE:
+        if admitted.start is Start.DONE:
             log.info("generation.already_final", extra={"job_id": job_id})
             return AlreadyFinal()
-        if start is Start.BUSY:
+        if admitted.start is Start.BUSY:
             # Another copy (redelivered while this one was thought lost) is calling the
             # upstream: come back once its lease could have lapsed, in case it died.
             log.info("generation.running_elsewhere", extra={"job_id": job_id})
             wait = self.retry_policy.decide(Budget.LEASE_WAITS, message, LEASE_MS / 1000)
             assert wait is not None, "a lease wait is always allowed"
             return wait
+        target = admitted.target
         try:
             with (
                 self.heartbeat.holding(job_id),
-                breaker.guard(permit),
-                self.limiter.holding(slot),
+                admitted.breaker.guard(admitted.permit),
+                self.limiter.holding(admitted.slot),
             ):
                 generation = self._call_upstream(target, request)
         except UpstreamRejected as exc:
             return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
         except UpstreamError as exc:
-            retry = self._retry(records, message, exc)
+            after = admitted.index + 1 if admitted.index + 1 < len(targets) else None
+            retry = self._retry(records, message, exc, after)
             if retry is not None:
                 return retry
             refusal = Refusal.of(exc, "upstream_failed")
@@ -182,8 +181,12 @@ class GenerationService:
             latency_ms=round(generation.latency_ms, 3),
             usage=generation.usage,
             finish_reason=generation.finish_reason,
+            target=target.name,
+            failover=admitted.index > 0,
         )
-        entry = CachedGeneration(generation.text, generation.model, generation.usage, time.time())
+        entry = CachedGeneration(
+            generation.text, generation.model, generation.usage, time.time(), target.name
+        )
         # The cache write rides in the job's final write: one round trip for both.
         also_set = self.cache.entry(key, entry) if key else None
         return recorder.succeed(job_id, result, Attempt.now("succeeded"), also_set)
@@ -192,66 +195,43 @@ class GenerationService:
         self,
         message: JobMessage,
         key: str | None,
-        target: UpstreamTarget,
-        breaker: SharedCircuitBreaker,
+        targets: tuple[UpstreamTarget, ...],
         records: Records,
         recorder: Recorder,
-    ) -> tuple[Slot, Start, Permit] | Outcome:
-        """The circuit's permit and a call slot, or how the run ends without them.
+    ) -> Admitted | Outcome:
+        """A target's permit and call slot (``worker.router``), or how the run ends
+        without them.
 
-        A batch item waits up to ``GENQ_BATCH_SLOT_WAIT_S``. An interactive job waits
-        ``GENQ_INTERACTIVE_SLOT_WAIT_S``, ahead of every batch item; then the cache or an
-        excerpt answers it (``rate_limited``) if either can, and if neither can, it waits
-        on, still first, until ``GENQ_BATCH_SLOT_WAIT_S`` has passed in all: a job only
-        the provider can answer is not failed while the provider may still answer it."""
-        settings = self.settings
+        A batch item waits up to ``GENQ_BATCH_SLOT_WAIT_S`` at the first target whose
+        circuit admits it. An interactive job waits ``GENQ_INTERACTIVE_SLOT_WAIT_S`` at
+        each target in turn, ahead of every batch item; then the cache or an excerpt
+        answers it (``rate_limited``) if either can, and if neither can, it waits on, still
+        first, at the first target that admitted it, until ``GENQ_BATCH_SLOT_WAIT_S`` has
+        passed in all: a job only the provider can answer is not failed while the provider
+        may still answer it."""
+        settings, first = self.settings, min(message.target, len(targets) - 1)
         if message.batch is not None:
-            waits = [settings.batch_slot_wait_s]
+            routed = self.router.admit(message, targets, first, records, settings.batch_slot_wait_s)
         else:
-            first = settings.interactive_slot_wait_s
-            waits = [first, max(0.0, settings.batch_slot_wait_s - first)]
-        for n, wait_s in enumerate(waits):
-            try:
-                permit = breaker.admit()
-                slot, start, permit = self._start(message, target, records, breaker, permit, wait_s)
-            except CircuitOpenError as exc:
-                return self._refused(message, key, exc, records, recorder)
-            if slot is not None:
-                return slot, start, permit
-            if n == 0 and len(waits) > 1:
-                refusal = _no_slot_refusal(target)
+            routed = self.router.admit(
+                message, targets, first, records, settings.interactive_slot_wait_s
+            )
+            if isinstance(routed, NoSlot):
+                refusal = _no_slot_refusal(routed.target)
                 result = self.fallback.degraded(message, key, refusal)
                 if result is not None:
                     log.info("generation.no_slot", extra={"job_id": message.job_id})
                     return recorder.succeed(message.job_id, result, refusal.attempt)
-        return self._no_slot(message, key, target, recorder)
-
-    def _start(
-        self,
-        message: JobMessage,
-        target: UpstreamTarget,
-        records: Records,
-        breaker: SharedCircuitBreaker,
-        permit: Permit,
-        wait_s: float,
-    ) -> tuple[Slot | None, Start, Permit]:
-        """A call slot of ``target`` within ``wait_s`` (an interactive job ahead of every
-        batch item), the circuit asked again (it may have opened during the wait:
-        ``CircuitOpenError``), then the job marked running. Unless it is to run, the
-        permit and the slot go back: no call will be made (a probe hands its lease back)."""
-        batch = message.batch is not None
-        slot, start = None, Start.DONE
-        try:
-            slot = self.limiter.acquire(target.name, wait_s, first=not batch)
-            if slot is not None:
-                permit = breaker.recheck(permit)
-                start = records.mark_running(message.job_id)
-        finally:
-            if start is not Start.RUN:
-                breaker.cancel(permit)
-                if slot is not None:
-                    self.limiter.release(slot)
-        return slot, start, permit
+                spent = (len(targets) - first) * settings.interactive_slot_wait_s
+                rest = max(0.0, settings.batch_slot_wait_s - spent)
+                # Waits on at that one target (the first that admitted it).
+                at = routed.index
+                routed = self.router.admit(message, targets[: at + 1], at, records, rest)
+        if isinstance(routed, Refused):
+            return self._refused(message, key, routed.soonest, records, recorder)
+        if isinstance(routed, NoSlot):
+            return self._no_slot(message, key, routed.target, recorder)
+        return routed
 
     def _refused(
         self,
@@ -304,13 +284,19 @@ class GenerationService:
         return self.fallback.answer(message, key, _no_slot_refusal(target), recorder)
 
     def _retry(
-        self, records: Records, message: JobMessage, exc: UpstreamError
+        self, records: Records, message: JobMessage, exc: UpstreamError, after: int | None
     ) -> RetryAfter | None:
-        """A 429 on the "slower" budget, else a transient error on the retries budget: back
-        to queued with the failed attempt, to run again after a backed-off delay (never
-        before the upstream's ``Retry-After``). None: no retry is left."""
+        """With a target ``after`` this one, a transient error that counts against the
+        circuit sends the job on to it at once (a failover hop: a 429 the call limit
+        answers by slowing down is not one). Else a 429 on the "slower" budget, or a
+        transient error on the retries budget: back to queued with the failed attempt, to
+        run again from the first target after a backed-off delay (never before the
+        upstream's ``Retry-After``). None: no retry is left."""
         retry = None
-        if isinstance(exc, UpstreamRateLimited):
+        if after is not None and exc.transient and not _slows_down(exc):
+            retry = self.retry_policy.decide(Budget.FAILOVERS, message)
+            retry = retry and dataclasses.replace(retry, target=after)
+        elif isinstance(exc, UpstreamRateLimited):
             retry = self.retry_policy.decide(Budget.THROTTLED, message, exc.retry_after)
         if retry is None and exc.transient:
             retry = self.retry_policy.decide(Budget.RETRIES, message, exc.retry_after)

@@ -37,6 +37,9 @@ class Budget(StrEnum):
     """A batch item waiting for its open circuit: bounded by its batch's window."""
     LEASE_WAITS = "lease_waits"
     """Another copy holds the running lease: bounded by that copy's life."""
+    FAILOVERS = "failovers"
+    """A transient failure at one target: the next target, at once (``worker.router``);
+    bounded by the job's targets and its retries (each pass starts at the first)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class RetryAfter:
 
     delay_s: float
     budget: Budget
+    target: int = 0
+    """The index of the target the next run starts at (``JobMessage.target``)."""
 
 
 @dataclass(frozen=True)

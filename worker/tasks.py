@@ -58,7 +58,7 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         # The only retry layer: the slot is freed while the countdown runs. The message
         # carries what each budget spent; Flower keeps showing ids, never the prompt.
         spent = getattr(message, outcome.budget.value) + 1
-        args = ({**job, outcome.budget.value: spent},)
+        args = ({**job, outcome.budget.value: spent, "target": outcome.target},)
         batch_id = message.batch.batch_id if message.batch else None
         # Celery hands every option to apply_async; celery-types lists not these two.
         shown: dict[str, Any] = {

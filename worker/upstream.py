@@ -14,12 +14,14 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 import requests
+import urllib3.exceptions
 from pydantic import SecretStr
 from requests import Session
 from requests.adapters import HTTPAdapter
@@ -47,6 +49,7 @@ __all__ = [
     "generate",
     "get_session",
     "parse_retry_after",
+    "transport_error",
     "wire_request",
 ]
 
@@ -195,6 +198,68 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+Phase = Literal["send", "read"]
+"""Where a transport failure happened: the POST up to the answer's headers (``_post``), or
+the answer's body (``_read``)."""
+_SEND: tuple[Phase, ...] = ("send",)
+_ANY: tuple[Phase, ...] = ("send", "read")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A row of TRANSPORT_ERRORS. ``message`` may quote ``{origin}``, ``{name}`` (the
+    exception's class), ``{limits}`` (the timeouts) and ``{redirects}``."""
+
+    phases: tuple[Phase, ...]
+    kinds: tuple[type[Exception], ...]
+    error: type[UpstreamError]
+    message: str
+    when: Callable[[Exception], bool] | None = None
+
+    def takes(self, exc: Exception, phase: Phase) -> bool:
+        """Whether this row decides ``exc`` in ``phase``."""
+        kind = phase in self.phases and isinstance(exc, self.kinds)
+        return kind and (self.when is None or self.when(exc))
+
+
+def _wraps_read_timeout(exc: Exception) -> bool:
+    """requests re-raises a read timeout met mid-body as ``ConnectionError(ReadTimeoutError)``."""
+    return bool(exc.args) and isinstance(exc.args[0], ReadTimeoutError)
+
+
+_REDIRECTED = "upstream {origin} redirected more than {redirects} times"
+_READ_TIMEOUT = "upstream {origin} timed out reading the body"
+_UNREACHABLE = (
+    "upstream {origin} unreachable ({name}): is the server up and GENQ_UPSTREAM_URL right?"
+)
+
+TRANSPORT_ERRORS: tuple[_Rule, ...] = (
+    _Rule(_SEND, (requests.TooManyRedirects,), UpstreamUnavailable, _REDIRECTED),
+    _Rule(_SEND, (requests.Timeout,), UpstreamTimeout, "upstream {origin} timed out ({limits})"),
+    _Rule(_ANY, (requests.Timeout, ReadTimeoutError), UpstreamTimeout, _READ_TIMEOUT),
+    _Rule(_ANY, (requests.RequestException,), UpstreamTimeout, _READ_TIMEOUT, _wraps_read_timeout),
+    # The class name only, here and below: requests' text repeats the URL and pool internals.
+    _Rule(_SEND, (requests.ConnectionError,), UpstreamUnavailable, _UNREACHABLE),
+    # e.g. ChunkedEncodingError: the answer broke off.
+    _Rule(_ANY, (Exception,), UpstreamUnavailable, "upstream {origin} failed ({name})"),
+)
+"""Transport failures (requests' and urllib3's exceptions) as genq's errors, in order: the
+first row that takes an exception in its phase decides."""
+
+
+def transport_error(
+    exc: Exception, origin: str, phase: Phase, *, timeouts: tuple[float, float] | None = None
+) -> UpstreamError:
+    """The error for a transport failure in ``phase`` (see TRANSPORT_ERRORS); ``timeouts``
+    (connect, read) are quoted when a send times out. No request text is quoted, so never
+    the token."""
+    rule = next(rule for rule in TRANSPORT_ERRORS if rule.takes(exc, phase))
+    limits = f"connect {timeouts[0]:g}s, read {timeouts[1]:g}s" if timeouts else ""
+    name = type(exc).__name__
+    fields = {"origin": origin, "name": name, "limits": limits, "redirects": MAX_REDIRECTS}
+    return rule.error(rule.message.format_map(fields))
+
+
 def get_session() -> Session:
     """This process's pooled Session; a forked child gets its own, never its parent's.
     Each host's pool may keep a connection for every job the worker runs at once, so no
@@ -267,12 +332,9 @@ def _read(response: requests.Response, deadline: float, limit: int, origin: str)
                 raise UpstreamMalformed(f"upstream {origin} answered more than {limit} bytes")
             if size > limit or time.monotonic() > deadline:
                 break
-    except (requests.Timeout, ReadTimeoutError) as exc:
-        raise UpstreamTimeout(f"upstream {origin} timed out reading the body") from exc
-    except requests.RequestException as exc:  # the answer broke off, or stalled mid-body
-        if exc.args and isinstance(exc.args[0], ReadTimeoutError):
-            raise UpstreamTimeout(f"upstream {origin} timed out reading the body") from exc
-        raise UpstreamUnavailable(f"upstream {origin} failed ({type(exc).__name__})") from exc
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        # urllib3's own errors too: an answer cut off mid-body raises its ProtocolError.
+        raise transport_error(exc, origin, "read") from exc
     finally:
         response.close()
     if time.monotonic() > deadline:
@@ -293,18 +355,5 @@ def _post(session: Session, target: UpstreamTarget, wire: WireRequest) -> reques
         # requests keeps a POST a POST on 307/308 and drops the Authorization header
         # when a redirect leaves the host, so the token never follows one elsewhere.
         return session.post(wire.url, json=wire.body, headers=headers, timeout=limit, stream=True)
-    except requests.TooManyRedirects as exc:
-        raise UpstreamUnavailable(
-            f"upstream {origin} redirected more than {MAX_REDIRECTS} times"
-        ) from exc
-    except requests.Timeout as exc:
-        limits = f"connect {limit[0]:g}s, read {limit[1]:g}s"
-        raise UpstreamTimeout(f"upstream {origin} timed out ({limits})") from exc
-    except requests.ConnectionError as exc:
-        if exc.args and isinstance(exc.args[0], ReadTimeoutError):  # stalled mid-body
-            raise UpstreamTimeout(f"upstream {origin} timed out reading the body") from exc
-        # The class name only: requests' own text repeats the URL and pool internals.
-        hint = f"({type(exc).__name__}): is the server up and GENQ_UPSTREAM_URL right?"
-        raise UpstreamUnavailable(f"upstream {origin} unreachable {hint}") from exc
-    except requests.RequestException as exc:  # ChunkedEncodingError: the answer broke off
-        raise UpstreamUnavailable(f"upstream {origin} failed ({type(exc).__name__})") from exc
+    except requests.RequestException as exc:
+        raise transport_error(exc, origin, "send", timeouts=limit) from exc

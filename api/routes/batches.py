@@ -6,9 +6,10 @@ nothing: a bad line fails the batch with the line errors), checks the key's limi
 scheduler (``core.scheduler``) in one Redis transaction; its items reach the ``batch``
 queue in turn with other batches'. Output and error files are readable while the batch
 runs. A batch's ``metadata`` may hold ``genq_fallback: "none"``: its items then fail
-with ``service_unavailable`` rather than answer degraded (a line's own ``fallback``
-wins). genq's own figures are in a ``genq`` field: counts by source, the items a cancel
-or the expiry kept from running, and the backlog still waiting for its turn.
+with ``service_unavailable`` rather than answer degraded, and ``genq_failover: "none"``:
+only the primary target answers them (a line's own ``fallback`` or ``failover`` wins).
+genq's own figures are in a ``genq`` field: counts by source, the items a cancel or the
+expiry kept from running, and the backlog still waiting for its turn.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal
-from api.batch_input import parse_lines
+from api.batch_input import BatchPolicy, parse_lines
 from api.deps import BatchesDep, CeleryDep, FilesDep, PrincipalDep, RedisDep, SettingsDep
 from api.idempotency import Idempotency, IdempotencyKey, fingerprint
 from api.publish import TaskMessages
@@ -45,6 +46,8 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1)
 
 #: The metadata key by which a batch refuses degraded answers.
 REFUSE_DEGRADED_KEY = "genq_fallback"
+#: The metadata key by which a batch is answered by the primary target only.
+PRIMARY_ONLY_KEY = "genq_failover"
 
 
 class BatchCreate(BaseModel):
@@ -126,8 +129,11 @@ def _create(
             detail=f"input_file_id: {source.id!r} is not an uploaded file with purpose 'batch'",
         )
     metadata = body.metadata or {}
-    refuse = metadata.get(REFUSE_DEGRADED_KEY) == "none"
-    parsed = parse_lines(files.lines(source.id), body.endpoint, settings, refuse)
+    policy = BatchPolicy(
+        fallback="none" if metadata.get(REFUSE_DEGRADED_KEY) == "none" else "auto",
+        failover="none" if metadata.get(PRIMARY_ONLY_KEY) == "none" else "auto",
+    )
+    parsed = parse_lines(files.lines(source.id), body.endpoint, settings, policy)
     limit = settings.max_batch_requests
     if len(parsed.requests) + parsed.error_count > limit:
         raise HTTPException(

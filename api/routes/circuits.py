@@ -14,7 +14,7 @@ from api.deps import PrincipalDep, SettingsDep
 from api.responses import V1
 from core import capacity, circuits
 from core.connections import get_redis
-from core.settings import Settings
+from core.settings import Settings, get_settings
 
 router = APIRouter(tags=["circuits"], responses=V1)
 
@@ -79,7 +79,8 @@ def _unreachable(what: str) -> HTTPException:
 
 def _circuits(client: redis.Redis) -> list[Circuit]:
     try:
-        known = capacity.with_limits(client, circuits.list_circuits(client))
+        listed = circuits.list_circuits(client, get_settings().target_circuits)
+        known = capacity.with_limits(client, listed)
         return [Circuit.model_validate(c) for c in known]
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise _unreachable("try again shortly") from exc
@@ -87,8 +88,9 @@ def _circuits(client: redis.Redis) -> list[Circuit]:
 
 @router.get("/v1/circuits", response_model=list[Circuit])
 def list_circuits(_: PrincipalDep, client: RedisDep) -> list[Circuit]:
-    """Every circuit genq has used, with state, failures and seconds to the next probe,
-    and its target's call limit: the limit, calls in flight, 429s, time waited for slots."""
+    """Every circuit genq has used or is configured to use (the primary and each failover
+    target), with state, failures and seconds to the next probe, and its target's call
+    limit: the limit, calls in flight, 429s, time waited for slots."""
     return _circuits(client)
 
 
@@ -142,7 +144,7 @@ _ACTIONS = {
 def _steerable(name: str, client: redis.Redis, settings: Settings) -> bool:
     """A circuit that exists, or that a model jobs may name would use: with a list of
     served models, one of theirs; with none (development), any of the upstream's."""
-    if name in {c["name"] for c in circuits.list_circuits(client)}:
+    if name in {c["name"] for c in circuits.list_circuits(client, settings.target_circuits)}:
         return True
     base = str(settings.upstream_url).rstrip("/")
     served = settings.served_models

@@ -1,7 +1,8 @@
 -- An item's final line. KEYS: 3 output list, 4 error list, 5 the item's running lease
 -- (released), 6 the batch's kept messages (the item's is dropped)[, 7 a key to SET with
 -- it (the cache entry)]. ARGV: 1 index, 2 'output' or
--- 'error', 3 the line (JSON), 4 source (upstream | cache | excerpt; '' for errors), 5 now
+-- 'error', 3 the line (JSON), 4 source (upstream | failover | cache | excerpt; '' for
+-- errors: failover is an upstream answer of a failover target), 5 now
 -- (s), 6 ttl (s)[, 7 value, 8 its ttl]. The first final line wins: returns 1 if written,
 -- 0 if the item was already done or cancelled (another copy answered first) or the batch
 -- is gone.

@@ -47,7 +47,7 @@ def test_an_item_that_ends_twice_is_counted_once(store: BatchStore, r: redis.Red
     assert batch is not None
     assert batch.status == "completed"
     assert (batch.counts.completed, batch.counts.failed) == (1, 1)
-    assert batch.sources.model_dump() == {"upstream": 0, "cache": 1, "excerpt": 0}
+    assert batch.sources.model_dump() == {"upstream": 0, "failover": 0, "cache": 1, "excerpt": 0}
     assert list(store.lines(batch_id, "output")) == [b'{"a":1}\n']
     assert list(store.lines(batch_id, "error")) == [b'{"e":1}\n']
     assert (batch.times.completed_at or 0) >= (batch.times.in_progress_at or 1)

@@ -7,7 +7,7 @@ import base64
 import json
 from typing import Any
 
-from api.batch_input import MAX_LISTED_ERRORS, parse_lines
+from api.batch_input import MAX_LISTED_ERRORS, BatchPolicy, parse_lines
 from api.publish import TaskMessages
 from api.routes.batches import _messages
 from core.batches import BatchCounts, BatchRecord, BatchSources, BatchTimes
@@ -17,6 +17,7 @@ from core.settings import Settings
 from worker.app import app
 
 SETTINGS = Settings(max_prompt_chars=100)
+AUTO = BatchPolicy()
 
 
 def line(body: dict[str, Any], custom_id: str = "a", url: str = "/v1/completions") -> bytes:
@@ -26,7 +27,7 @@ def line(body: dict[str, Any], custom_id: str = "a", url: str = "/v1/completions
 def test_completion_parameters_map_onto_genq_params() -> None:
     """max_tokens, temperature, top_p and a string stop become GenerationParams."""
     body = {"prompt": "hi", "max_tokens": 7, "temperature": 0.2, "top_p": 0.5, "stop": "\n"}
-    parsed = parse_lines([line(body)], "/v1/completions", SETTINGS, refuse_degraded=False)
+    parsed = parse_lines([line(body)], "/v1/completions", SETTINGS, AUTO)
     assert parsed.error_count == 0
     ((custom_id, request),) = parsed.requests
     assert custom_id == "a"
@@ -41,7 +42,7 @@ def test_chat_lines_become_chat_jobs() -> None:
     messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     body = {"messages": messages, "max_tokens": 3, "max_completion_tokens": 9, "seed": 7}
     parsed = parse_lines(
-        [line(body, url="/v1/chat/completions")], "/v1/chat/completions", SETTINGS, False
+        [line(body, url="/v1/chat/completions")], "/v1/chat/completions", SETTINGS, AUTO
     )
     ((_, request),) = parsed.requests
     assert request.prompt is None
@@ -53,28 +54,42 @@ def test_chat_lines_become_chat_jobs() -> None:
 
 
 def test_a_refusing_batch_sets_fallback_none_unless_a_line_says_otherwise() -> None:
-    """``refuse_degraded`` makes fallback "none"; a line's own fallback wins."""
+    """A batch policy of fallback "none" is every line's; a line's own fallback wins."""
     lines = [line({"prompt": "x"}, "a"), line({"prompt": "y", "fallback": "auto"}, "b")]
-    parsed = parse_lines(lines, "/v1/completions", SETTINGS, refuse_degraded=True)
+    parsed = parse_lines(lines, "/v1/completions", SETTINGS, BatchPolicy(fallback="none"))
     assert [r.fallback for _, r in parsed.requests] == ["none", "auto"]
+
+
+def test_a_primary_only_batch_sets_failover_none_unless_a_line_says_otherwise() -> None:
+    """A batch policy of failover "none" is every line's; a line's own failover wins,
+    either way."""
+    lines = [
+        line({"prompt": "x"}, "a"),
+        line({"prompt": "y", "failover": "auto"}, "b"),
+        line({"prompt": "z", "failover": "none"}, "c"),
+    ]
+    parsed = parse_lines(lines, "/v1/completions", SETTINGS, BatchPolicy(failover="none"))
+    assert [r.failover for _, r in parsed.requests] == ["none", "auto", "none"]
+    parsed = parse_lines(lines, "/v1/completions", SETTINGS, AUTO)
+    assert [r.failover for _, r in parsed.requests] == ["auto", "auto", "none"]
 
 
 def test_settings_limits_are_line_errors_naming_the_parameter() -> None:
     """A prompt over GENQ_MAX_PROMPT_CHARS is an invalid_value of body.prompt on its line."""
-    parsed = parse_lines([b"", line({"prompt": "x" * 101})], "/v1/completions", SETTINGS, False)
+    parsed = parse_lines([b"", line({"prompt": "x" * 101})], "/v1/completions", SETTINGS, AUTO)
     (error,) = parsed.errors
     assert (error.line, error.code, error.param) == (2, "invalid_value", "body.prompt")
 
 
 def test_at_most_a_hundred_errors_are_listed_but_all_are_counted() -> None:
     """A file of 150 bad lines lists 100 errors and counts 150."""
-    parsed = parse_lines([b"nope"] * 150, "/v1/completions", SETTINGS, False)
+    parsed = parse_lines([b"nope"] * 150, "/v1/completions", SETTINGS, AUTO)
     assert (len(parsed.errors), parsed.error_count) == (MAX_LISTED_ERRORS, 150)
 
 
 def test_an_empty_file_is_an_error() -> None:
     """No request line at all fails the batch with empty_file."""
-    parsed = parse_lines([b"", b"  "], "/v1/completions", SETTINGS, False)
+    parsed = parse_lines([b"", b"  "], "/v1/completions", SETTINGS, AUTO)
     assert [e.code for e in parsed.errors] == ["empty_file"]
 
 
@@ -85,7 +100,7 @@ def test_each_batch_message_carries_a_valid_job_message() -> None:
         [line({"prompt": "one"}, "c1"), line({"prompt": "two", "max_tokens": 5}, "c2")],
         "/v1/completions",
         SETTINGS,
-        False,
+        AUTO,
     )
     batch = BatchRecord(
         id="batch_x",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -175,3 +176,51 @@ def test_a_visibility_timeout_shorter_than_the_longest_attempt_is_refused() -> N
         )
     assert Settings(upstream_timeout_s=30).longest_attempt_s == 60 + 3.05 + 60 + 5
     assert Settings(batch_slot_wait_s=1).longest_attempt_s == 1 + 3.05 + 60 + 5
+
+
+def _failover(**target: str) -> str:
+    return json.dumps([{"url": "https://router.example/v1", "protocol": "openai", **target}])
+
+
+def test_failover_targets_read_their_token_from_the_variable_they_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failover target's token comes from its ``token_env`` variable, never shows in
+    the settings' repr, and the target's circuit is listed after the primary's."""
+    monkeypatch.setenv("FAILOVER_TOKEN", "hf_failover_secret")
+    settings = make(
+        monkeypatch, UPSTREAM_FAILOVER=_failover(model="org/m", token_env="FAILOVER_TOKEN")
+    )
+    token = settings.failover_token(0)
+    assert token is not None and token.get_secret_value() == "hf_failover_secret"
+    assert "hf_failover_secret" not in repr(settings)
+    assert settings.target_circuits[1] == "openai~router.example.v1~org.m"
+    assert settings.targets_per_job == 2
+
+
+@pytest.mark.parametrize(
+    ("failover", "message"),
+    [
+        (_failover(model="org/m", token_env="UNSET_TOKEN_VAR"), "UNSET_TOKEN_VAR is not set"),
+        (_failover(model="org/m", token="hf_inline"), "Extra inputs are not permitted"),
+        (_failover(model="../etc"), "model"),
+        (_failover(model="org/m", protocol="grpc"), "protocol"),
+        ("[{", "upstream_failover"),
+        (
+            json.dumps(
+                [{"url": "http://127.0.0.1:8081", "protocol": "hf", "model": "simulator/echo-1"}]
+            ),
+            "repeats the primary",
+        ),
+    ],
+)
+def test_bad_failover_targets_fail_at_start_up_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, failover: str, message: str
+) -> None:
+    """A missing token variable, a token in the JSON, a bad model or protocol, bad JSON
+    and the primary listed again each stop start-up with a message saying what; the
+    token given inline is not echoed."""
+    monkeypatch.delenv("UNSET_TOKEN_VAR", raising=False)
+    with pytest.raises(ValidationError, match=message) as caught:
+        make(monkeypatch, UPSTREAM_FAILOVER=failover)
+    assert "hf_inline" not in str(caught.value)

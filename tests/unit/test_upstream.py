@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -557,3 +558,26 @@ def test_an_answer_that_trickles_is_cut_off_at_the_attempts_deadline(
     with pytest.raises(UpstreamTimeout, match="deadline"):
         generate(target_for(base, "tgi", read_timeout_s=1.0), ASK)
     assert time.monotonic() - started < 1.0 + 1.0 + 0.5  # connect + read, and one last read
+
+
+def test_an_answer_cut_off_mid_body_is_unavailable() -> None:
+    """A server that promises 1,000 bytes and closes after 21: a transient
+    UpstreamUnavailable (urllib3's ProtocolError does not escape as an internal error)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer_part() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                conn.sendall(head + b"Content-Length: 1000\r\n\r\n" + b'{"generated_text": "x')
+
+        thread = threading.Thread(target=answer_part)
+        thread.start()
+        with pytest.raises(UpstreamUnavailable, match="ProtocolError") as caught:
+            generate(target_for(f"http://127.0.0.1:{port}", "tgi"), ASK)
+        thread.join(timeout=5)
+    assert caught.value.transient
