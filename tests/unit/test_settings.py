@@ -7,6 +7,7 @@ import os
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from core.settings import Settings
 
@@ -205,7 +206,6 @@ def test_failover_targets_read_their_token_from_the_variable_they_name(
         (_failover(model="org/m", token="hf_inline"), "Extra inputs are not permitted"),
         (_failover(model="../etc"), "model"),
         (_failover(model="org/m", protocol="grpc"), "protocol"),
-        ("[{", "upstream_failover"),
         (
             json.dumps(
                 [{"url": "http://127.0.0.1:8081", "protocol": "hf", "model": "simulator/echo-1"}]
@@ -217,10 +217,18 @@ def test_failover_targets_read_their_token_from_the_variable_they_name(
 def test_bad_failover_targets_fail_at_start_up_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, failover: str, message: str
 ) -> None:
-    """A missing token variable, a token in the JSON, a bad model or protocol, bad JSON
-    and the primary listed again each stop start-up with a message saying what; the
-    token given inline is not echoed."""
+    """A missing token variable, a token in the JSON, a bad model or protocol and the
+    primary listed again each stop start-up with a message saying what; the token given
+    inline is not echoed."""
     monkeypatch.delenv("UNSET_TOKEN_VAR", raising=False)
     with pytest.raises(ValidationError, match=message) as caught:
         make(monkeypatch, UPSTREAM_FAILOVER=failover)
     assert "hf_inline" not in str(caught.value)
+
+
+def test_failover_that_is_not_json_fails_at_start_up_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GENQ_UPSTREAM_FAILOVER that is not JSON: pydantic-settings' error names the field."""
+    with pytest.raises(SettingsError, match="upstream_failover"):
+        make(monkeypatch, UPSTREAM_FAILOVER="[{")
