@@ -1,10 +1,12 @@
 """Issue #23's bench: failover costs no waiting.
 
 Run: ``python -m bench.failover_bench [N]`` (N = 2,000 jobs). Writes the "failover"
-section of docs/benchmarks.md. One redis-server, two simulator processes (the primary,
-``hf``, and a failover target, ``openai``, each answering in 50 ms), one worker on
+section of docs/benchmarks.md. One redis-server, two simulator processes (the primary and
+a failover target, each answering in 50 ms), one worker on
 genq's defaults (pool, concurrency, the adaptive call limit, the breaker) with
-``GENQ_UPSTREAM_FAILOVER`` naming the second simulator.
+``GENQ_UPSTREAM_FAILOVER`` naming the second simulator. Both speak ``hf``, so the two
+runs differ only in which target answers (another protocol would change the work a
+call costs the worker).
 
 - Primary up: N jobs queued, then the worker drains them (every answer the primary's).
 - Primary down (it drops every connection): the same N jobs; the first calls fail, the
@@ -97,7 +99,7 @@ def run(env: Env, second: str, n: int, primary_down: bool) -> Run:
     reset(env)
     env.simulator(latency_ms=LATENCY_MS, mode="down" if primary_down else "ok")
     configure(second, latency_ms=LATENCY_MS)
-    failover = [{"url": f"{second}/v1", "protocol": "openai", "model": SECOND_MODEL}]
+    failover = [{"url": second, "protocol": "hf", "model": SECOND_MODEL}]
     ids = publish_genq(env, n)
     with worker(env, "worker.app", POOL, CONCURRENCY, GENQ_UPSTREAM_FAILOVER=json.dumps(failover)):
         rate = drain_rate_genq(env, ids)
@@ -133,8 +135,8 @@ def main(n: int = 2_000) -> None:
         "## Failover: another provider answers (issue #23)",
         "",
         f"`python -m bench.failover_bench` ({machine()}). Two simulators answering in "
-        f"{LATENCY_MS} ms: the primary (`hf`) and a failover target (`openai`, "
-        "`GENQ_UPSTREAM_FAILOVER`); one worker on genq's defaults (pool "
+        f"{LATENCY_MS} ms, both `hf`: the primary and a failover target "
+        "(`GENQ_UPSTREAM_FAILOVER`); one worker on genq's defaults (pool "
         f"{POOL}, concurrency {CONCURRENCY}, the adaptive call limit, the breaker). {n:,} "
         "jobs queued, then drained, with the primary up and with it down (it drops every "
         f"connection), in turns, {ROUNDS} rounds, Redis flushed before each run.",
