@@ -17,13 +17,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+)
 
 from api.schemas import limit_errors
 from core.batches import BatchError
 from core.contract import (
+    MAX_STOP_CHARS,
     BatchEndpoint,
     CachePolicy,
     ContextDoc,
@@ -32,29 +40,54 @@ from core.contract import (
     FallbackPolicy,
     GenerateRequest,
     GenerationParams,
+    JsonNumber,
+    ModelId,
+    Text,
 )
 from core.contract import ChatMessage as Message
 from core.openai_batch import request_lines
 from core.settings import Settings
 
-__all__ = ["MAX_LISTED_ERRORS", "BatchPolicy", "InputLine", "parse_lines"]
+__all__ = [
+    "MAX_LISTED_ERRORS",
+    "BatchPolicy",
+    "ChatBody",
+    "CompletionBody",
+    "InputLine",
+    "parse_lines",
+    "to_request",
+]
 
 MAX_LISTED_ERRORS = 100
 """A failed batch lists at most this many errors (the first ones)."""
 
 
+Stop = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+"""A stop sequence, bounded as ``GenerationParams`` bounds it."""
+
+
+def _not_streamed(stream: object) -> object:
+    """``stream`` as a JSON boolean, and false: streaming is not served."""
+    if stream is True:
+        raise ValueError("streaming is not served: stream must be false")
+    if not isinstance(stream, bool):
+        raise ValueError("must be a JSON boolean")
+    return stream
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, min_length=1, max_length=256)
-    max_tokens: int | None = Field(default=None, ge=1, le=8192)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: Literal[1] | None = None
-    stream: Literal[False] | None = None
+    model: ModelId | None = None
+    # Numbers as JSON types them (``JsonNumber``): true is not 1, "5" not 5.
+    max_tokens: Annotated[int, Field(ge=1, le=8192), JsonNumber] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=8192), JsonNumber] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0), JsonNumber] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0), JsonNumber] | None = None
+    stop: Stop | Annotated[list[Stop], Field(max_length=8)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**53 - 1), JsonNumber] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=1)] | None = None
+    stream: Annotated[Literal[False], BeforeValidator(_not_streamed)] | None = None
     user: str | None = None
     context: list[ContextDoc] = Field(default_factory=list)
     cache: CachePolicy = "fallback"
@@ -64,14 +97,14 @@ class _Body(BaseModel):
 
 
 class CompletionBody(_Body):
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    content: Text
 
 
 class ChatBody(_Body):
@@ -165,7 +198,7 @@ def _one(
         return None
     custom_id, body = line
     try:
-        request = _request(body, batch)
+        request = to_request(body, batch)
     except ValidationError as exc:
         _report(parsed, number, exc, prefix="body.")
         return None
@@ -212,7 +245,9 @@ def _line(
     return line.custom_id, body
 
 
-def _request(body: CompletionBody | ChatBody, batch: BatchPolicy) -> GenerateRequest:
+def to_request(body: CompletionBody | ChatBody, batch: BatchPolicy) -> GenerateRequest:
+    """The genq job of an OpenAI body; ValidationError when genq's own checks refuse it
+    (a model id, a stop sequence's length, text that is not Unicode)."""
     params: dict[str, Any] = {}
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None:

@@ -19,12 +19,28 @@ from starlette.routing import Match, Route
 
 __all__ = ["OPENAI_ROUTES", "install"]
 
-OPENAI_ROUTES = ("/v1/files", "/v1/batches")
+OPENAI_ROUTES = (
+    "/v1/files",
+    "/v1/batches",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+)
+
+#: Where a bad parameter is a 400, as OpenAI's own API answers it (Files and Batches keep
+#: the 422 they have always answered).
+_BAD_PARAMETER_400 = ("/v1/chat/completions", "/v1/completions")
+_CODES = {"extra_forbidden": "unsupported_parameter", "missing": "missing_required_parameter"}
 
 
-def _openai(status: int, message: str, param: str | None, headers: Any = None) -> JSONResponse:
+def _openai(
+    status: int, message: str, param: str | None, headers: Any = None, code: str | None = None
+) -> JSONResponse:
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    code = "rate_limit_exceeded" if status == 429 else None  # as OpenAI names its 429s
+    if status == 429:
+        code = "rate_limit_exceeded"  # as OpenAI names its 429s
+    elif status == 404 and code is None:
+        code = "not_found"
     error = {"message": message, "type": kind, "param": param, "code": code}
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
@@ -43,9 +59,17 @@ def _allowed(request: Request) -> str:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
+    allowed = _allowed(request)
     if exc.status_code == 405:
-        exc.headers = {**(exc.headers or {}), "Allow": _allowed(request)}
-    if not request.url.path.startswith(OPENAI_ROUTES):
+        exc.headers = {**(exc.headers or {}), "Allow": allowed}
+    # Under /v1, a path no route serves and a method the path does not take are
+    # answered as OpenAI answers them: clients of the OpenAI-compatible routes read that.
+    unknown = path.startswith("/v1/") and (exc.status_code == 405 or not allowed)
+    if unknown and exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {path}."
+        return _openai(404, message, None, exc.headers, code="unknown_url")
+    if not (unknown or path.startswith(OPENAI_ROUTES)):
         return await http_exception_handler(request, exc)
     detail = exc.detail
     if isinstance(detail, list):  # [{"loc": [...], "msg": ...}]
@@ -64,6 +88,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": detail}, status_code=422)
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first["loc"][1:]) or None
+    if request.url.path.startswith(_BAD_PARAMETER_400):
+        code = _CODES.get(first["type"], "invalid_value")
+        return _openai(400, f"{param}: {first['msg']}", param, code=code)
     return _openai(422, f"{param}: {first['msg']}", param)
 
 

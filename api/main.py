@@ -14,7 +14,7 @@ from api.deps import document_bearer
 from api.limits import BodyLimits
 from api.metrics import read_cluster
 from api.probes import Monitor
-from api.routes import batches, circuits, files, generate, health, jobs
+from api.routes import batches, circuits, files, generate, health, jobs, openai_api
 from core.connections import get_async_redis, get_redis
 from core.logs import configure_logging
 from core.settings import get_settings
@@ -49,7 +49,8 @@ def create_app() -> FastAPI:
     )
     errors.install(application)
     application.add_middleware(BodyLimits)
-    routers = [r.router for r in (health, jobs, generate, files, batches, circuits, metrics)]
+    modules = (health, jobs, generate, openai_api, files, batches, circuits, metrics)
+    routers = [r.router for r in modules]
     for router in routers:
         application.include_router(router)
     document_bearer(application, routers)

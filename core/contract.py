@@ -77,6 +77,9 @@ def _json_number(value: object) -> object:
     return value
 
 
+JsonNumber = BeforeValidator(_json_number)
+"""The check of ``Int`` and ``Float``, for a bounded optional number (bounds go before it,
+or pydantic leaves them out of the schema): ``Annotated[int, Field(ge=1), JsonNumber]``."""
 Int = Annotated[int, BeforeValidator(_json_number)]
 Float = Annotated[float, BeforeValidator(_json_number)]
 MAX_STOP_CHARS = 256

@@ -102,18 +102,46 @@ class FileStore:
 
     def _save(self, record: FileRecord) -> None:
         fields = record.model_dump(exclude_none=True)
+        index = keys.files(record.owner)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(keys.file(record.id), mapping={k: str(v) for k, v in fields.items()})
         pipe.expire(keys.file(record.id), self._ttl_s)
+        pipe.zadd(index, {record.id: time.time() * 1000})
+        pipe.expire(index, self._ttl_s)
         pipe.execute()
+
+    def page(self, owner: str, after: str | None, limit: int) -> tuple[list[FileRecord], bool]:
+        """One owner's files, newest first, after the file ``after``; and whether more
+        follow. Ids of files gone (expired, deleted) are dropped from the index as met."""
+        index = keys.files(owner)
+        start = 0
+        if after is not None:
+            rank: Any = self._guard(lambda: self._redis.zrevrank(index, after))
+            if rank is None:
+                return [], False
+            start = int(rank) + 1
+        ids = [
+            _id(i) for i in self._guard(lambda: self._redis.zrevrange(index, start, start + limit))
+        ]
+        found = {i: self.get(i) for i in ids[:limit]}
+        gone = [i for i, record in found.items() if record is None]
+        if gone:
+            self._guard(lambda: self._redis.zrem(index, *gone))
+        return [r for r in found.values() if r is not None], len(ids) > limit
 
     def get(self, file_id: str) -> FileRecord | None:
         """The file, or None if there is no such file (or it expired)."""
         fields = self._guard(lambda: self._redis.hgetall(keys.file(file_id)))
         return FileRecord.model_validate(_text(fields)) if fields else None
 
-    def delete(self, file_id: str) -> None:
-        self._guard(lambda: self._redis.delete(keys.file(file_id), keys.file_content(file_id)))
+    def delete(self, file_id: str, owner: str) -> None:
+        def drop() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.delete(keys.file(file_id), keys.file_content(file_id))
+            pipe.zrem(keys.files(owner), file_id)
+            pipe.execute()
+
+        self._guard(drop)
 
     def content(self, file_id: str) -> Iterator[bytes]:
         """An upload's bytes, read in ranges of ``READ_CHUNK_BYTES``."""
@@ -145,6 +173,10 @@ class FileStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StorageUnavailable(f"file store unreachable: {type(exc).__name__}") from exc
+
+
+def _id(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _text(fields: Mapping[Any, Any]) -> dict[str, str]:

@@ -102,6 +102,11 @@ def file(file_id: str) -> str:
     return f"{PREFIX}file:{file_id}"
 
 
+def files(owner: str) -> str:
+    """Sorted set of one owner's file ids, scored by creation time (ms)."""
+    return f"{PREFIX}files:{owner}"
+
+
 def file_content(file_id: str) -> str:
     """The bytes of an uploaded file."""
     return f"{PREFIX}file:{file_id}:content"

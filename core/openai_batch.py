@@ -25,11 +25,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from core.batches import BatchRecord
-from core.contract import BatchItem, JobError, JobResult
+from core.contract import BatchEndpoint, BatchItem, JobError, JobResult
 
 __all__ = [
     "TIME_FIELDS",
     "batch_object",
+    "completion_body",
     "custom_id_of",
     "error_line",
     "output_line",
@@ -91,25 +92,35 @@ def _usage(result: JobResult) -> dict[str, int] | None:
     return usage
 
 
-def _body(item: BatchItem, request_id: str, result: JobResult) -> dict[str, Any]:
+def completion_body(
+    endpoint: BatchEndpoint, request_id: str, result: JobResult, job_id: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's completion (``/v1/completions``) or chat completion of ``result``, with
+    genq's ``genq`` object (and the ``job_id`` behind a single request's answer)."""
     created = int(time.time())
-    if item.endpoint == "/v1/completions":
+    if endpoint == "/v1/completions":
         choice: dict[str, Any] = {
             "index": 0,
             "text": result.text,
             "logprobs": None,
-            "finish_reason": None,
+            "finish_reason": result.finish_reason,
         }
         body: dict[str, Any] = {"id": f"cmpl-{request_id}", "object": "text_completion"}
     else:
         message = {"role": "assistant", "content": result.text}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": None}
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": result.finish_reason,
+        }
         body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion"}
     body |= {"created": created, "model": result.model, "choices": [choice]}
     usage = _usage(result)
     if usage is not None:
         body["usage"] = usage
     body["genq"] = {
+        **({"job_id": job_id} if job_id is not None else {}),
         "source": result.source,
         "degraded": result.degraded,
         "fallback_reason": result.fallback_reason,
@@ -127,7 +138,7 @@ def output_line(item: BatchItem, request_id: str, result: JobResult) -> str:
     response = {
         "status_code": 200,
         "request_id": request_id,
-        "body": _body(item, request_id, result),
+        "body": completion_body(item.endpoint, request_id, result),
     }
     line = {"id": request_id, "custom_id": item.custom_id, "response": response, "error": None}
     return json.dumps(line, ensure_ascii=False, separators=(",", ":"))

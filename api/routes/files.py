@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from api.auth import Principal
@@ -108,7 +108,7 @@ def upload(
         )
         earlier = claim.claim()
         if earlier is not None:
-            files.delete(record.id)
+            files.delete(record.id, principal.owner)
             record = owned(files, earlier, principal)
         else:
             claim.done(record.id)
@@ -117,6 +117,36 @@ def upload(
         raise too_large(exc.limit) from exc
     except StorageUnavailable as exc:
         raise unavailable() from exc
+
+
+@router.get("")
+def list_files(
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    files: FilesDep,
+    batches: BatchesDep,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    purpose: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """This key's files, newest first (uploads, and batches' output and error files);
+    ``purpose`` keeps one purpose's; ``after`` is the last id of the previous page."""
+    try:
+        found, more = files.page(principal.owner, after, limit)
+        data = [
+            file_object(record, batches, settings.result_ttl_s)
+            for record in found
+            if purpose is None or record.purpose == purpose
+        ]
+    except StorageUnavailable as exc:
+        raise unavailable() from exc
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
 
 
 @router.get("/{file_id}", responses=BY_ID)
@@ -152,7 +182,7 @@ def delete(file_id: str, principal: PrincipalDep, files: FilesDep) -> dict[str, 
     """Delete the file (a batch's output file: the file, not the batch's lines)."""
     record = owned(files, file_id, principal)
     try:
-        files.delete(record.id)
+        files.delete(record.id, principal.owner)
     except StorageUnavailable as exc:
         raise unavailable() from exc
     return {"id": record.id, "object": "file", "deleted": True}

@@ -1,0 +1,196 @@
+"""genq's OpenAI-compatible single-request routes, judged by the unmodified ``openai`` SDK
+(sync, async, ``with_raw_response``) against a real API and worker, for each upstream
+protocol the worker may speak to the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from devstack.redis import RedisProcess, ensure_redis_server
+from simulator.server import SimulatorServer
+from tests.integration.conftest import (
+    ADMIN_KEY,
+    API_KEY,
+    OTHER_KEY,
+    auth,
+    genq_env,
+    serve_api,
+    start_worker,
+)
+from worker.breaker.circuit import DEFAULT_OPEN_VIEW_TTL_S as OPEN_VIEW_TTL_S
+
+pytestmark = pytest.mark.integration
+
+MODEL = "simulator/echo-1"
+DOC = {"id": "d1", "text": "genq answers from its documents when the model cannot."}
+
+
+class Genq:
+    """An API and a worker on a redis-server of their own, the upstream one protocol."""
+
+    def __init__(self, url: str, sim: SimulatorServer, protocol: str) -> None:
+        self.url, self.sim, self.protocol = url, sim, protocol
+        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+
+    def circuit(self) -> str:
+        listed = requests.get(f"{self.url}/v1/circuits", headers=auth(), timeout=5).json()
+        return str(listed[0]["name"])
+
+    def steer(self, action: str) -> None:
+        name = self.circuit()
+        response = requests.post(
+            f"{self.url}/v1/circuits/{name}/{action}", headers=auth(ADMIN_KEY), timeout=5
+        )
+        response.raise_for_status()
+        time.sleep(OPEN_VIEW_TTL_S + 0.2)  # every worker's view of the circuit is new
+
+
+@pytest.fixture(scope="module", params=["hf", "tgi", "openai"])
+def genq(request: pytest.FixtureRequest) -> Iterator[Genq]:
+    protocol = str(request.param)
+    own = RedisProcess(ensure_redis_server(say=lambda _: None))
+    own.start()
+    try:
+        with SimulatorServer() as sim:
+            url = f"{sim.url}/v1" if protocol == "openai" else sim.url
+            env = genq_env(own.url, url, GENQ_UPSTREAM_PROTOCOL=protocol)
+            worker = start_worker(env, f"openai-{protocol}", f"worker-openai-{protocol}")
+            try:
+                with serve_api(env, f"api-openai-{protocol}") as api:
+                    yield Genq(api, sim, protocol)
+            finally:
+                worker.terminate()
+                worker.wait(timeout=20)
+    finally:
+        own.stop()
+
+
+def test_chat_completion_through_the_sdk(genq: Genq) -> None:
+    """``chat.completions.create`` answers OpenAI's object, with genq's provenance."""
+    completion = genq.client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=16,
+    )
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content
+    assert completion.model == MODEL
+    extra: dict[str, Any] = completion.model_extra or {}
+    assert extra["genq"]["source"] == "upstream" and extra["genq"]["degraded"] is False
+    job = requests.get(f"{genq.url}/v1/jobs/{extra['genq']['job_id']}", headers=auth(), timeout=5)
+    assert job.json()["result"]["text"] == completion.choices[0].message.content
+
+
+def test_text_completion_through_the_sdk_with_raw_response(genq: Genq) -> None:
+    """``completions.with_raw_response.create``: a 200 whose parsed body is a text
+    completion, usage included when the upstream reports it."""
+    raw = genq.client.completions.with_raw_response.create(
+        model=MODEL, prompt="Say something", max_tokens=8
+    )
+    assert raw.status_code == 200
+    completion = raw.parse()
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text
+    assert completion.choices[0].finish_reason in ("stop", "length")
+
+
+def test_async_client_and_genq_fields_as_extra_body(genq: Genq) -> None:
+    """The async client works the same; genq's own fields go as extra body fields."""
+
+    async def ask() -> Any:
+        client = openai.AsyncOpenAI(base_url=f"{genq.url}/v1", api_key=API_KEY, max_retries=0)
+        async with client:
+            return await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "What answers?"}],
+                extra_body={"context": [DOC], "cache": "off", "failover": "none"},
+            )
+
+    completion = asyncio.run(ask())
+    assert completion.choices[0].message.content
+
+
+def test_a_degraded_answer_is_a_200_and_no_answer_a_503(genq: Genq) -> None:
+    """Circuit forced open: a request with context gets an excerpt (200, degraded); one
+    without gets a 503 the SDK raises, with Retry-After."""
+    genq.steer("open")
+    try:
+        completion = genq.client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Who answers?"}],
+            extra_body={"context": [DOC]},
+        )
+        genq_fields = (completion.model_extra or {})["genq"]
+        assert (genq_fields["source"], genq_fields["degraded"]) == ("excerpt", True)
+        assert genq_fields["fallback_reason"] == "circuit_forced_open"
+        with pytest.raises(openai.InternalServerError) as caught:
+            genq.client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "No context"}]
+            )
+        assert caught.value.status_code == 503
+        assert caught.value.response.headers["Retry-After"]
+    finally:
+        genq.steer("reset")
+
+
+def test_unsupported_parameters_are_a_400_naming_them(genq: Genq) -> None:
+    """``n`` > 1, ``tools`` and ``logprobs`` are refused with a 400 naming the parameter,
+    and ``stream: true`` (not served yet) too."""
+    cases: list[dict[str, Any]] = [
+        {"n": 2},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"logprobs": True},
+        {"stream": True},
+    ]
+    for extra in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            genq.client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "x"}],
+                extra_body=extra if "stream" not in extra else None,
+                **({"stream": True} if "stream" in extra else {}),
+            )
+        (name,) = extra
+        assert caught.value.status_code == 400
+        assert isinstance(caught.value.body, dict) and caught.value.body["param"] == name
+
+
+def test_models_are_listed_and_retrieved(genq: Genq) -> None:
+    """``models.list()`` holds the default model; ``models.retrieve`` a model id with a
+    slash; an id that cannot be a model is a 404 the SDK raises."""
+    assert MODEL in [m.id for m in genq.client.models.list()]
+    assert genq.client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        genq.client.models.retrieve("no..such")
+
+
+def test_files_are_listed_per_key(genq: Genq) -> None:
+    """``files.list()`` shows this key's uploads and not another key's."""
+    mine = genq.client.files.create(file=("in.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    other = openai.OpenAI(base_url=f"{genq.url}/v1", api_key=OTHER_KEY, max_retries=0)
+    theirs = other.files.create(file=("in.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    listed = [f.id for f in genq.client.files.list()]
+    assert mine.id in listed and theirs.id not in listed
+    genq.client.files.delete(mine.id)
+    assert mine.id not in [f.id for f in genq.client.files.list()]
+
+
+def test_unknown_paths_and_methods_answer_in_openais_shape(genq: Genq) -> None:
+    """An unknown path under /v1 is a 404, and a method a path does not take a 405, both
+    in OpenAI's error shape, which the SDK reads."""
+    response = requests.get(f"{genq.url}/v1/embeddings", headers=auth(), timeout=5)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_url"
+    response = requests.delete(f"{genq.url}/v1/chat/completions", headers=auth(), timeout=5)
+    assert response.status_code == 405 and "error" in response.json()
+    with pytest.raises(openai.NotFoundError):
+        genq.client.embeddings.create(model=MODEL, input="x")
