@@ -1,6 +1,6 @@
-"""genq's OpenAI-compatible single-request routes, judged by the unmodified ``openai`` SDK
-(sync, async, ``with_raw_response``) against a real API and worker, for each upstream
-protocol the worker may speak to the simulator."""
+"""genq's OpenAI-compatible single-request routes, judged by unmodified clients (the
+``openai`` SDK: sync, async, ``with_raw_response``; LangChain's ``ChatOpenAI``) against a
+real API and worker, for each upstream protocol the worker may speak to the simulator."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import openai
 import pytest
 import requests
+from pydantic import SecretStr
 
 from devstack.redis import RedisProcess, ensure_redis_server
 from simulator.server import SimulatorServer
@@ -194,3 +195,16 @@ def test_unknown_paths_and_methods_answer_in_openais_shape(genq: Genq) -> None:
     assert response.status_code == 405 and "error" in response.json()
     with pytest.raises(openai.NotFoundError):
         genq.client.embeddings.create(model=MODEL, input="x")
+
+
+def test_langchain_chat_openai_invokes_genq(genq: Genq) -> None:
+    """LangChain's ``ChatOpenAI``, unmodified, pointed at genq: ``invoke`` answers with
+    the text and the model genq's answer names."""
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(
+        base_url=f"{genq.url}/v1", api_key=SecretStr(API_KEY), model=MODEL, max_retries=0
+    )
+    answer = chat.invoke("Write a haiku about queues")
+    assert isinstance(answer.content, str) and answer.content
+    assert answer.response_metadata["model_name"] == MODEL
