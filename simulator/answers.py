@@ -20,7 +20,14 @@ from typing import Literal
 
 from simulator.protocols import Family, Request, Route
 
-__all__ = ["SYSTEM_FINGERPRINT", "context_error", "error_body", "render", "simulated_text"]
+__all__ = [
+    "SYSTEM_FINGERPRINT",
+    "context_error",
+    "error_body",
+    "render",
+    "simulated_text",
+    "stream_events",
+]
 
 SYSTEM_FINGERPRINT = "simulator-1"
 
@@ -85,6 +92,57 @@ def render(route: Route, request: Request) -> object:
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def stream_events(route: Route, request: Request) -> list[object]:
+    """The server-sent events answering ``request`` on ``route``, a word each: OpenAI's
+    chunks (a last one with ``finish_reason``, then ``usage`` when asked; the caller
+    ends with ``[DONE]``) or TGI's ``/generate_stream`` tokens (the last with
+    ``generated_text`` and ``details``)."""
+    generated = _generate(request)
+    words = [_token(word, i) for i, word in enumerate(generated.text.split())]
+    if route.kind == "generate":
+        events: list[object] = [
+            {
+                "index": i + 1,
+                "token": {**word, "special": False},
+                "generated_text": None,
+                "details": None,
+            }
+            for i, word in enumerate(words)
+        ]
+        if events:
+            details = _details(request, generated)
+            last = {**events[-1], "generated_text": generated.text}  # type: ignore[dict-item]
+            details = {k: details[k] for k in ("finish_reason", "generated_tokens", "seed")}
+            events[-1] = {**last, "details": details}
+        return events
+    chat = route.kind == "chat"
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-sim-{uuid.uuid4().hex[:16]}"
+    head = {
+        "id": ident,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+    def chunk(text: str | None, finish: str | None) -> dict[str, object]:
+        delta: dict[str, object] = {"content": text} if text is not None else {}
+        choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": text or ""}
+        return {**head, "choices": [{**choice, "logprobs": None, "finish_reason": finish}]}
+
+    events = [chunk(str(word["text"]), None) for word in words]
+    events.append(chunk(None, "length" if generated.finish == "length" else "stop"))
+    if request.include_usage:
+        prompt_tokens, completion_tokens = len(request.prompt.split()), len(words)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        events.append({**head, "choices": [], "usage": usage})
+    return events
 
 
 def _details(request: Request, generated: _Generated) -> dict[str, object]:

@@ -145,6 +145,10 @@ class SimulatorConfig:
     # Added to latency_ms for each other call being served when a call starts: latency
     # grows with load, as on TGI or vLLM under continuous batching.
     load_latency_ms: float = 0.0
+    token_ms: float = 0.0  # between a streamed answer's events (after the latency)
+    # A streamed answer's connection is closed after this many events, with no end: an
+    # upstream that fails mid-answer. None: every event is sent.
+    stream_cut_after: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form served by ``/_sim/config`` and ``/_sim/stats``."""
@@ -199,6 +203,8 @@ class SimulatorConfig:
             capacity=_limit(changes, "capacity", self.capacity),
             overflow=Overflow(overflow),
             load_latency_ms=_number(changes, "load_latency_ms", self.load_latency_ms),
+            token_ms=_number(changes, "token_ms", self.token_ms),
+            stream_cut_after=_limit(changes, "stream_cut_after", self.stream_cut_after),
         )
 
 

@@ -6,10 +6,11 @@ as the official clients call them (``huggingface_hub.InferenceClient``,
 
 * hf: ``POST /models/{model}`` (the HF Inference API) with ``{"inputs", "parameters"}``.
 * tgi: ``POST /generate``, and ``POST /``: TGI's compat route, where ``InferenceClient``
-  and ``text_generation.Client`` post when given the server's URL.
+  and ``text_generation.Client`` post when given the server's URL; ``POST
+  /generate_stream`` answers the same as server-sent events, a token each.
 * openai: ``POST /v1/chat/completions`` (also TGI's and HF's chat route, and
   ``/models/{model}/v1/chat/completions``) with ``messages``, and ``POST /v1/completions``
-  with ``prompt``.
+  with ``prompt``; ``"stream": true`` answers server-sent chunks ending ``data: [DONE]``.
 
 Parameters as the services define them: ``max_new_tokens`` / ``max_tokens`` /
 ``max_completion_tokens``, ``stop``, ``seed``, ``temperature``, ``top_p``,
@@ -19,7 +20,7 @@ Parameters as the services define them: ``max_new_tokens`` / ``max_tokens`` /
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 __all__ = ["BadRequest", "Request", "Route", "parse_request", "route"]
@@ -52,6 +53,7 @@ class Route:
     kind: Kind
     model: str | None = None  # named by the path (hf)
     listed: bool = False  # a generate answer is a one-item list (hf and TGI's "/")
+    streamed: bool = False  # TGI's /generate_stream: the answer as server-sent events
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Request:
     details: bool = False  # hf/tgi ``details``: TGI's generation details in the answer
     prefill: bool = False  # hf/tgi ``decoder_input_details``: the prompt's tokens too
     choices: int = 1  # openai ``n``
+    stream: bool = False  # answered as server-sent events (openai ``stream``, TGI's route)
+    include_usage: bool = False  # openai ``stream_options.include_usage``: a usage event
 
 
 def route(path: str) -> Route | None:
@@ -74,6 +78,7 @@ def route(path: str) -> Route | None:
     fixed: dict[str, Route] = {
         "/": Route("tgi", "generate", listed=True),
         "/generate": Route("tgi", "generate"),
+        "/generate_stream": Route("tgi", "generate", streamed=True),
         CHAT_SUFFIX: Route("openai", "chat"),
         "/v1/completions": Route("openai", "completion"),
     }
@@ -95,10 +100,12 @@ def parse_request(route: Route, raw: bytes) -> Request:
         raise BadRequest(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest(422, "request body must be a JSON object")
-    if body.get("stream"):
-        raise BadRequest(422, "the simulator does not stream; send stream=false", "stream")
     if route.kind == "generate":
-        return _parse_generate(body, route.model or DEFAULT_MODEL)
+        streamed = route.streamed or _flag(body, "stream")  # TGI's "/" streams when asked
+        if streamed and route.family != "tgi":
+            raise BadRequest(422, "the simulator's hf route does not stream", "stream")
+        parsed = _parse_generate(body, route.model or DEFAULT_MODEL)
+        return replace(parsed, stream=streamed)
     model = body.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or not model:
         raise BadRequest(422, "'model' must be a non-empty string", "model")
@@ -108,6 +115,8 @@ def parse_request(route: Route, raw: bytes) -> Request:
         "model": route.model or model,
         "seed": _integer(body, "seed"),
         "choices": _integer(body, "n", low=1) or 1,
+        "stream": _flag(body, "stream"),
+        "include_usage": _flag(_object(body, "stream_options"), "include_usage"),
     }
     if route.kind == "completion":
         limit = _max_tokens(body.get("max_tokens"), COMPLETIONS_DEFAULT_MAX_TOKENS)
@@ -189,6 +198,13 @@ def _integer(params: dict[str, Any], name: str, low: int = 0) -> int | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low):
         return value
     raise BadRequest(422, f"'{name}' must be an integer of at least {low}", name)
+
+
+def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name) or {}
+    if isinstance(value, dict):
+        return value
+    raise BadRequest(422, f"'{name}' must be an object", name)
 
 
 def _flag(params: dict[str, Any], name: str) -> bool:

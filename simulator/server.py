@@ -28,7 +28,7 @@ from socketserver import TCPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from simulator.answers import simulated_text
+from simulator.answers import simulated_text, stream_events
 from simulator.behaviour import Call, Overflow, Reply, SimulatorConfig, decide, over_capacity
 from simulator.protocols import DEFAULT_MODEL, BadRequest, Request, Route, parse_request, route
 
@@ -96,6 +96,12 @@ class Control:
             self._peak_in_flight, self._peak_concurrent = self._in_flight, self._open
             self._freed.notify_all()  # no capacity any more: queued calls go through
             return self._config.as_dict()
+
+    @property
+    def config(self) -> SimulatorConfig:
+        """The configuration now (frozen: a copy that later changes do not touch)."""
+        with self._lock:
+            return self._config
 
     def stop(self) -> None:
         """Drop the queued calls and any that arrive from now on: the server is stopping."""
@@ -242,8 +248,35 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
+            elif reply.status == 200 and isinstance(call.request, Request) and call.request.stream:
+                self._stream(call.route, call.request)
             else:
                 self._send(reply.status, reply.body, reply.headers)
+
+    def _stream(self, target: Route, request: Request) -> None:
+        """The answer as server-sent events, ``token_ms`` apart; the connection closes
+        after them (or after ``stream_cut_after`` of them, with no end)."""
+        config = self.server.control.config
+        events = [f"data: {json.dumps(e)}\n\n".encode() for e in stream_events(target, request)]
+        if target.family == "openai":
+            events.append(b"data: [DONE]\n\n")
+        cut = config.stream_cut_after
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for n, event in enumerate(events):
+                if cut is not None and n >= cut:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if n and config.token_ms and self.server.stopping.wait(config.token_ms / 1000):
+                    return
+                self.wfile.write(event)
+                self.wfile.flush()
+        except OSError:  # the client went away mid-answer
+            return
 
     def _configure(self, raw: bytes) -> None:
         try:

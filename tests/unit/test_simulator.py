@@ -203,7 +203,7 @@ def test_stop_strings_cut_the_answer(sim: SimulatorServer) -> None:
         ("/generate", b'{"inputs": 42}', 422),
         ("/generate", b'["a list"]', 422),
         ("/generate", b'{"inputs": "a", "parameters": {"max_new_tokens": "5"}}', 422),
-        ("/", b'{"inputs": "a", "stream": true}', 422),
+        ("/models/m", b'{"inputs": "a", "stream": true}', 422),
         ("/models/m", b'{"inputs": "a", "parameters": {"temperature": 0}}', 422),
         ("/models/m", b'{"inputs": "a", "parameters": {"details": "yes"}}', 422),
         ("/v1/chat/completions", b'{"model": "m"}', 400),
