@@ -52,7 +52,9 @@ __all__ = [
     "MAX_LISTED_ERRORS",
     "BatchPolicy",
     "ChatBody",
+    "ChatFields",
     "CompletionBody",
+    "CompletionFields",
     "InputLine",
     "parse_lines",
     "to_request",
@@ -67,9 +69,9 @@ Stop = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 def _not_streamed(stream: object) -> object:
-    """``stream`` as a JSON boolean, and false: streaming is not served."""
+    """``stream`` as a JSON boolean, and false: a batch's answers are not streamed."""
     if stream is True:
-        raise ValueError("streaming is not served: stream must be false")
+        raise ValueError("a batch's answers are not streamed: stream must be false")
     if not isinstance(stream, bool):
         raise ValueError("must be a JSON boolean")
     return stream
@@ -87,7 +89,6 @@ class _Body(BaseModel):
     stop: Stop | Annotated[list[Stop], Field(max_length=8)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**53 - 1), JsonNumber] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] | None = None
-    stream: Annotated[Literal[False], BeforeValidator(_not_streamed)] | None = None
     user: str | None = None
     context: list[ContextDoc] = Field(default_factory=list)
     cache: CachePolicy = "fallback"
@@ -96,8 +97,16 @@ class _Body(BaseModel):
     context_mode: ContextMode = "prompt"
 
 
-class CompletionBody(_Body):
+class CompletionFields(_Body):
+    """A completion's body, ``stream`` aside."""
+
     prompt: Text = Field(min_length=1)
+
+
+class CompletionBody(CompletionFields):
+    """A batch line's completion body: never streamed."""
+
+    stream: Annotated[Literal[False], BeforeValidator(_not_streamed)] | None = None
 
 
 class ChatMessage(BaseModel):
@@ -107,8 +116,16 @@ class ChatMessage(BaseModel):
     content: Text
 
 
-class ChatBody(_Body):
+class ChatFields(_Body):
+    """A chat completion's body, ``stream`` aside."""
+
     messages: list[ChatMessage] = Field(min_length=1)
+
+
+class ChatBody(ChatFields):
+    """A batch line's chat completion body: never streamed."""
+
+    stream: Annotated[Literal[False], BeforeValidator(_not_streamed)] | None = None
 
 
 class InputLine(BaseModel):
@@ -245,7 +262,7 @@ def _line(
     return line.custom_id, body
 
 
-def to_request(body: CompletionBody | ChatBody, batch: BatchPolicy) -> GenerateRequest:
+def to_request(body: CompletionFields | ChatFields, batch: BatchPolicy) -> GenerateRequest:
     """The genq job of an OpenAI body; ValidationError when genq's own checks refuse it
     (a model id, a stop sequence's length, text that is not Unicode)."""
     params: dict[str, Any] = {}
@@ -259,7 +276,7 @@ def to_request(body: CompletionBody | ChatBody, batch: BatchPolicy) -> GenerateR
         params["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
     fallback = body.fallback or batch.fallback
     failover = body.failover or batch.failover
-    if isinstance(body, CompletionBody):
+    if isinstance(body, CompletionFields):
         asked: dict[str, Any] = {"prompt": body.prompt}
     else:
         asked = {"messages": [_message(m) for m in body.messages]}

@@ -306,6 +306,8 @@ class JobMessage(_Strict):
     """Times a transient failure at one target sent the job on to the next at once."""
     target: int = Field(default=0, ge=0)
     """The index, in the job's targets (``worker.router``), where this run starts."""
+    stream: bool = False
+    """Relay the answer's pieces as the upstream sends them (``worker.streaming``)."""
 
 
 def batch_item_payload(

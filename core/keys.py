@@ -41,6 +41,11 @@ def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
+def job_stream(job_id: str) -> str:
+    """Stream of a streamed job's pieces of answer, relayed by the worker to the API."""
+    return f"{PREFIX}job:{job_id}:stream"
+
+
 def jobs_done() -> str:
     """Pub/sub channel: each job's id, published by the write that makes it final (the
     API's long-polls wait on it)."""

@@ -65,6 +65,7 @@ from worker.leases import Heartbeat
 from worker.limiter import ConcurrencyLimiter
 from worker.outcome import AlreadyFinal, Budget, Done, Outcome, Recorder, Records, RetryAfter
 from worker.router import Admitted, NoSlot, Refused, Router
+from worker.streaming import StreamRelay, generate_stream
 from worker.upstream import Generation, UpstreamTarget, generate
 
 __all__ = ["GenerationService", "Outcome", "get_service"]
@@ -72,6 +73,7 @@ __all__ = ["GenerationService", "Outcome", "get_service"]
 log = logging.getLogger(__name__)
 
 CallUpstream = Callable[[UpstreamTarget, GenerateRequest], Generation]
+StreamUpstream = Callable[[UpstreamTarget, GenerateRequest, StreamRelay], Generation]
 
 
 class GenerationService:
@@ -84,6 +86,7 @@ class GenerationService:
         cache: ResultCache,
         breaker_for: Callable[[UpstreamTarget], SharedCircuitBreaker],
         call_upstream: CallUpstream = generate,
+        stream_upstream: StreamUpstream = generate_stream,
         batches: BatchStore | None = None,
         limiter: ConcurrencyLimiter | None = None,
     ) -> None:
@@ -95,6 +98,7 @@ class GenerationService:
         self.heartbeat = Heartbeat(store.renew_leases)
         self._breaker_for = breaker_for
         self._call_upstream = call_upstream
+        self._stream_upstream = stream_upstream
         self.limiter = limiter or ConcurrencyLimiter.from_settings(settings, get_redis())
         self.retry_policy = RetryPolicy(
             settings.max_retries,
@@ -105,11 +109,15 @@ class GenerationService:
         self.router = Router(settings, breaker_for, self.limiter)
 
     def run(self, message: JobMessage) -> Outcome:
-        """Run one attempt of the job and record what happened."""
+        """Run one attempt of the job and record what happened (a streamed job's relay
+        is told when the job is final)."""
         try:
-            return self._run(message)
+            outcome = self._run(message)
         except StorageUnavailable as exc:
-            return self._store_unavailable(message, exc)
+            outcome = self._store_unavailable(message, exc)
+        if message.stream and not isinstance(outcome, RetryAfter):
+            StreamRelay(get_redis(), message.job_id).end()
+        return outcome
 
     def fail(self, message: JobMessage, exc: GenqError) -> Outcome:
         """Record the job as failed with ``exc`` (an internal error), where its run would
@@ -157,16 +165,22 @@ class GenerationService:
             assert wait is not None, "a lease wait is always allowed"
             return wait
         target = admitted.target
+        relay = StreamRelay(get_redis(), job_id) if message.stream else None
         try:
             with (
                 self.heartbeat.holding(job_id),
                 admitted.breaker.guard(admitted.permit),
                 self.limiter.holding(admitted.slot),
             ):
-                generation = self._call_upstream(target, request)
+                if relay is None:
+                    generation = self._call_upstream(target, request)
+                else:
+                    generation = self._stream_upstream(target, request, relay)
         except UpstreamRejected as exc:
             return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
         except UpstreamError as exc:
+            if relay is not None and relay.pieces:  # the client had part of an answer
+                relay.error(exc.message)
             after = admitted.index + 1 if admitted.index + 1 < len(targets) else None
             retry = self._retry(records, message, exc, after)
             if retry is not None:

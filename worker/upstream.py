@@ -1,6 +1,7 @@
 """The model endpoint over HTTP: one request per generation, failures as typed errors.
 
-The only module in genq that imports ``requests``: it speaks ``hf`` (Inference API),
+With ``worker.streaming`` (a streamed answer read piece by piece), the only module in
+genq that imports ``requests``: it speaks ``hf`` (Inference API),
 ``tgi`` and ``openai`` (chat completions) and raises ``core.errors.UpstreamError``. It
 never retries nor follows redirects (Celery's retry, fed by ``worker.backoff``, is the
 one retry layer). No message holds request headers or the token: quoted text is scrubbed.
@@ -49,6 +50,8 @@ __all__ = [
     "generate",
     "get_session",
     "parse_retry_after",
+    "post",
+    "read_body",
     "transport_error",
     "wire_request",
 ]
@@ -199,8 +202,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 Phase = Literal["send", "read"]
-"""Where a transport failure happened: the POST up to the answer's headers (``_post``), or
-the answer's body (``_read``)."""
+"""Where a transport failure happened: the POST up to the answer's headers (``post``), or
+the answer's body (``read_body``)."""
 _SEND: tuple[Phase, ...] = ("send",)
 _ANY: tuple[Phase, ...] = ("send", "read")
 
@@ -288,10 +291,10 @@ def generate(
     wire = wire_request(target, request)
     started = time.perf_counter()
     deadline = time.monotonic() + target.connect_timeout_s + target.read_timeout_s
-    response = _post(session or get_session(), target, wire)
+    response = post(session or get_session(), target, wire)
     status = response.status_code
     ok = 200 <= status < 300
-    body = _read(response, deadline, MAX_BODY_BYTES if ok else MAX_ERROR_BODY_BYTES, origin)
+    body = read_body(response, deadline, MAX_BODY_BYTES if ok else MAX_ERROR_BODY_BYTES, origin)
     latency_ms = (time.perf_counter() - started) * 1000.0
     if not ok:
         text = body.decode("utf-8", "replace")
@@ -313,7 +316,7 @@ def generate(
     )
 
 
-def _read(response: requests.Response, deadline: float, limit: int, origin: str) -> bytes:
+def read_body(response: requests.Response, deadline: float, limit: int, origin: str) -> bytes:
     """The body, read chunk by chunk until ``deadline``: an upstream that trickles its
     answer is cut off (UpstreamTimeout) rather than held for as long as it trickles.
 
@@ -342,8 +345,8 @@ def _read(response: requests.Response, deadline: float, limit: int, origin: str)
     return b"".join(chunks)[:limit]
 
 
-def _post(session: Session, target: UpstreamTarget, wire: WireRequest) -> requests.Response:
-    """POST once (redirects followed, at most MAX_REDIRECTS), the body left to ``_read``;
+def post(session: Session, target: UpstreamTarget, wire: WireRequest) -> requests.Response:
+    """POST once (redirects followed, at most MAX_REDIRECTS), the body left to ``read_body``;
     transport failures become UpstreamErrors."""
     token = target.token.get_secret_value() if target.token is not None else ""
     auth = {"Authorization": f"Bearer {token}"} if token else {}

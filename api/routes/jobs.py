@@ -58,9 +58,11 @@ async def enqueue(
     jobs: AsyncJobs,
     celery: Celery,
     idempotency_key: str | None = None,
+    stream: bool = False,
 ) -> JobRecord:
     """Record the job, then publish it; nothing is left behind if either fails. With an
-    ``Idempotency-Key`` seen before (same body), the job it created comes back instead."""
+    ``Idempotency-Key`` seen before (same body), the job it created comes back instead.
+    ``stream``: the worker relays the answer's pieces as they come (``api.streams``)."""
     check_limits(body, settings)
     claim = AsyncIdempotency.of(
         get_async_redis(),
@@ -75,7 +77,8 @@ async def enqueue(
             found = await jobs.get(earlier)
             if found is not None:
                 return found
-        record = await _publish(body, principal, jobs, celery, settings.redis_socket_timeout_s)
+        within_s = settings.redis_socket_timeout_s
+        record = await _publish(body, principal, jobs, celery, within_s, stream)
     except StorageUnavailable as exc:
         await _forget(claim)
         raise _unavailable("the job store") from exc
@@ -100,11 +103,12 @@ async def _publish(
     jobs: AsyncJobs,
     celery: Celery,
     within_s: float = 5.0,
+    stream: bool = False,
 ) -> JobRecord:
     """Write the job's record and its ``genq.generate`` message in one Redis transaction:
     a submit that fails leaves neither behind (the broker and the job store are one Redis)."""
     job_id = uuid.uuid4().hex
-    payload = JobMessage(job_id=job_id, request=body, owner=principal.owner)
+    payload = JobMessage(job_id=job_id, request=body, owner=principal.owner, stream=stream)
     # What Flower shows for the task (argsrepr): its id, never the prompt it carries.
     message = _messages(celery).message(
         job_id, payload.model_dump(mode="json", exclude_defaults=True), task_argsrepr(job_id)

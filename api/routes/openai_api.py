@@ -11,7 +11,8 @@ circuit, retry_after, citations, target, failover}``. A degraded answer is a 200
 Bodies are read as batch lines are (``api.batch_input``): OpenAI's parameters and genq's
 own (``context``, ``context_mode``, ``cache``, ``fallback``, ``failover``) as extra body
 fields; any other parameter (``n`` > 1, ``tools``, ``logprobs``, …) is a 400 naming it.
-``stream: true`` is refused with a 400 too: streaming is not served yet.
+``stream: true`` answers server-sent events in OpenAI's chunk format (``api.streams``),
+each piece as soon as the upstream sends it, ending ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,18 @@ import time
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import APIRouter, HTTPException, Path, status
-from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter, ValidationError
+from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictBool, TypeAdapter, ValidationError
 
 from api.auth import Principal
-from api.batch_input import BatchPolicy, ChatBody, CompletionBody, to_request
+from api.batch_input import BatchPolicy, ChatFields, CompletionFields, to_request
 from api.completions import Completions
 from api.deps import CeleryDep, CompletionsDep, PrincipalDep, SettingsDep, async_jobs
 from api.idempotency import IdempotencyKey
 from api.responses import SUBMITS, V1
 from api.routes.jobs import enqueue, wait_final
+from api.streams import openai_events
 from core.contract import BatchEndpoint, ModelId
 from core.openai_batch import completion_body
 from core.records import JobRecord
@@ -50,6 +52,20 @@ ANSWER_WAIT_S = 600.0
 RETRY_AFTER_S = 5
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the completion; with `stream: true`, server-sent chunks",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            # Each event: `data:` a chunk (JSON), then `data: [DONE]`.
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    "required": ["data"],
+                }
+            },
+        },
+    },
     400: {"description": "an unsupported or invalid parameter (OpenAI's error shape)"},
     502: {"description": "the upstream answered something unusable"},
     503: {"description": "no target could answer and the job has no fallback: Retry-After"},
@@ -57,15 +73,38 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool = False
+    """A last chunk holds the answer's ``usage`` (``choices`` empty)."""
+
+
+class _Streamed(BaseModel):
+    stream: StrictBool = False
+    """Server-sent events, each piece of the answer as the upstream sends it."""
+    stream_options: StreamOptions | None = None
+
+
+class ChatCompletionCreate(ChatFields, _Streamed):
+    """OpenAI's chat completion create parameters that genq serves."""
+
+
+class CompletionCreate(CompletionFields, _Streamed):
+    """OpenAI's completion create parameters that genq serves."""
+
+
 @router.post("/chat/completions", responses=SUBMITS | _ANSWERS)
 async def chat_completions(
-    body: ChatBody,
+    body: ChatCompletionCreate,
     principal: PrincipalDep,
     settings: SettingsDep,
     celery: CeleryDep,
     completions: CompletionsDep,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     """OpenAI's chat completion, answered through genq (``messages``; a ``developer``
     message is a system message)."""
     return await _answer(
@@ -75,13 +114,13 @@ async def chat_completions(
 
 @router.post("/completions", responses=SUBMITS | _ANSWERS)
 async def text_completions(
-    body: CompletionBody,
+    body: CompletionCreate,
     principal: PrincipalDep,
     settings: SettingsDep,
     celery: CeleryDep,
     completions: CompletionsDep,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     """OpenAI's (legacy) text completion of a ``prompt``, answered through genq."""
     return await _answer(
         "/v1/completions", body, principal, settings, celery, completions, idempotency_key
@@ -90,13 +129,13 @@ async def text_completions(
 
 async def _answer(
     endpoint: BatchEndpoint,
-    body: ChatBody | CompletionBody,
+    body: ChatCompletionCreate | CompletionCreate,
     principal: Principal,
     settings: Settings,
     celery: Celery,
     completions: Completions,
     idempotency_key: str | None,
-) -> JSONResponse:
+) -> Response:
     try:
         request = to_request(body, BatchPolicy())
     except ValidationError as exc:
@@ -105,7 +144,13 @@ async def _answer(
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail=f"{param}: {error['msg']}"
         ) from None
-    record = await enqueue(request, principal, settings, async_jobs(), celery, idempotency_key)
+    jobs = async_jobs()
+    record = await enqueue(request, principal, settings, jobs, celery, idempotency_key, body.stream)
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        model = request.model or settings.upstream_model
+        events = openai_events(endpoint, record, model, usage, ANSWER_WAIT_S)
+        return StreamingResponse(events, media_type="text/event-stream")
     final = await wait_final(completions, record, ANSWER_WAIT_S)
     return _response(endpoint, final)
 

@@ -144,25 +144,107 @@ def test_a_degraded_answer_is_a_200_and_no_answer_a_503(genq: Genq) -> None:
 
 
 def test_unsupported_parameters_are_a_400_naming_them(genq: Genq) -> None:
-    """``n`` > 1, ``tools`` and ``logprobs`` are refused with a 400 naming the parameter,
-    and ``stream: true`` (not served yet) too."""
+    """``n`` > 1, ``tools`` and ``logprobs`` are refused with a 400 naming the parameter."""
     cases: list[dict[str, Any]] = [
         {"n": 2},
         {"tools": [{"type": "function", "function": {"name": "f"}}]},
         {"logprobs": True},
-        {"stream": True},
     ]
     for extra in cases:
         with pytest.raises(openai.BadRequestError) as caught:
             genq.client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": "x"}],
-                extra_body=extra if "stream" not in extra else None,
-                **({"stream": True} if "stream" in extra else {}),
+                model=MODEL, messages=[{"role": "user", "content": "x"}], extra_body=extra
             )
         (name,) = extra
         assert caught.value.status_code == 400
         assert isinstance(caught.value.body, dict) and caught.value.body["param"] == name
+
+
+def test_a_stream_relays_the_answer_piece_by_piece(genq: Genq) -> None:
+    """``stream=True``: the chunks join to the job's answer, OpenAI and TGI upstreams in
+    one piece a word (the simulator's), an hf upstream in one; the last content-less
+    chunk says why it ended and carries genq's object; with include_usage, a usage chunk."""
+    genq.sim.configure(token_ms=20)
+    chunks = list(
+        genq.client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "one two three four"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) == (1 if genq.protocol == "hf" else 5)
+    last = next(c for c in reversed(chunks) if c.choices)
+    assert last.choices[0].finish_reason in ("stop", "length")
+    genq_fields = (last.model_extra or {})["genq"]
+    job = requests.get(f"{genq.url}/v1/jobs/{genq_fields['job_id']}", headers=auth(), timeout=5)
+    assert "".join(pieces) == job.json()["result"]["text"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+def test_the_async_client_streams_text_completions(genq: Genq) -> None:
+    """``AsyncOpenAI`` reads a streamed text completion to its end."""
+
+    async def ask() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{genq.url}/v1", api_key=API_KEY, max_retries=0)
+        async with client:
+            stream = await client.completions.create(model=MODEL, prompt="a b c", stream=True)
+            return [chunk.choices[0].text async for chunk in stream if chunk.choices]
+
+    assert "".join(asyncio.run(ask())).startswith("simulated:")
+
+
+def test_a_degraded_answer_streams_as_one_chunk(genq: Genq) -> None:
+    """Circuit forced open: the excerpt comes as one chunk, the last saying degraded."""
+    genq.steer("open")
+    try:
+        chunks = list(
+            genq.client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Who answers?"}],
+                extra_body={"context": [DOC]},
+                stream=True,
+            )
+        )
+    finally:
+        genq.steer("reset")
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(pieces) == 1
+    genq_fields = (chunks[-1].model_extra or {})["genq"]
+    assert (genq_fields["source"], genq_fields["degraded"]) == ("excerpt", True)
+
+
+def test_a_stream_cut_mid_answer_ends_in_an_error_and_is_not_cached(genq: Genq) -> None:
+    """The upstream closes after three events: the client's stream ends with an error
+    event (the SDK raises it) after the pieces that came; the cut answer is not cached
+    (the job, retried, answers whole from the upstream, not from the cache)."""
+    if genq.protocol == "hf":
+        pytest.skip("an hf upstream answers whole: nothing is streamed to cut")
+    genq.sim.configure(stream_cut_after=3)
+    received: list[str] = []
+
+    def read_to_the_end() -> None:
+        for chunk in genq.client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "cut me off please"}],
+            stream=True,
+            extra_body={"cache": "prefer"},
+        ):
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError, match="mid-answer"):
+        read_to_the_end()
+    assert received and len(received) <= 3
+    genq.sim.configure(stream_cut_after=None)
+    again = genq.client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "cut me off please"}],
+        extra_body={"cache": "prefer"},
+    )
+    assert (again.model_extra or {})["genq"]["source"] == "upstream"
 
 
 def test_models_are_listed_and_retrieved(genq: Genq) -> None:
@@ -199,7 +281,7 @@ def test_unknown_paths_and_methods_answer_in_openais_shape(genq: Genq) -> None:
 
 def test_langchain_chat_openai_invokes_genq(genq: Genq) -> None:
     """LangChain's ``ChatOpenAI``, unmodified, pointed at genq: ``invoke`` answers with
-    the text and the model genq's answer names."""
+    the text and the model genq's answer names; ``stream`` gives the same text."""
     from langchain_openai import ChatOpenAI
 
     chat = ChatOpenAI(
@@ -208,3 +290,5 @@ def test_langchain_chat_openai_invokes_genq(genq: Genq) -> None:
     answer = chat.invoke("Write a haiku about queues")
     assert isinstance(answer.content, str) and answer.content
     assert answer.response_metadata["model_name"] == MODEL
+    streamed = "".join(str(piece.content) for piece in chat.stream("Write a haiku about queues"))
+    assert streamed == answer.content
