@@ -15,7 +15,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 __all__ = ["OPENAI_ROUTES", "install"]
 
@@ -45,27 +45,36 @@ def _openai(
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed(request: Request) -> str:
-    """Every method the path answers: Starlette's 405 names only the first route's, and
-    ``GET /v1/batches`` and ``POST /v1/batches`` are two routes."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match is not Match.NONE:
-                methods |= route.methods
-    return ", ".join(sorted(methods))
+    """Every method the path answers, each asked of the routes as a request with that
+    method (routers included by FastAPI do not list their routes' methods): Starlette's
+    405 names only the first route's, and ``GET``/``POST /v1/batches`` are two routes."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    )
+
+
+def _served(request: Request) -> bool:
+    """Whether any route serves the request's path (with this method or another)."""
+    return any(
+        route.matches(request.scope)[0] is not Match.NONE for route in request.app.router.routes
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     path = request.url.path
-    allowed = _allowed(request)
     if exc.status_code == 405:
-        exc.headers = {**(exc.headers or {}), "Allow": allowed}
+        exc.headers = {**(exc.headers or {}), "Allow": _allowed(request)}
     # Under /v1, a path no route serves and a method the path does not take are
     # answered as OpenAI answers them: clients of the OpenAI-compatible routes read that.
-    unknown = path.startswith("/v1/") and (exc.status_code == 405 or not allowed)
+    unknown = path.startswith("/v1/") and (exc.status_code == 405 or not _served(request))
     if unknown and exc.status_code == 404:
         message = f"Unknown request URL: {request.method} {path}."
         return _openai(404, message, None, exc.headers, code="unknown_url")

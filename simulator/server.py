@@ -257,9 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
         """The answer as server-sent events, ``token_ms`` apart; the connection closes
         after them (or after ``stream_cut_after`` of them, with no end)."""
         config = self.server.control.config
-        events = [f"data: {json.dumps(e)}\n\n".encode() for e in stream_events(target, request)]
+        answer = stream_events(target, request)
+        # Generating takes time, saying it is over does not: a token event (TGI's, each
+        # a token) waits token_ms; OpenAI's finish, usage and [DONE] follow at once.
+        pieces = _pieces(answer) if target.family == "openai" else len(answer)
+        paced = [i < pieces for i in range(len(answer))]
+        events = [f"data: {json.dumps(e)}\n\n".encode() for e in answer]
         if target.family == "openai":
             events.append(b"data: [DONE]\n\n")
+            paced.append(False)
         cut = config.stream_cut_after
         self.close_connection = True
         try:
@@ -271,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if cut is not None and n >= cut:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if n and config.token_ms and self.server.stopping.wait(config.token_ms / 1000):
+                pace = n and paced[n] and config.token_ms
+                if pace and self.server.stopping.wait(config.token_ms / 1000):
                     return
                 self.wfile.write(event)
                 self.wfile.flush()
@@ -302,6 +309,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:  # the client gave up (e.g. timed out during a hang)
             self.close_connection = True
+
+
+def _pieces(events: list[object]) -> int:
+    """How many of OpenAI's chunks carry a piece of text (they come first)."""
+    return sum(1 for e in events if isinstance(e, dict) and e.get("choices") and _has_text(e))
+
+
+def _has_text(event: dict[str, Any]) -> bool:
+    choice = event["choices"][0]
+    return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
 
 
 class _Server(ThreadingHTTPServer):

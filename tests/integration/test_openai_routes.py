@@ -268,13 +268,16 @@ def test_files_are_listed_per_key(genq: Genq) -> None:
 
 
 def test_unknown_paths_and_methods_answer_in_openais_shape(genq: Genq) -> None:
-    """An unknown path under /v1 is a 404, and a method a path does not take a 405, both
-    in OpenAI's error shape, which the SDK reads."""
+    """An unknown path under /v1 is a 404, and a method a path does not take a 405 with
+    every method it does take in Allow, both in OpenAI's error shape, which the SDK reads."""
     response = requests.get(f"{genq.url}/v1/embeddings", headers=auth(), timeout=5)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_url"
     response = requests.delete(f"{genq.url}/v1/chat/completions", headers=auth(), timeout=5)
     assert response.status_code == 405 and "error" in response.json()
+    assert response.headers["Allow"] == "POST"
+    response = requests.delete(f"{genq.url}/v1/batches", headers=auth(), timeout=5)
+    assert response.headers["Allow"] == "GET, POST"  # two routes, one path
     with pytest.raises(openai.NotFoundError):
         genq.client.embeddings.create(model=MODEL, input="x")
 
