@@ -219,8 +219,9 @@ def test_a_degraded_answer_streams_as_one_chunk(genq: Genq) -> None:
 
 def test_a_stream_cut_mid_answer_ends_in_an_error_and_is_not_cached(genq: Genq) -> None:
     """The upstream closes after three events: the client's stream ends with an error
-    event (the SDK raises it) after the pieces that came; the cut answer is not cached
-    (the job, retried, answers whole from the upstream, not from the cache)."""
+    event (the SDK raises it) after the pieces that came; the cut counts against the
+    circuit; the cut answer is not cached (asked again, the upstream answers, not the
+    cache)."""
     if genq.protocol == "hf":
         pytest.skip("an hf upstream answers whole: nothing is streamed to cut")
     genq.sim.configure(stream_cut_after=3)
@@ -238,6 +239,8 @@ def test_a_stream_cut_mid_answer_ends_in_an_error_and_is_not_cached(genq: Genq) 
     with pytest.raises(openai.APIError, match="mid-answer"):
         read_to_the_end()
     assert received and len(received) <= 3
+    listed = requests.get(f"{genq.url}/v1/circuits", headers=auth(), timeout=5).json()
+    assert listed[0]["failure_count"] >= 1 or listed[0]["state"] != "closed"  # it counted
     genq.sim.configure(stream_cut_after=None)
     again = genq.client.chat.completions.create(
         model=MODEL,
