@@ -26,6 +26,7 @@ from api.deps import async_jobs
 from core import keys
 from core.connections import get_async_redis
 from core.contract import BatchEndpoint, JobResult
+from core.errors import StorageUnavailable
 from core.openai_batch import completion_body
 from core.records import JobRecord
 from core.settings import get_settings
@@ -45,7 +46,7 @@ async def openai_events(
     try:
         async for event in _relayed(endpoint, record, model, include_usage, wait_s):
             yield event
-    except RedisError as exc:
+    except (RedisError, StorageUnavailable) as exc:
         message = f"the job store did not answer ({type(exc).__name__}); GET /v1/jobs/{record.id}"
         yield _error(message, "storage_unavailable")
 
@@ -58,9 +59,10 @@ async def _relayed(
     block_ms = min(BLOCK_MS, int(get_settings().redis_socket_timeout_s * 500))
     client, key, last = get_async_redis(), keys.job_stream(record.id), "0-0"
     deadline = asyncio.get_running_loop().time() + wait_s
-    sent = False
+    sent = ""  # the text relayed so far
     while (left := deadline - asyncio.get_running_loop().time()) > 0:
-        found = await client.xread({key: last}, count=256, block=int(min(block_ms, left * 1000)))
+        block = max(1, int(min(block_ms, left * 1000)))  # BLOCK 0 would wait for ever
+        found = await client.xread({key: last}, count=256, block=block)
         entries = _entries(found)
         if not entries:
             latest = await async_jobs().get(record.id)
@@ -71,7 +73,7 @@ async def _relayed(
         for entry_id, fields in entries:
             last = entry_id
             if "p" in fields:
-                sent = True
+                sent += fields["p"]
                 yield _event(chunks.piece(fields["p"]))
             elif "error" in fields:
                 yield _error(f"{fields['error']} (job {record.id})")
@@ -85,15 +87,21 @@ async def _relayed(
 
 
 async def _final(
-    chunks: _Chunks, record: JobRecord, sent: bool, include_usage: bool
+    chunks: _Chunks, record: JobRecord, sent: str, include_usage: bool
 ) -> AsyncIterator[str]:
+    """The end: what the record's answer holds beyond the pieces relayed (all of it when
+    none was: the cache, an excerpt, an hf upstream; the rest, had the relay dropped
+    some), the last chunk, the usage, ``[DONE]``; or the job's error."""
     result = record.result
     if result is None:
         message = record.error.message if record.error else "the job has no answer"
         yield _error(f"{message} (job {record.id})")
         return
-    if not sent:
-        yield _event(chunks.piece(result.text))
+    if not result.text.startswith(sent):  # pieces went missing mid-way: not this answer
+        yield _error(f"the relayed answer lost pieces; GET /v1/jobs/{record.id} has it whole")
+        return
+    if rest := result.text[len(sent) :]:
+        yield _event(chunks.piece(rest))
     yield _event(chunks.last(result))
     if include_usage:
         yield _event(chunks.usage(result))

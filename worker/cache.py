@@ -96,6 +96,10 @@ def cache_key(protocol: str, model: str, request: GenerateRequest, scope: str | 
         "context": _context_digest(request),
         "context_mode": request.context_mode,
     }
+    if request.failover == "none":
+        # Only the primary answers such a job: its answers are cached apart, so a
+        # failover target's answer to the same request never serves it.
+        canonical["primary_only"] = True
     return keys.cache(_digest(canonical))
 
 

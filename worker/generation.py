@@ -52,6 +52,7 @@ from core.errors import (
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
+    UpstreamUnavailable,
 )
 from core.records import LEASE_MS, JobStore, Start
 from core.scheduler import scheduling_of
@@ -177,7 +178,17 @@ class GenerationService:
                 else:
                     generation = self._stream_upstream(target, request, relay)
         except UpstreamRejected as exc:
-            return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
+            if admitted.index == 0 or exc.status not in _TARGET_REFUSALS:
+                return recorder.fail(job_id, exc, Attempt.now("failed", exc.type))
+            # A failover target that refuses the call itself (its token, its model) is
+            # unavailable: the request is not at fault, and the fallback answers.
+            unavailable = UpstreamUnavailable(
+                f"failover target {target.name!r} refused the call ({exc.status}): check its "
+                "token and model in GENQ_UPSTREAM_FAILOVER",
+                status=exc.status,
+            )
+            refusal = Refusal.of(unavailable, "upstream_failed")
+            return self.fallback.answer(message, key, refusal, recorder)
         except UpstreamError as exc:
             if relay is not None and relay.pieces:  # the client had part of an answer
                 relay.error(exc.message)
@@ -242,6 +253,14 @@ class GenerationService:
                 at = routed.index
                 routed = self.router.admit(message, targets[: at + 1], at, records, rest)
         if isinstance(routed, Refused):
+            if first > 0:
+                # A failover hop found every later target refusing: back to the first,
+                # after a backoff, on the retries budget (the hop itself spent none).
+                retry = self.retry_policy.decide(Budget.RETRIES, message)
+                if retry is not None:
+                    refused = Attempt.now("rejected", routed.soonest.type)
+                    records.mark_queued(message.job_id, refused)
+                    return retry
             return self._refused(message, key, routed.soonest, records, recorder)
         if isinstance(routed, NoSlot):
             return self._no_slot(message, key, routed.target, recorder)
@@ -330,6 +349,10 @@ class GenerationService:
             return retry
         log.error("generation.store_unavailable_gave_up", extra=extra)
         return Done(error=JobError(type=exc.type, message=exc.message))
+
+
+_TARGET_REFUSALS = frozenset({401, 403, 404})
+"""A failover target's answers that say it is misconfigured, not that the request is wrong."""
 
 
 def _no_slot_refusal(target: UpstreamTarget) -> Refusal:

@@ -61,6 +61,7 @@ class StreamRelay:
         self._redis = client
         self._key = keys.job_stream(job_id)
         self.pieces = 0
+        self.broken = False
 
     def piece(self, text: str) -> None:
         """One piece of the answer, as the upstream sent it."""
@@ -77,15 +78,18 @@ class StreamRelay:
         self._add({"end": "1"})
 
     def _add(self, fields: dict[str, str]) -> None:
-        """Best effort: a relay Redis does not take is logged, never raised (the call it
-        runs inside must not fail, nor count against the circuit, for it; the record
-        written at the end is the answer either way)."""
+        """Best effort: a relay Redis does not take is logged, never raised, and the
+        relay stops (the call it runs inside must not fail, slow down nor count against
+        the circuit for it); the API sends what the record holds beyond what it relayed."""
+        if self.broken:  # after one failure, no more round trips inside the call
+            return
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(self._key, fields, maxlen=MAX_PIECES, approximate=True)  # type: ignore[arg-type]
         pipe.expire(self._key, STREAM_TTL_S)
         try:
             pipe.execute()
         except RedisError as exc:
+            self.broken = True
             log.warning("stream.relay_failed", extra={"error": type(exc).__name__})
 
 

@@ -133,7 +133,10 @@ def classify(
         payload = json.loads(body_text)
     except ValueError:
         payload = None
-    detail = _scrub(_error_detail(payload, body_text), token)
+    if status in (401, 403):  # an auth refusal may quote the key (masked, in part)
+        detail = "(the upstream's text is not quoted: it may name the token)"
+    else:
+        detail = _scrub(_error_detail(payload, body_text), token)
     fields = CaseInsensitiveDict(headers)
     retry_after = parse_retry_after(fields.get("Retry-After"))
     loading = _number(payload.get("estimated_time") if isinstance(payload, dict) else None)

@@ -179,8 +179,8 @@ def _response(endpoint: BatchEndpoint, record: JobRecord) -> JSONResponse:
 
 @router.get("/models")
 def list_models(_: PrincipalDep, settings: SettingsDep) -> dict[str, Any]:
-    """The models jobs may name: the default, ``GENQ_ALLOWED_MODELS``, and each failover
-    target's."""
+    """The models jobs may name: the default and ``GENQ_ALLOWED_MODELS`` (a failover
+    target answers with its own model, which a job does not name)."""
     return {"object": "list", "data": [_model(m) for m in _listed(settings)]}
 
 
@@ -201,9 +201,7 @@ def retrieve_model(
 
 
 def _listed(settings: Settings) -> list[str]:
-    models = [settings.upstream_model, *settings.allowed_models]
-    models += [target.model for target in settings.upstream_failover]
-    return list(dict.fromkeys(models))
+    return list(dict.fromkeys([settings.upstream_model, *settings.allowed_models]))
 
 
 def _valid_model(model_id: str) -> bool:

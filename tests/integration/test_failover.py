@@ -144,10 +144,14 @@ def test_primary_down_every_job_is_answered_by_the_second_target(fresh: Cluster)
     primary_calls = int(fresh.primary.stats()["calls"])  # type: ignore[call-overload]
     assert primary_calls <= FAIL_MAX + (CONCURRENCY - 1) + probes
     assert fresh.circuit(fresh.primary_circuit)["state"] in ("open", "half-open")
-    # A job the primary failed before its circuit opened shows both attempts.
+    # The jobs the primary failed before its circuit opened (its trip needed FAIL_MAX
+    # failures) show both attempts: the primary's failure, then the second's answer.
     hopped = [job for job in jobs if len(job["attempts"]) > 1]
+    assert len(hopped) >= 1
     for job in hopped:
-        assert [a["outcome"] for a in job["attempts"]][-1] == "succeeded"
+        first, last = job["attempts"][0], job["attempts"][-1]
+        assert (first["outcome"], first["error_type"]) == ("failed", "upstream_unavailable")
+        assert last["outcome"] == "succeeded"
 
 
 def test_failover_none_is_answered_by_the_primary_or_not_at_all(fresh: Cluster) -> None:
@@ -192,10 +196,11 @@ def test_the_primary_answers_again_after_its_probe(fresh: Cluster) -> None:
     assert (last["target"], last["failover"]) == (fresh.primary_circuit, False)
 
 
-def test_a_trickling_primary_moves_the_job_on_at_its_deadline(fresh: Cluster) -> None:
-    """The primary hangs past the read timeout: the attempt's deadline ends the call,
-    and the job is answered by the second target at once (no backoff), the primary's
-    timeout recorded as its first attempt."""
+def test_a_hanging_primary_moves_the_job_on_at_its_timeout(fresh: Cluster) -> None:
+    """The primary answers nothing for longer than the read timeout: the timeout ends
+    the call, and the job is answered by the second target at once (no backoff), the
+    primary's timeout recorded as its first attempt. (A primary that trickles its answer
+    is cut off at the same deadline: tests/unit/test_upstream.py.)"""
     fresh.primary.configure(mode="hang", hang_s=5)
     started = time.monotonic()
     (job,) = fresh.run(["slow primary"])
@@ -255,25 +260,53 @@ def test_a_batch_during_the_primary_outage(fresh: Cluster) -> None:
 
 
 def test_every_target_is_listed_with_its_circuit_and_call_limit(fresh: Cluster) -> None:
-    """/v1/circuits lists both configured targets and /metrics reports each one's
-    circuit state; a configured target never called yet is listed closed."""
+    """/v1/circuits lists both configured targets, each with its call limit (once called),
+    and /metrics reports each one's circuit state; a configured target never called yet
+    is listed closed."""
     with redis.Redis.from_url(fresh.redis_url) as r:
         listed_now = circuits.list_circuits(r, ["openai~never.called~m"])
     unused = next(c for c in listed_now if c["name"] == "openai~never.called~m")
     assert (unused["state"], unused["failure_count"]) == ("closed", 0)
     listed = requests.get(f"{fresh.url}/v1/circuits", headers=auth(), timeout=5).json()
-    names = [c["name"] for c in listed]
-    assert fresh.primary_circuit in names and fresh.second_circuit in names
+    by_name = {c["name"]: c for c in listed}
+    assert fresh.primary_circuit in by_name and fresh.second_circuit in by_name
+    assert by_name[fresh.primary_circuit]["limit"]["mode"] == "adaptive"  # called: a limit
     metrics = requests.get(f"{fresh.url}/metrics", timeout=5).text
     for name in (fresh.primary_circuit, fresh.second_circuit):
         assert f'genq_circuit_state{{circuit="{name}",state="closed"}}' in metrics
 
 
 def test_the_failover_token_is_in_no_log(fresh: Cluster) -> None:
-    """The second target's token reaches the second target and no log line."""
+    """The second target's token reaches the second target (it requires it: every job is
+    answered there) and no log line, result or error."""
     fresh.primary.configure(mode="down")
-    fresh.run([f"secret check {i}" for i in range(6)])
+    jobs = fresh.run([f"secret check {i}" for i in range(6)])
+    assert {job["result"]["target"] for job in jobs} == {fresh.second_circuit}
+    assert SECOND_TOKEN[:12] not in json.dumps(jobs)
     for log in ("worker-failover", "api-failover"):
         with open(f"/tmp/genq-test-{log}.log", encoding="utf-8", errors="replace") as handle:
             text = handle.read()
         assert SECOND_TOKEN not in text and SECOND_TOKEN[:12] not in text
+
+
+def test_a_hop_onto_a_refusing_target_backs_off_and_asks_the_primary_again(
+    fresh: Cluster,
+) -> None:
+    """The primary fails once (a 503) while the second target's circuit is forced open:
+    the hop finds no target to take the job, so it backs off and the primary, asked
+    again, answers. No degraded answer while the primary may still answer."""
+    force = f"{fresh.url}/v1/circuits/{fresh.second_circuit}/open"
+    requests.post(force, headers=auth(ADMIN_KEY), timeout=5).raise_for_status()
+    time.sleep(OPEN_VIEW_TTL_S + 0.2)
+    fresh.primary.configure(script=[{"status": 503}])
+    (job,) = fresh.run(["once unlucky"])
+    result = job["result"]
+    assert (result["source"], result["target"], result["failover"]) == (
+        "upstream",
+        fresh.primary_circuit,
+        False,
+    )
+    outcomes = [(a["outcome"], a["error_type"]) for a in job["attempts"]]
+    assert outcomes[0] == ("failed", "upstream_unavailable")
+    assert outcomes[1] == ("rejected", "circuit_open")
+    assert outcomes[-1] == ("succeeded", None)

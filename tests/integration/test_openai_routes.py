@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from tests.integration.conftest import (
     genq_env,
     serve_api,
     start_worker,
+    wait_final,
 )
 from worker.breaker.circuit import DEFAULT_OPEN_VIEW_TTL_S as OPEN_VIEW_TTL_S
 
@@ -236,9 +238,15 @@ def test_a_stream_cut_mid_answer_ends_in_an_error_and_is_not_cached(genq: Genq) 
         ):
             received.append(chunk.choices[0].delta.content or "")
 
-    with pytest.raises(openai.APIError, match="mid-answer"):
+    with pytest.raises(openai.APIError, match="mid-answer") as caught:
         read_to_the_end()
     assert received and len(received) <= 3
+    # The job goes on (its retries cut off too): once it is final, nothing it did may
+    # have cached an answer.
+    job_id = re.search(r"\(job (\w+)\)", str(caught.value))
+    assert job_id is not None
+    cut = wait_final(genq.url, f"/v1/jobs/{job_id.group(1)}", timeout_s=30)
+    assert cut["attempts"][0]["error_type"] == "upstream_unavailable"
     listed = requests.get(f"{genq.url}/v1/circuits", headers=auth(), timeout=5).json()
     assert listed[0]["failure_count"] >= 1 or listed[0]["state"] != "closed"  # it counted
     genq.sim.configure(stream_cut_after=None)

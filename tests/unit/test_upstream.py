@@ -208,8 +208,6 @@ def test_5xx_is_unavailable(httpserver: HTTPServer, base: str, status: int) -> N
     ("status", "body", "quoted"),
     [
         (400, {"error": "Input validation error: empty inputs"}, "empty inputs"),
-        (401, {"error": {"message": "Invalid credentials"}}, "Invalid credentials"),
-        (403, {"message": "forbidden for this model"}, "forbidden for this model"),
         (404, {"error": "Model not found"}, "Model not found"),
         (422, {"detail": [{"loc": ["top_p"], "msg": "must be < 1"}]}, "must be < 1"),
         (418, {"error": "teapot"}, "teapot"),
@@ -311,9 +309,20 @@ def test_echoed_token_never_reaches_the_message(
     assert "bad header" in str(caught.value)
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_auth_refusal_quotes_none_of_the_upstreams_text(status: int) -> None:
+    """OpenAI's 401 quotes the key it refused, masked but in part ("sk-ab***wxyz"): an
+    auth refusal's text is not quoted at all; the status still says what happened."""
+    body = '{"error": {"message": "Incorrect API key provided: sk-ab***************wxyz."}}'
+    error = classify(status, {}, body, SecretStr("sk-abcdefghijklmnopwxyz"))
+    assert isinstance(error, UpstreamRejected)
+    assert "wxyz" not in str(error) and "sk-ab" not in str(error)
+    assert f"upstream {status}" in str(error)
+
+
 def test_scrubs_bearer_values_other_than_the_token() -> None:
     """Whatever follows "Bearer " is scrubbed even when it is not the configured token."""
-    error = classify(401, {}, "got Authorization: Bearer sk-other-credential", None)
+    error = classify(400, {}, "got Authorization: Bearer sk-other-credential", None)
     assert "sk-other-credential" not in str(error)
     assert "Bearer ***" in str(error)
 
