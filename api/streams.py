@@ -9,7 +9,9 @@ an ``hf`` upstream) is one chunk; then a last chunk with ``finish_reason`` and g
 and ``data: [DONE]``. An upstream that broke off mid-answer, or a job that failed, ends
 the stream with an error event (``{"error": {…}}``, which the ``openai`` SDK raises).
 
-Each waiting stream holds one connection of the process's pool while it blocks.
+Each waiting stream holds one connection of the process's pool while it blocks: at most
+``MAX_OPEN_STREAMS`` are open at once in a process (the route answers 503 beyond), so
+streams never take the connections every other request needs.
 """
 
 from __future__ import annotations
@@ -31,11 +33,22 @@ from core.openai_batch import completion_body
 from core.records import JobRecord
 from core.settings import get_settings
 
-__all__ = ["openai_events"]
+__all__ = ["MAX_OPEN_STREAMS", "full", "openai_events"]
 
 BLOCK_MS = 2_000
 """One blocking read's longest wait (and at most half the client's socket timeout).
 Between two, the record is read once, in case the job was final before its relay began."""
+
+
+MAX_OPEN_STREAMS = 500
+"""Streams a process relays at once: half its Redis pool (``core.connections.MIN_POOL``)."""
+
+_open = 0  # streams relaying now in this process (one event loop: no lock needed)
+
+
+def full() -> bool:
+    """Whether this process relays as many streams as it may (a new one gets 503)."""
+    return _open >= MAX_OPEN_STREAMS
 
 
 async def openai_events(
@@ -43,12 +56,16 @@ async def openai_events(
 ) -> AsyncIterator[str]:
     """The job's answer as server-sent events, each as soon as it is known; Redis gone
     quiet ends them with an error event (the job goes on: ``GET /v1/jobs/{id}``)."""
+    global _open
+    _open += 1
     try:
         async for event in _relayed(endpoint, record, model, include_usage, wait_s):
             yield event
     except (RedisError, StorageUnavailable) as exc:
         message = f"the job store did not answer ({type(exc).__name__}); GET /v1/jobs/{record.id}"
         yield _error(message, "storage_unavailable")
+    finally:
+        _open -= 1
 
 
 async def _relayed(

@@ -25,6 +25,7 @@ from fastapi import APIRouter, HTTPException, Path, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, TypeAdapter, ValidationError
 
+from api import streams
 from api.auth import Principal
 from api.batch_input import BatchPolicy, ChatFields, CompletionFields, to_request
 from api.completions import Completions
@@ -144,6 +145,9 @@ async def _answer(
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail=f"{param}: {error['msg']}"
         ) from None
+    if body.stream and streams.full():
+        detail = f"this API process relays {streams.MAX_OPEN_STREAMS} streams already"
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": "1"})
     jobs = async_jobs()
     record = await enqueue(request, principal, settings, jobs, celery, idempotency_key, body.stream)
     if body.stream:
