@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from core import keys, scripts
 from core.contract import BatchEndpoint
 from core.errors import StorageUnavailable
+from core.paging import newest_first
 from core.records import LEASE_MS, MAX_REPUBLISH, Republished, Start
 from core.scheduler import Scheduler, Scheduling
 
@@ -306,18 +307,11 @@ class BatchStore:
     def page(self, owner: str, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
         """One owner's batches, newest first, after the batch ``after``; and whether
         more follow."""
-        index = keys.batches(owner)
-        start = 0
-        if after is not None:
-            rank: Any = self._guard(lambda: self._redis.zrevrank(index, after))
-            if rank is None:
-                return [], False
-            start = int(rank) + 1
-        ids: list[Any] = list(
-            self._guard(lambda: self._redis.zrevrange(index, start, start + limit))
+        ids, more = self._guard(
+            lambda: newest_first(self._redis, keys.batches(owner), after, limit)
         )
-        found = [self.get(_text(i)) for i in ids[:limit]]
-        return [b for b in found if b is not None], len(ids) > limit
+        found = [self.get(batch_id) for batch_id in ids]
+        return [b for b in found if b is not None], more
 
     def lines(self, batch_id: str, kind: Literal["output", "error"]) -> Iterator[bytes]:
         """The output or error lines written so far, ``LINES_PER_READ`` per round trip."""

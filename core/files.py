@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from core import keys
 from core.errors import StorageUnavailable
+from core.paging import newest_first
 
 __all__ = ["FileKind", "FileRecord", "FileStore", "TooLarge", "new_file_id"]
 
@@ -114,20 +115,20 @@ class FileStore:
         """One owner's files, newest first, after the file ``after``; and whether more
         follow. Ids of files gone (expired, deleted) are dropped from the index as met."""
         index = keys.files(owner)
-        start = 0
-        if after is not None:
-            rank: Any = self._guard(lambda: self._redis.zrevrank(index, after))
-            if rank is None:
-                return [], False
-            start = int(rank) + 1
-        ids = [
-            _id(i) for i in self._guard(lambda: self._redis.zrevrange(index, start, start + limit))
-        ]
-        found = {i: self.get(i) for i in ids[:limit]}
-        gone = [i for i, record in found.items() if record is None]
+
+        def read() -> tuple[list[tuple[str, Any]], bool]:
+            ids, more = newest_first(self._redis, index, after, limit)
+            pipe = self._redis.pipeline(transaction=False)
+            for file_id in ids:
+                pipe.hgetall(keys.file(file_id))
+            return list(zip(ids, pipe.execute(), strict=True)), more
+
+        found, more = self._guard(read)
+        gone = [file_id for file_id, fields in found if not fields]
         if gone:
             self._guard(lambda: self._redis.zrem(index, *gone))
-        return [r for r in found.values() if r is not None], len(ids) > limit
+        records = [FileRecord.model_validate(_text(fields)) for _, fields in found if fields]
+        return records, more
 
     def get(self, file_id: str) -> FileRecord | None:
         """The file, or None if there is no such file (or it expired)."""
@@ -173,10 +174,6 @@ class FileStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StorageUnavailable(f"file store unreachable: {type(exc).__name__}") from exc
-
-
-def _id(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _text(fields: Mapping[Any, Any]) -> dict[str, str]:
