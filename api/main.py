@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import errors, metrics
+from api import errors, metrics, status
+from api.cluster import read_cluster
 from api.completions import Completions
 from api.deps import document_bearer
 from api.limits import BodyLimits
-from api.metrics import read_cluster
 from api.probes import Monitor
+from api.request_ids import RequestIds
 from api.routes import batches, circuits, files, generate, health, jobs, openai_api
 from core.connections import get_async_redis, get_redis
 from core.logs import configure_logging
@@ -50,7 +51,8 @@ def create_app() -> FastAPI:
     )
     errors.install(application)
     application.add_middleware(BodyLimits)
-    modules = (health, jobs, generate, openai_api, files, batches, circuits, metrics)
+    application.add_middleware(RequestIds)  # outermost: even a refused body has an id
+    modules = (health, jobs, generate, openai_api, files, batches, circuits, metrics, status)
     routers = [r.router for r in modules]
     for router in routers:
         application.include_router(router)

@@ -1,10 +1,12 @@
-"""``/metrics``: Prometheus metrics of this API process, and of the cluster read from Redis.
+"""``/metrics``: Prometheus metrics of this API process, and of the whole cluster.
 
-Counters of this process (jobs accepted) are prometheus-client counters. The cluster's
-state (circuits, queue depth) lives in Redis; the API's background monitor
-(``api.probes``) reads it every few seconds, so any API replica reports the same numbers
-and a scrape never waits on Redis: while Redis is down or hung it reports
-``genq_redis_up 0`` at once.
+Counters of this process (jobs accepted) are prometheus-client counters. Everything else
+is the cluster's, as the API's background monitor last read it from Redis
+(``api.cluster``, at most ``CLUSTER_EVERY_S`` old): circuits, call limits, queues (depth
+and oldest age), the batch backlog, and the counts the workers' scripts keep where they
+record the work (``core.stats``: jobs finished, upstream call durations, cache lookups).
+So any API replica reports the same numbers, and a scrape never waits on Redis: while
+Redis is down or hung it reports ``genq_redis_up 0`` at once.
 """
 
 from __future__ import annotations
@@ -20,40 +22,30 @@ from prometheus_client import (
     Counter,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from api.cluster import ClusterSnapshot
 from api.probes import Monitor
-from core.capacity import with_limits
-from core.circuits import CircuitState, list_circuits
-from core.connections import get_redis
-from core.scheduler import backlog
-from core.settings import get_settings
-from worker.app import QUEUES
+from core.circuits import CircuitState
+from core.stats import CALL_BUCKETS, FINISHED_LABELS, ClusterStats
 
-__all__ = ["JOBS_SUBMITTED", "ClusterCollector", "read_cluster", "router"]
+__all__ = ["JOBS_SUBMITTED", "ClusterCollector", "router"]
 
 JOBS_SUBMITTED = Counter("genq_jobs_submitted", "Jobs accepted by this API process")
 STATE_LABELS = tuple(code.label for code in CircuitState)
 
 
-Cluster = tuple[list[dict[str, Any]], list[tuple[str, int]], dict[str, int]]
-"""What a scrape reads from Redis: every circuit's snapshot, each queue's depth, and the
-batch items waiting with the scheduler by owner id."""
-
-
-def read_cluster() -> Cluster:
-    client = get_redis()
-    circuits = with_limits(client, list_circuits(client, get_settings().target_circuits))
-    depths = [(queue, int(client.llen(queue))) for queue in QUEUES]
-    return circuits, depths, backlog(client)
-
-
 class ClusterCollector(Collector):
-    """Circuit states and transitions, and queue depths, as one scrape read them from
-    Redis (None: Redis did not answer within the probe budget)."""
+    """The cluster as one read of Redis found it (None: Redis did not answer within the
+    probe budget)."""
 
-    def __init__(self, cluster: Cluster | None) -> None:
+    def __init__(self, cluster: ClusterSnapshot | None) -> None:
         self._cluster = cluster
 
     def collect(self) -> Iterator[Metric]:
@@ -62,35 +54,92 @@ class ClusterCollector(Collector):
         yield up
         if self._cluster is None:
             return
-        circuits, depths, waiting = self._cluster
-        state = GaugeMetricFamily(
-            "genq_circuit_state", "1 for the state each circuit is in", labels=["circuit", "state"]
-        )
-        retry = GaugeMetricFamily(
-            "genq_circuit_retry_after_seconds", "Seconds until the next probe", labels=["circuit"]
-        )
-        transitions = CounterMetricFamily(
-            "genq_circuit_transitions", "Transitions made", labels=["circuit", "kind"]
-        )
-        for circuit in circuits:
-            name = circuit["name"]
-            for option in STATE_LABELS:
-                state.add_metric([name, option], float(circuit["state"] == option))
-            retry.add_metric([name], float(circuit["retry_after"]))
-            for kind, count in circuit["transitions"].items():
-                transitions.add_metric([name, kind], float(count))
-        queued = GaugeMetricFamily("genq_queue_depth", "Messages waiting", labels=["queue"])
-        for queue, depth in depths:
-            queued.add_metric([queue], float(depth))
-        backlog = GaugeMetricFamily(
-            "genq_batch_backlog_items",
-            "Batch items waiting with the scheduler, by key (its owner id, never the key)",
-            labels=["owner"],
-        )
-        for owner, items in waiting.items():
-            backlog.add_metric([owner], float(items))
-        yield from (state, retry, transitions, queued, backlog)
-        yield from _limit_families(circuits)
+        yield from _circuit_families(self._cluster.circuits)
+        yield from _queue_families(self._cluster)
+        yield from _limit_families(self._cluster.circuits)
+        yield from _stats_families(self._cluster.stats)
+
+
+def _circuit_families(circuits: list[dict[str, Any]]) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        "genq_circuit_state", "1 for the state each circuit is in", labels=["circuit", "state"]
+    )
+    retry = GaugeMetricFamily(
+        "genq_circuit_retry_after_seconds", "Seconds until the next probe", labels=["circuit"]
+    )
+    transitions = CounterMetricFamily(
+        "genq_circuit_transitions", "Transitions made", labels=["circuit", "kind"]
+    )
+    for circuit in circuits:
+        name = circuit["name"]
+        for option in STATE_LABELS:
+            state.add_metric([name, option], float(circuit["state"] == option))
+        retry.add_metric([name], float(circuit["retry_after"]))
+        for kind, count in circuit["transitions"].items():
+            transitions.add_metric([name, kind], float(count))
+    yield from (state, retry, transitions)
+
+
+def _queue_families(cluster: ClusterSnapshot) -> Iterator[Metric]:
+    depth = GaugeMetricFamily("genq_queue_depth", "Messages ready to run", labels=["queue"])
+    age = GaugeMetricFamily(
+        "genq_queue_oldest_age_seconds",
+        "How long the oldest message has been ready to run (0: none waiting)",
+        labels=["queue"],
+    )
+    for queue in cluster.queues:
+        depth.add_metric([queue.name], float(queue.depth))
+        age.add_metric([queue.name], queue.oldest_age_s)
+    backlog = GaugeMetricFamily(
+        "genq_batch_backlog_items",
+        "Batch items waiting with the scheduler, by key (its owner id, never the key)",
+        labels=["owner"],
+    )
+    for owner, items in cluster.backlog.items():
+        backlog.add_metric([owner], float(items))
+    waiting = GaugeMetricFamily(
+        "genq_batch_waiting_items",
+        "A batch in progress's items not yet released onto the batch queue",
+        labels=["batch_id", "owner"],
+    )
+    unfinished = GaugeMetricFamily(
+        "genq_batch_unfinished_items",
+        "A batch in progress's items not yet final (waiting, queued or running)",
+        labels=["batch_id", "owner"],
+    )
+    for batch in cluster.batches:
+        waiting.add_metric([batch.batch_id, batch.owner], float(batch.waiting))
+        unfinished.add_metric([batch.batch_id, batch.owner], float(batch.unfinished))
+    yield from (depth, age, backlog, waiting, unfinished)
+
+
+def _stats_families(stats: ClusterStats) -> Iterator[Metric]:
+    """The counts the workers keep in Redis where they record the work (``core.stats``)."""
+    finished = CounterMetricFamily(
+        "genq_jobs_finished",
+        "Jobs and batch items that reached a final record, by how they ended",
+        labels=list(FINISHED_LABELS),
+    )
+    for labels, count in sorted(stats.finished.items()):
+        finished.add_metric(list(labels), float(count))
+    calls = HistogramMetricFamily(
+        "genq_upstream_call_duration_seconds",
+        "Upstream calls by target and outcome (ok, or genq's error type)",
+        labels=["target", "outcome"],
+    )
+    for (target, outcome), histogram in sorted(stats.calls.items()):
+        bounds = [*(str(b) for b in CALL_BUCKETS), "+Inf"]
+        cumulative, buckets = 0, []
+        for bound, count in zip(bounds, histogram.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, float(cumulative)))
+        calls.add_metric([target, outcome], buckets, histogram.total_s)
+    cache = CounterMetricFamily(
+        "genq_cache_lookups", "Result cache lookups, by result", labels=["result"]
+    )
+    for result in ("hit", "miss"):
+        cache.add_metric([result], float(stats.cache.get(result, 0)))
+    yield from (finished, calls, cache)
 
 
 #: Each target's call limit (``core.capacity``): (snapshot field, kind, name, help).
@@ -129,7 +178,7 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format; no key needed. The cluster's state is what the background
     monitor last read (at most ``CLUSTER_EVERY_S`` old), so a scrape never waits on Redis."""
     monitor: Monitor = request.app.state.monitor
-    cluster: Cluster | None = monitor.cluster if monitor.redis.fresh_up() else None
+    cluster: ClusterSnapshot | None = monitor.cluster if monitor.redis.fresh_up() else None
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(ClusterCollector(cluster))
     return Response(

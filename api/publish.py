@@ -8,6 +8,12 @@ once, and fills in only what differs per task: its id, its arguments and their r
 and kombu's delivery tag (~25 µs a message against ~60 µs for building and dumping each
 envelope whole). The messages are the ones kombu's Redis transport would write
 (``tests/integration/test_queues.py`` compares them; a stock worker runs them).
+
+Two headers of genq's own ride along: ``genq_request_id``, the ``X-Request-ID`` of the
+request that submitted the task (the worker logs it with every line about the job), and
+``genq_enqueued_at``, when the message went onto its queue (epoch seconds: the queue's
+oldest age in ``/metrics``). A batch item's is 0 until the scheduler releases it onto
+the queue and stamps it (``lua/batch_prelude.lua``).
 """
 
 from __future__ import annotations
@@ -21,13 +27,22 @@ from typing import Any
 from celery import Celery
 from kombu.serialization import dumps
 
-from core.contract import TASK_GENERATE
+from core.contract import ENQUEUED_AT_HEADER, REQUEST_ID_HEADER, TASK_GENERATE
 
 __all__ = ["TaskMessages"]
 
 
 #: Stand-ins in the serialized template, each replaced per message by a JSON string.
-_SLOTS = ("body", "id", "root_id", "argsrepr", "correlation_id", "delivery_tag")
+_SLOTS = (
+    "body",
+    "id",
+    "root_id",
+    "argsrepr",
+    "correlation_id",
+    "delivery_tag",
+    "request_id",
+    "enqueued_at",
+)
 
 
 class TaskMessages:
@@ -41,6 +56,8 @@ class TaskMessages:
         slot = {name: f"@@{name}@@" for name in _SLOTS}
         headers = {**template.headers, "id": slot["id"], "root_id": slot["root_id"]}
         headers["argsrepr"] = slot["argsrepr"]
+        headers[REQUEST_ID_HEADER] = slot["request_id"]
+        headers[ENQUEUED_AT_HEADER] = slot["enqueued_at"]
         properties = {
             **template.properties,
             "correlation_id": slot["correlation_id"],
@@ -63,8 +80,17 @@ class TaskMessages:
             if self._template.count(f'"@@{name}@@"') != 1:
                 raise RuntimeError(f"Celery's message template changed shape ({name})")
 
-    def message(self, task_id: str, payload: dict[str, Any], argsrepr: str) -> bytes:
-        """The message of one task whose one argument is ``payload`` (JSON-safe)."""
+    def message(
+        self,
+        task_id: str,
+        payload: dict[str, Any],
+        argsrepr: str,
+        request_id: str = "",
+        enqueued_at: float = 0.0,
+    ) -> bytes:
+        """The message of one task whose one argument is ``payload`` (JSON-safe), sent by
+        request ``request_id`` and going onto its queue at ``enqueued_at`` (0: when the
+        batch scheduler releases it)."""
         body = json.dumps([[payload], {}, self._embed]).encode()
         values = {
             "body": base64.b64encode(body).decode(),
@@ -73,8 +99,10 @@ class TaskMessages:
             "argsrepr": argsrepr,
             "correlation_id": task_id,
             "delivery_tag": str(uuid.uuid4()),
+            "request_id": request_id,
         }
         text = self._template
         for name, value in values.items():
             text = text.replace(f'"@@{name}@@"', encode_basestring_ascii(value), 1)
-        return text.encode()
+        stamp = f"{enqueued_at:.3f}" if enqueued_at else "0"
+        return text.replace('"@@enqueued_at@@"', stamp, 1).encode()

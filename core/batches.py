@@ -38,6 +38,7 @@ from core.errors import StorageUnavailable
 from core.paging import newest_first
 from core.records import LEASE_MS, MAX_REPUBLISH, Republished, Start
 from core.scheduler import Scheduler, Scheduling
+from core.stats import Tally
 
 __all__ = [
     "BatchCounts",
@@ -356,16 +357,18 @@ class BatchStore:
         line: str,
         *,
         error: bool,
+        counted: Tally,
         source: str = "",
         also_set: tuple[str, bytes, int] | None = None,
     ) -> bool:
         """Append the item's output (or error) line, and ``also_set`` (key, value, ttl: the
-        cache entry) in the same round trip, releasing its lease; False if the item was
-        already final."""
+        cache entry) in the same round trip, releasing its lease and counting it
+        (``core.stats``); False if the item was already final."""
         kind = "error" if error else "output"
         args: list[str | int | bytes] = [index, kind, line, source, int(time.time()), self._ttl_s]
+        args += [counted.field, counted.entry]
         batch_keys = [*self._keys(batch_id), keys.job_lease(request_id)]
-        batch_keys.append(keys.batch_messages(batch_id))
+        batch_keys += [keys.batch_messages(batch_id), keys.stats("finished"), keys.stats("recent")]
         if also_set is not None:
             batch_keys.append(also_set[0])
             args += [also_set[1], also_set[2]]

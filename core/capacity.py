@@ -25,6 +25,7 @@ from redis.commands.core import Script
 
 from core import keys, scripts
 from core.circuits import KEY_TTL_MS
+from core.stats import CallObservation
 
 __all__ = [
     "SLOT_LEASE_MS",
@@ -145,10 +146,23 @@ class CapacityStore:
         granted, held, limit, epoch = reply.split(":")
         return Grant(granted == "1", int(held), float(limit), int(epoch))
 
-    def release(self, target: str, token: str, outcome: CallOutcome, epoch: int) -> Released:
-        """Give ``token``'s slot back and let ``outcome`` move the limit (one round trip)."""
-        args: list[str | int] = [self.options.packed, token, outcome.value, epoch]
-        reply = _text(self._release(keys.call_limit(target), args))
+    def release(
+        self,
+        target: str,
+        token: str,
+        outcome: CallOutcome,
+        epoch: int,
+        observed: CallObservation | None = None,
+    ) -> Released:
+        """Give ``token``'s slot back and let ``outcome`` move the limit; ``observed``, the
+        call, is counted in the cluster's histogram (``core.stats``), in the same round
+        trip."""
+        args: list[str | int | float] = [self.options.packed, token, outcome.value, epoch]
+        release_keys = keys.call_limit(target)
+        if observed is not None:
+            release_keys.append(keys.stats("calls"))
+            args += [observed.bucket, observed.total, observed.seconds]
+        reply = _text(self._release(release_keys, args))
         limit, held, at_floor = reply.split(":")
         return Released(float(limit), int(held), at_floor == "1")
 

@@ -22,8 +22,10 @@ from pydantic import (
 )
 
 __all__ = [
+    "ENQUEUED_AT_HEADER",
     "QUEUE_BATCH",
     "QUEUE_INTERACTIVE",
+    "REQUEST_ID_HEADER",
     "TASK_GENERATE",
     "Attempt",
     "BatchEndpoint",
@@ -53,6 +55,10 @@ __all__ = [
 TASK_GENERATE = "genq.generate"
 QUEUE_INTERACTIVE = "interactive"
 QUEUE_BATCH = "batch"
+REQUEST_ID_HEADER = "genq_request_id"
+"""A task message's header: the ``X-Request-ID`` of the request that submitted it."""
+ENQUEUED_AT_HEADER = "genq_enqueued_at"
+"""A task message's header: when it went onto its queue, ready to run (epoch seconds)."""
 
 MAX_CONTEXT_DOC_CHARS = 100_000
 

@@ -30,6 +30,7 @@ __all__ = [
     "sched",
     "sched_owner",
     "sched_owners",
+    "stats",
     "validating_batches",
 ]
 
@@ -190,3 +191,9 @@ def batches(owner: str) -> str:
 def idempotency(owner: str, scope: str, key: str) -> str:
     """What one owner's ``Idempotency-Key`` on one route created (expires in a day)."""
     return f"{PREFIX}idem:{owner}:{scope}:{key}"
+
+
+def stats(part: str) -> str:
+    """One of the cluster's counters (``core.stats``): ``finished``, ``calls``, ``cache``
+    (hashes of counts) or ``recent`` (the last outcomes, a list)."""
+    return f"{PREFIX}stats:{part}"

@@ -27,10 +27,11 @@ from pydantic import BaseModel, TypeAdapter
 from redis import asyncio as aioredis
 
 from core import keys, scripts
-from core.contract import Attempt, JobError, JobResult, JobStatus, utcnow
+from core.contract import QUEUE_INTERACTIVE, Attempt, JobError, JobResult, JobStatus, utcnow
 from core.errors import StorageUnavailable
 from core.quotas import Quota, refusal
 from core.quotas import script as quota_script
+from core.stats import Tally, tally
 
 __all__ = [
     "LEASE_MS",
@@ -265,7 +266,7 @@ class JobStore:
     def mark_queued(self, job_id: str, attempt: Attempt | None = None) -> None:
         """Back to ``queued`` while a retry waits for its countdown (with the failed attempt)."""
         fields = {"status": JobStatus.QUEUED.value}
-        self._guard(lambda: self._write(job_id, fields, attempt, "", None))
+        self._guard(lambda: self._write(job_id, fields, attempt, "", None, None))
 
     def finish(
         self,
@@ -289,7 +290,10 @@ class JobStore:
             fields["result"] = result.model_dump_json(exclude_defaults=True)
         if error is not None:
             fields["error"] = error.model_dump_json(exclude_none=True)
-        written = self._guard(lambda: self._write(job_id, fields, attempt, started_at, also_set))
+        counted = tally(QUEUE_INTERACTIVE, job_id, result, error)
+        written = self._guard(
+            lambda: self._write(job_id, fields, attempt, started_at, also_set, counted)
+        )
         return written == 1
 
     def _write(
@@ -299,17 +303,20 @@ class JobStore:
         attempt: Attempt | None,
         started_at: str,
         also_set: ExtraSet | None,
+        counted: Tally | None,
     ) -> object:
         # A direct EVALSHA: a Script inside a redis-py pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute.
         job_keys = [keys.job(job_id), keys.job_lease(job_id), keys.open_jobs()]
+        job_keys += [keys.stats("finished"), keys.stats("recent")]
         extra: list[str | bytes | int] = ["", 0]
         if also_set is not None:
             job_keys.append(also_set[0])
             extra = [also_set[1], also_set[2]]
         encoded = attempt.model_dump_json(exclude_none=True) if attempt else ""
         pairs = [item for pair in fields.items() for item in pair]
-        args = [self._ttl_s, encoded, started_at, *extra, keys.jobs_done(), *pairs]
+        tallied = [counted.field, counted.entry] if counted else ["", ""]
+        args = [self._ttl_s, encoded, started_at, *extra, keys.jobs_done(), *tallied, *pairs]
         return self._write_unless_final(keys=job_keys, args=args)
 
     @staticmethod

@@ -6,9 +6,10 @@ service runs batch items and jobs alike.
 from __future__ import annotations
 
 from core.batches import BatchStore
-from core.contract import Attempt, BatchItem, JobError, JobResult
+from core.contract import QUEUE_BATCH, Attempt, BatchItem, JobError, JobResult
 from core.openai_batch import error_line, output_line
 from core.records import ExtraSet, Start
+from core.stats import tally
 
 __all__ = ["BatchItemRecords"]
 
@@ -50,9 +51,13 @@ class BatchItemRecords:
                 job_id,
                 line,
                 error=False,
+                counted=tally(QUEUE_BATCH, job_id, result, batch_id=item.batch_id),
                 source="failover" if result.failover else result.source,
                 also_set=also_set,
             )
         assert error is not None, "an item ends with a result or an error"
         line = error_line(item, job_id, error)
-        return self._store.item_finish(item.batch_id, item.index, job_id, line, error=True)
+        counted = tally(QUEUE_BATCH, job_id, error=error, batch_id=item.batch_id)
+        return self._store.item_finish(
+            item.batch_id, item.index, job_id, line, error=True, counted=counted
+        )

@@ -43,7 +43,7 @@ from typing import Any
 
 import redis
 
-from core import keys
+from core import keys, scripts
 from core.contract import GenerateRequest
 
 __all__ = ["KEY_VERSION", "CachedGeneration", "ResultCache", "cache_key"]
@@ -172,13 +172,15 @@ class ResultCache:
         if ttl_s <= 0 or max_entry_bytes <= 0:
             raise ValueError("ttl_s and max_entry_bytes must be positive")
         self._client = client
+        self._lookup = client.register_script(scripts.load("core", "cache_get"))
         self._ttl_s = ttl_s
         self._max_entry_bytes = max_entry_bytes
 
     def get(self, key: str) -> CachedGeneration | None:
-        """The entry under ``key``; None on a miss, a Redis error or a corrupt entry."""
+        """The entry under ``key``; None on a miss, a Redis error or a corrupt entry. The
+        lookup is counted, hit or miss, in the cluster's counts (``core.stats``)."""
         try:
-            raw: Any = self._client.get(key)
+            raw: Any = self._lookup(keys=[key, keys.stats("cache")])
             return None if raw is None else CachedGeneration.decode(raw)
         except redis.RedisError as exc:
             _log_redis_error("get", exc)

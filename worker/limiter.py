@@ -26,8 +26,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from core.capacity import CallOutcome, CapacityStore, LimitOptions
-from core.errors import StorageUnavailable, UpstreamRateLimited, UpstreamTimeout
+from core.errors import GenqError, StorageUnavailable, UpstreamRateLimited, UpstreamTimeout
 from core.settings import Settings
+from core.stats import CallObservation, observe_call
 from worker.leases import Heartbeat
 
 __all__ = ["WAKE_EVERY_S", "ConcurrencyLimiter", "Slot", "limit_options", "outcome_of"]
@@ -68,6 +69,11 @@ def outcome_of(exc: BaseException | None, elapsed_s: float, target_s: float | No
     if isinstance(exc, UpstreamTimeout):
         return CallOutcome.CONGESTED
     return CallOutcome.NEUTRAL
+
+
+def _call_outcome(exc: BaseException) -> str:
+    """The ``outcome`` label of a call that raised ``exc``: genq's error type."""
+    return exc.type if isinstance(exc, GenqError) else "internal_error"
 
 
 class ConcurrencyLimiter:
@@ -117,11 +123,15 @@ class ConcurrencyLimiter:
                 yield
         except BaseException as exc:
             elapsed = time.monotonic() - started
-            at_floor = self.release(slot, outcome_of(exc, elapsed, self._latency_target_s))
+            observed = observe_call(slot.target, _call_outcome(exc), elapsed)
+            outcome = outcome_of(exc, elapsed, self._latency_target_s)
+            at_floor = self.release(slot, outcome, observed)
             if isinstance(exc, UpstreamRateLimited) and at_floor:
                 exc.at_floor = True
             raise
-        self.release(slot, outcome_of(None, time.monotonic() - started, self._latency_target_s))
+        elapsed = time.monotonic() - started
+        observed = observe_call(slot.target, "ok", elapsed)
+        self.release(slot, outcome_of(None, elapsed, self._latency_target_s), observed)
 
     def _renew(self, held: Iterable[tuple[str, str]]) -> None:
         try:
@@ -129,11 +139,17 @@ class ConcurrencyLimiter:
         except RedisError as exc:
             raise StorageUnavailable(f"call limit unreachable ({type(exc).__name__})") from exc
 
-    def release(self, slot: Slot, outcome: CallOutcome = CallOutcome.NEUTRAL) -> bool:
-        """Give ``slot`` back; returns whether it was a 429 at the floor. A release that
-        Redis does not take is logged and left to the lease's expiry."""
+    def release(
+        self,
+        slot: Slot,
+        outcome: CallOutcome = CallOutcome.NEUTRAL,
+        observed: CallObservation | None = None,
+    ) -> bool:
+        """Give ``slot`` back (``observed``: the call it held, counted in the cluster's
+        histogram); returns whether it was a 429 at the floor. A release that Redis does
+        not take is logged and left to the lease's expiry."""
         try:
-            released = self.store.release(slot.target, slot.token, outcome, slot.epoch)
+            released = self.store.release(slot.target, slot.token, outcome, slot.epoch, observed)
         except RedisError as exc:
             extra = {"target": slot.target, "error": type(exc).__name__}
             log.warning("limiter.release_failed", extra=extra)

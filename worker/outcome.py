@@ -114,9 +114,15 @@ class Recorder:
         """Record ``result`` (and ``also_set``, the cache entry, in the same round trip)."""
         if not self._write(job_id, attempt, result=result, also_set=also_set):
             return AlreadyFinal()
+        extra = {
+            "job_id": job_id,
+            "status": "succeeded",
+            "source": "failover" if result.failover else result.source,
+            "circuit": result.target or result.circuit,
+        }
         if result.degraded:
-            extra = {"job_id": job_id, "source": result.source, "reason": result.fallback_reason}
-            log.info("fallback.served", extra=extra)
+            extra["fallback_reason"] = result.fallback_reason
+        log.info("job.finished", extra=extra)
         return Done(result=result)
 
     def fail(self, job_id: str, exc: GenqError, attempt: Attempt | None = None) -> Outcome:
@@ -124,7 +130,8 @@ class Recorder:
         error = JobError(type=exc.type, message=exc.message, retry_after=exc.retry_after)
         if not self._write(job_id, attempt, error=error):
             return AlreadyFinal()
-        log.info("generation.failed", extra={"job_id": job_id, "error_type": exc.type})
+        extra = {"job_id": job_id, "status": "failed", "error_type": exc.type}
+        log.info("job.finished", extra=extra)
         return Done(error=error)
 
     def _write(

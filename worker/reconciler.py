@@ -42,6 +42,7 @@ from core.errors import JobLost, StorageUnavailable
 from core.files import FileStore
 from core.openai_batch import custom_id_of, error_line, request_lines
 from core.records import MAX_REPUBLISH, JobStore, Republished, Start
+from core.stats import tally
 
 __all__ = ["GRACE_S", "MAX_SCAN", "SWEEP_EVERY_S", "Reconciler"]
 
@@ -187,8 +188,12 @@ class Reconciler:
             batch_id=batch.id, index=index, custom_id=custom_id, endpoint=batch.endpoint
         )
         error = JobLost(_LOST.format(why=why))
-        line = error_line(item, request_id, JobError(type=error.type, message=error.message))
-        written = self._batches.item_finish(batch.id, index, request_id, line, error=True)
+        job_error = JobError(type=error.type, message=error.message)
+        line = error_line(item, request_id, job_error)
+        counted = tally(QUEUE_BATCH, request_id, error=job_error, batch_id=batch.id)
+        written = self._batches.item_finish(
+            batch.id, index, request_id, line, error=True, counted=counted
+        )
         if written:
             log.warning("reconciler.item_lost", extra={"batch_id": batch.id, "index": index})
         return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from typing import Any
 
 from celery import Task, signals
@@ -12,11 +13,20 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from core.connections import get_redis
-from core.contract import QUEUE_BATCH, TASK_GENERATE, JobMessage, JobResult, task_argsrepr
+from core.contract import (
+    ENQUEUED_AT_HEADER,
+    QUEUE_BATCH,
+    REQUEST_ID_HEADER,
+    TASK_GENERATE,
+    JobMessage,
+    JobResult,
+    task_argsrepr,
+)
 from core.errors import GenqError, InvalidJob, StorageUnavailable
 from core.files import FileStore
+from core.logs import current_request_id, log_context
 from worker.app import QUEUES, app
-from worker.generation import get_service
+from worker.generation import GenerationService, get_service
 from worker.outcome import Done, RetryAfter
 from worker.reconciler import Reconciler
 from worker.scheduler import Releaser
@@ -47,6 +57,18 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
         return None
     if message.batch is not None:
         _releaser().taken()  # this item left the batch queue: the next ones in
+    batch_id = message.batch.batch_id if message.batch else None
+    # The id of the request that submitted the job (``api.publish``) and the job's ids go
+    # on every line logged about it from here on.
+    request_id = getattr(self.request, REQUEST_ID_HEADER, None)
+    with log_context(request_id=request_id, job_id=message.job_id, batch_id=batch_id):
+        return _run(self, service, job, message)
+
+
+def _run(
+    task: Task[Any, Any], service: GenerationService, job: dict[str, Any], message: JobMessage
+) -> str | None:
+    """One run of the decoded job ``message``; its retry, if its outcome asks for one."""
     try:
         outcome = service.run(message)
     except Exception as exc:
@@ -65,8 +87,13 @@ def generate(self: Task[Any, Any], job: dict[str, Any]) -> str | None:
             "argsrepr": task_argsrepr(message.job_id, batch_id),
             "kwargsrepr": "{}",
         }
+        # The retry's message: the same request id; ready to run once its countdown ends.
+        headers = {
+            REQUEST_ID_HEADER: current_request_id(),
+            ENQUEUED_AT_HEADER: f"{time.time() + outcome.delay_s:.3f}",
+        }
         try:
-            raise self.retry(args=args, countdown=outcome.delay_s, **shown)
+            raise task.retry(args=args, countdown=outcome.delay_s, headers=headers, **shown)
         except Reject as exc:
             # Celery could not publish the retry (the broker is down) and would drop the
             # message: it goes back to its queue instead, once Redis is back.

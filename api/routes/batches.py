@@ -14,6 +14,7 @@ expiry kept from running, and the backlog still waiting for its turn.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -39,8 +40,11 @@ from core.contract import (
 )
 from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
+from core.logs import current_request_id
 from core.openai_batch import batch_object
 from core.quotas import OverQuota, Quotas, quota_of
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1)
 
@@ -168,25 +172,32 @@ def _create(
     if parsed.error_count:
         batches.fail(record.id, parsed.errors)
     else:
-        encoded = _messages(TaskMessages(celery, QUEUE_BATCH), record, parsed.requests)
+        messages = TaskMessages(celery, QUEUE_BATCH)
+        encoded = _messages(messages, record, parsed.requests, current_request_id())
         batches.start(record.id, principal.owner, QUEUE_BATCH, encoded, len(parsed.requests))
+        log.info("api.batch_started", extra={"batch_id": record.id, "items": len(parsed.requests)})
     found = batches.get(record.id)
     assert found is not None
     return found
 
 
 def _messages(
-    messages: TaskMessages, batch: BatchRecord, requests: list[tuple[str, GenerateRequest]]
+    messages: TaskMessages,
+    batch: BatchRecord,
+    requests: list[tuple[str, GenerateRequest]],
+    submitted_by: str,
 ) -> Iterator[bytes]:
     """Each item's ``genq.generate`` message (a ``JobMessage``, whose ``job_id`` is the
-    item's request id: ``batch_item_payload``, what the worker decodes)."""
+    item's request id: ``batch_item_payload``, what the worker decodes), carrying the id
+    of the request that created the batch."""
     for index, (custom_id, request) in enumerate(requests):
         request_id = item_request_id(batch.id, index)
         item = {"batch_id": batch.id, "index": index, "custom_id": custom_id}
         item["endpoint"] = batch.endpoint
         payload = batch_item_payload(request_id, request, item, batch.owner)
         # Flower shows argsrepr: the item's ids, never its prompt.
-        yield messages.message(request_id, payload, task_argsrepr(request_id, batch.id))
+        argsrepr = task_argsrepr(request_id, batch.id)
+        yield messages.message(request_id, payload, argsrepr, request_id=submitted_by)
 
 
 @router.get("/{batch_id}", responses=BY_ID)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from api.schemas import Job, JobCreate, check_limits
 from core.connections import get_async_redis
 from core.contract import QUEUE_INTERACTIVE, JobMessage, task_argsrepr
 from core.errors import StorageUnavailable
+from core.logs import current_request_id
 from core.quotas import OverQuota
 from core.records import AsyncJobs, JobRecord
 from core.settings import Settings, get_settings
@@ -111,7 +113,11 @@ async def _publish(
     payload = JobMessage(job_id=job_id, request=body, owner=principal.owner, stream=stream)
     # What Flower shows for the task (argsrepr): its id, never the prompt it carries.
     message = _messages(celery).message(
-        job_id, payload.model_dump(mode="json", exclude_defaults=True), task_argsrepr(job_id)
+        job_id,
+        payload.model_dump(mode="json", exclude_defaults=True),
+        task_argsrepr(job_id),
+        request_id=current_request_id(),
+        enqueued_at=time.time(),
     )
     try:
         record = await jobs.create(
@@ -121,6 +127,7 @@ async def _publish(
         log.warning("api.enqueue_failed", extra={"job_id": job_id, "error": exc.message})
         raise _unavailable("the job store and broker (Redis)") from exc
     JOBS_SUBMITTED.inc()
+    log.info("api.job_accepted", extra={"job_id": job_id})
     return record
 
 

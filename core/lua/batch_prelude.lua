@@ -27,3 +27,9 @@ end
 local function touch(ttl, ...)
   for _, key in ipairs({...}) do redis.call('EXPIRE', key, ttl) end
 end
+
+-- A kept item message as it goes onto the batch queue, stamped with the time it did: its
+-- ``genq_enqueued_at`` header, which api.publish writes 0 (the queue's oldest age).
+local function stamped(message, now)
+  return (string.gsub(message, '"genq_enqueued_at": 0([,}])', '"genq_enqueued_at": ' .. now .. '%1', 1))
+end

@@ -2,7 +2,9 @@
 -- the interactive jobs' list while more of them wait than it holds wake-ups for (they go
 -- first), else on the batch items' list; a slot the limit grew by is announced as well.
 -- ARGV: 2 token, 3 outcome ('ok', 'throttled' (a 429), 'congested' (a timeout, or slower
--- than the latency target), 'neutral'), 4 the epoch its slot was granted in.
+-- than the latency target), 'neutral'), 4 the epoch its slot was granted in[, 5 and 6
+-- the call's bucket and sum fields in the calls histogram (KEYS[7], core.stats), 7 its
+-- duration (s)].
 -- Adaptive (AIMD, shaped like TCP CUBIC): an ok call grows the limit only while the limit
 -- holds back demand: a job waits for a slot, or all of it is in use (all slots but one
 -- held, this call's included). A limit the demand does not fill says nothing about the
@@ -23,6 +25,10 @@ local held = redis.call('ZCARD', KEYS[2])
 local freed = redis.call('ZREM', KEYS[2], ARGV[2])
 local outcome = ARGV[3]
 redis.call('HINCRBY', KEYS[1], 'calls', 1)
+if ARGV[5] then
+  redis.call('HINCRBY', KEYS[7], ARGV[5], 1)
+  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[6], ARGV[7])
+end
 if outcome == 'throttled' then redis.call('HINCRBY', KEYS[1], 'throttled', 1) end
 settle_waiters(now_ms())
 local at_floor, grown = 0, 0

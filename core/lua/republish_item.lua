@@ -18,6 +18,6 @@ if not message then return 3 end
 if redis.call('HINCRBY', KEYS[3], 'republished:' .. ARGV[1], 1) > tonumber(ARGV[2]) then
   return 4
 end
-redis.call('LPUSH', KEYS[5], message)
+redis.call('LPUSH', KEYS[5], stamped(message, ARGV[3]))
 redis.call('HSET', KEYS[1], 'active_at', ARGV[3])
 return 1

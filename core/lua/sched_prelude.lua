@@ -54,7 +54,7 @@ local function release(queue, owners, state, target, weights, now)
       if redis.call('ZCARD', mine) == 0 then redis.call('ZREM', owners, owner) end
     else
       if message then
-        redis.call('LPUSH', queue, message)
+        redis.call('LPUSH', queue, stamped(message, now))
         sent = sent + 1
       end
       redis.call('ZADD', mine, tonumber(first[2]) + 1, first[1])

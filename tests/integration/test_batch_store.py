@@ -12,6 +12,7 @@ import redis
 from core import keys
 from core.batches import STALE_VALIDATING_S, BatchStore, item_request_id
 from core.records import Start
+from core.stats import tally
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store(r: redis.Redis) -> BatchStore:
     return BatchStore(r, ttl_s=600)
+
+
+COUNTED = tally("batch", "test-item")
 
 
 def rid(batch_id: str, index: int) -> str:
@@ -37,12 +41,14 @@ def test_an_item_that_ends_twice_is_counted_once(store: BatchStore, r: redis.Red
     batch_id = new_batch(store, queue, 2)
     assert r.llen(queue) == 2
     assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
-    assert store.item_finish(batch_id, 0, rid(batch_id, 0), '{"a":1}', error=False, source="cache")
+    assert store.item_finish(
+        batch_id, 0, rid(batch_id, 0), '{"a":1}', error=False, counted=COUNTED, source="cache"
+    )
     assert not store.item_finish(
-        batch_id, 0, rid(batch_id, 0), '{"a":2}', error=False, source="upstream"
+        batch_id, 0, rid(batch_id, 0), '{"a":2}', error=False, counted=COUNTED, source="upstream"
     )
     assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.DONE
-    assert store.item_finish(batch_id, 1, rid(batch_id, 1), '{"e":1}', error=True)
+    assert store.item_finish(batch_id, 1, rid(batch_id, 1), '{"e":1}', error=True, counted=COUNTED)
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "completed"
@@ -62,7 +68,9 @@ def test_after_a_cancel_items_not_started_are_counted_and_never_run(store: Batch
     assert store.get(batch_id).status == "cancelling"  # type: ignore[union-attr]
     assert store.item_start(batch_id, 1, rid(batch_id, 1)) is Start.DONE
     assert store.item_start(batch_id, 2, rid(batch_id, 2)) is Start.DONE
-    assert store.item_finish(batch_id, 0, rid(batch_id, 0), "{}", error=False, source="upstream")
+    assert store.item_finish(
+        batch_id, 0, rid(batch_id, 0), "{}", error=False, counted=COUNTED, source="upstream"
+    )
     batch = store.get(batch_id)
     assert batch is not None
     assert batch.status == "cancelled"
@@ -108,7 +116,9 @@ def test_items_of_an_expired_batch_do_not_run(store: BatchStore, r: redis.Redis)
     expired."""
     batch_id = new_batch(store, f"test-{uuid.uuid4().hex}", 2)
     assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
-    assert store.item_finish(batch_id, 0, rid(batch_id, 0), "{}", error=False, source="upstream")
+    assert store.item_finish(
+        batch_id, 0, rid(batch_id, 0), "{}", error=False, counted=COUNTED, source="upstream"
+    )
     r.hset(keys.batch(batch_id), "expires_at", int(time.time()) - 1)
     assert store.item_start(batch_id, 1, rid(batch_id, 1)) is Start.DONE
     batch = store.get(batch_id)
@@ -126,7 +136,9 @@ def test_a_second_copy_of_a_running_item_does_not_run_it(store: BatchStore, r: r
     store.item_release(rid(batch_id, 0))
     assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.RUN
     assert r.exists(keys.job_lease(rid(batch_id, 0)))
-    assert store.item_finish(batch_id, 0, rid(batch_id, 0), "{}", error=False, source="cache")
+    assert store.item_finish(
+        batch_id, 0, rid(batch_id, 0), "{}", error=False, counted=COUNTED, source="cache"
+    )
     assert not r.exists(keys.job_lease(rid(batch_id, 0)))
     assert store.item_start(batch_id, 0, rid(batch_id, 0)) is Start.DONE
 
@@ -138,7 +150,7 @@ def test_started_batches_are_listed_until_forgotten_with_their_unfinished_items(
     batch_id = new_batch(store, f"test-{uuid.uuid4().hex}", 4)
     assert batch_id in store.started()
     assert store.item_start(batch_id, 1, rid(batch_id, 1)) is Start.RUN
-    assert store.item_finish(batch_id, 2, rid(batch_id, 2), "{}", error=True)
+    assert store.item_finish(batch_id, 2, rid(batch_id, 2), "{}", error=True, counted=COUNTED)
     assert store.unfinished(batch_id, 4) == [0, 1, 3]
     store.forget(batch_id)
     assert batch_id not in store.started()

@@ -13,7 +13,14 @@ from redis import asyncio as aioredis
 from api.auth import Principal
 from api.publish import TaskMessages
 from api.routes.jobs import _publish
-from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE, GenerateRequest
+from core.contract import (
+    ENQUEUED_AT_HEADER,
+    QUEUE_BATCH,
+    QUEUE_INTERACTIVE,
+    REQUEST_ID_HEADER,
+    TASK_GENERATE,
+    GenerateRequest,
+)
 from core.records import AsyncJobs, JobRecord
 from tests.integration.conftest import genq_env, publisher_for, settings_for
 
@@ -37,18 +44,26 @@ def test_a_publish_by_exchange_reaches_one_queue_only(redis_url: str) -> None:
 
 
 def test_batch_messages_are_the_ones_kombu_writes(redis_url: str) -> None:
-    """A message built by api.publish equals the one send_task writes for the same task,
-    but for what differs per publish (delivery tag, reply_to, origin, argsrepr)."""
+    """A message built by api.publish equals the one send_task writes for the same task
+    and headers, but for what differs per publish (delivery tag, reply_to, origin,
+    argsrepr)."""
     url = redis_url.rsplit("/", 1)[0] + "/5"
     client = redis.Redis.from_url(url)
     client.flushdb()
     app = publisher_for(settings_for(genq_env(url, "http://127.0.0.1:9")))
     payload = {"job_id": "req-1", "request": {"prompt": "p ü"}}
+    headers = {REQUEST_ID_HEADER: "r-1", ENQUEUED_AT_HEADER: 1700000000.25}
     app.send_task(
-        TASK_GENERATE, args=[payload], task_id="req-1", queue=QUEUE_BATCH, ignore_result=True
+        TASK_GENERATE,
+        args=[payload],
+        task_id="req-1",
+        queue=QUEUE_BATCH,
+        ignore_result=True,
+        headers=headers,
     )
     theirs = json.loads(client.rpop(QUEUE_BATCH))  # type: ignore[arg-type]
-    ours = json.loads(TaskMessages(app, QUEUE_BATCH).message("req-1", payload, "[req-1]"))
+    built = TaskMessages(app, QUEUE_BATCH).message("req-1", payload, "[req-1]", "r-1", 1.7e9 + 0.25)
+    ours = json.loads(built)
     assert ours.keys() == theirs.keys()
     assert base64.b64decode(ours["body"]) == base64.b64decode(theirs["body"])
     assert {k: v for k, v in ours.items() if k not in ("body", "headers", "properties")} == {

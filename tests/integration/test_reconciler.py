@@ -16,9 +16,12 @@ from core.batches import BatchStore, item_request_id
 from core.contract import ErrorType, JobError
 from core.files import FileStore
 from core.records import MAX_REPUBLISH, JobStore, Start
+from core.stats import tally
 from worker.reconciler import MAX_SCAN, Reconciler
 
 pytestmark = pytest.mark.integration
+
+COUNTED = tally("batch", "test-item")
 
 
 @pytest.fixture
@@ -137,7 +140,9 @@ def test_a_lost_batch_item_is_sent_again_and_the_counts_add_up(db: redis.Redis) 
     batches, batch_id = start_batch(db, 4, present={0})
     rid = [item_request_id(batch_id, i) for i in range(4)]
     assert batches.item_start(batch_id, 1, rid[1]) is Start.RUN
-    assert batches.item_finish(batch_id, 2, rid[2], "{}", error=False, source="upstream")
+    assert batches.item_finish(
+        batch_id, 2, rid[2], "{}", error=False, counted=COUNTED, source="upstream"
+    )
     files = FileStore(db, ttl_s=600)
     queues = ("interactive", "batch")
     reconciler = Reconciler(db, JobStore(db, 600), queues, batches=batches, files=files, grace_s=0)
@@ -148,7 +153,9 @@ def test_a_lost_batch_item_is_sent_again_and_the_counts_add_up(db: redis.Redis) 
     for i in (0, 1, 3):
         if i != 1:
             assert batches.item_start(batch_id, i, rid[i]) is Start.RUN
-        assert batches.item_finish(batch_id, i, rid[i], "{}", error=False, source="cache")
+        assert batches.item_finish(
+            batch_id, i, rid[i], "{}", error=False, counted=COUNTED, source="cache"
+        )
     batch = batches.get(batch_id)
     assert batch is not None and batch.status == "completed"
     assert (batch.counts.completed, batch.counts.failed) == (4, 0)
@@ -165,7 +172,9 @@ def test_a_lost_item_that_cannot_be_sent_again_gets_its_error_line(db: redis.Red
     rid = [item_request_id(batch_id, i) for i in range(4)]
     db.hdel(keys.batch_messages(batch_id), "3")
     assert batches.item_start(batch_id, 1, rid[1]) is Start.RUN
-    assert batches.item_finish(batch_id, 2, rid[2], "{}", error=False, source="upstream")
+    assert batches.item_finish(
+        batch_id, 2, rid[2], "{}", error=False, counted=COUNTED, source="upstream"
+    )
     files = FileStore(db, ttl_s=600)
     queues = ("interactive", "batch")
     reconciler = Reconciler(db, JobStore(db, 600), queues, batches=batches, files=files, grace_s=0)
@@ -181,7 +190,9 @@ def test_a_lost_item_that_cannot_be_sent_again_gets_its_error_line(db: redis.Red
 
     assert batches.item_start(batch_id, 0, rid[0]) is Start.RUN
     for i in (0, 1):
-        assert batches.item_finish(batch_id, i, rid[i], "{}", error=False, source="cache")
+        assert batches.item_finish(
+            batch_id, i, rid[i], "{}", error=False, counted=COUNTED, source="cache"
+        )
     batch = batches.get(batch_id)
     assert batch is not None and batch.status == "completed"
     assert (batch.counts.completed, batch.counts.failed) == (3, 1)
@@ -196,7 +207,9 @@ def test_a_lost_item_of_a_cancelling_batch_is_counted_cancelled(db: redis.Redis)
     batches, batch_id = start_batch(db, 2, present=set())
     rid = [item_request_id(batch_id, i) for i in range(2)]
     assert batches.item_start(batch_id, 0, rid[0]) is Start.RUN
-    assert batches.item_finish(batch_id, 0, rid[0], "{}", error=False, source="upstream")
+    assert batches.item_finish(
+        batch_id, 0, rid[0], "{}", error=False, counted=COUNTED, source="upstream"
+    )
     batches.cancel(batch_id)
     reconciler = Reconciler(db, JobStore(db, 600), ("batch",), batches=batches, grace_s=0)
     assert sweep_twice(reconciler, db) == [rid[1]]

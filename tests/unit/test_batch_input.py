@@ -115,7 +115,7 @@ def test_each_batch_message_carries_a_valid_job_message() -> None:
         counts=BatchCounts(),
         sources=BatchSources(),
     )
-    raw = list(_messages(TaskMessages(app, "batch"), batch, parsed.requests))
+    raw = list(_messages(TaskMessages(app, "batch"), batch, parsed.requests, "req-1"))
     jobs = []
     for message in raw:
         envelope = json.loads(message)
