@@ -39,7 +39,8 @@ _CHALLENGE = {"WWW-Authenticate": 'Basic realm="genq status", charset="UTF-8"'}
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1d1d1f; }
 h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin-top: 1.6em; }
-table { border-collapse: collapse; } td, th { padding: .25em .8em; text-align: left; }
+table { border-collapse: collapse; } td, th { padding: .2em .8em; text-align: left; }
+td { white-space: nowrap; } #recent td { font: 12px ui-monospace, monospace; }
 th { border-bottom: 1px solid #999; } tr:nth-child(even) td { background: #f4f4f6; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 .state-closed { color: #17692f; } .state-open, .state-forced_open { color: #b00020; }
