@@ -36,10 +36,12 @@ from tests.integration.conftest import (
     wait_http,
 )
 from tests.integration.redis_support import log_path, stop, unique
+from worker.breaker.circuit import DEFAULT_OPEN_VIEW_TTL_S as OPEN_VIEW_TTL_S
 
 pytestmark = pytest.mark.integration
 
 DOC = {"id": "d1", "text": "An excerpt answers when the circuit is open."}
+UPSTREAM_TOKEN = "hf_metrics-upstream-token-0123456789"
 Labels = tuple[str, ...]
 
 
@@ -77,7 +79,10 @@ def stack() -> Iterator[Stack]:
     own.start()
     with ExitStack() as cleanup, SimulatorServer() as sim:
         cleanup.callback(own.stop)
-        env = genq_env(own.url, sim.url, GENQ_WORKER_CONCURRENCY="2")
+        env = genq_env(
+            own.url, sim.url, GENQ_WORKER_CONCURRENCY="2", GENQ_UPSTREAM_TOKEN=UPSTREAM_TOKEN
+        )
+        sim.configure(require_token=UPSTREAM_TOKEN)
         names = [unique(f"metrics-{part}") for part in ("api1", "api2", "worker1", "worker2")]
         apis = []
         for name in names[:2]:
@@ -151,8 +156,10 @@ def _run_batch(stack: Stack, items: int) -> dict[str, Any]:
 
 
 def _control(stack: Stack, action: str) -> None:
+    """An operator's action on the circuit, once every worker's view of it is new."""
     url = f"{stack.apis[0]}/v1/circuits/{stack.circuit}/{action}"
     requests.post(url, headers=auth(ADMIN_KEY), timeout=5).raise_for_status()
+    time.sleep(OPEN_VIEW_TTL_S + 0.2)
 
 
 def test_metrics_say_what_the_records_say_on_every_api(stack: Stack) -> None:
@@ -248,5 +255,5 @@ def test_a_job_is_followed_by_its_request_id_through_api_and_worker(stack: Stack
     response = requests.get(f"{stack.apis[1]}/healthz", timeout=5)
     assert len(response.headers["X-Request-ID"]) == 32  # none sent: one made
     text = stack.log_text()
-    for secret in (API_KEY, ADMIN_KEY, API_KEY[:12]):
+    for secret in (API_KEY, ADMIN_KEY, API_KEY[:12], UPSTREAM_TOKEN, UPSTREAM_TOKEN[3:15]):
         assert secret not in text
