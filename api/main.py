@@ -12,6 +12,7 @@ from api import errors, metrics, status
 from api.cluster import read_cluster
 from api.completions import Completions
 from api.deps import document_bearer
+from api.docs import install_docs
 from api.limits import BodyLimits
 from api.probes import Monitor
 from api.request_ids import RequestIds
@@ -48,7 +49,10 @@ def create_app() -> FastAPI:
         title="genq",
         version="0.1.0",
         description="Text-generation jobs that keep answering when the model provider fails.",
+        docs_url=None,  # api.docs serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
+    install_docs(application)
     errors.install(application)
     application.add_middleware(BodyLimits)
     application.add_middleware(RequestIds)  # outermost: even a refused body has an id

