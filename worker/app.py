@@ -2,7 +2,8 @@
 
 Start a worker with ``celery -A worker.app worker -Q interactive,batch``. The
 configuration is computed from :class:`core.settings.Settings` the first time Celery
-reads it, so importing this module does no I/O and reads no environment.
+reads it, so importing this module does no I/O and reads no environment. The one piece
+of Celery genq replaces is its event dispatcher's batching (:class:`EventDispatcher`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
 from kombu import Exchange, Queue
 
 from core.connections import sentinel_options
@@ -18,7 +21,7 @@ from core.contract import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_GENERATE
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
 
-__all__ = ["QUEUES", "app", "celery_config"]
+__all__ = ["QUEUES", "EventDispatcher", "app", "celery_config"]
 
 QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
 
@@ -85,10 +88,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_pool": settings.worker_pool,
         "worker_concurrency": settings.worker_concurrency,
-        # Off by default: the three event publishes per task cost ~1.7 ms of worker CPU
-        # per job (measured: 6.5 → 4.8 ms). Flower switches them on while it watches
-        # (its --enable-events, on by default), so its task views still fill.
-        "worker_send_task_events": False,
+        # On from a worker's start, so Flower lists every task it sees run; left to
+        # Flower's --enable-events, a worker sends none until Flower's next broadcast
+        # (every 5 s), and none of the tasks run before it show. Each task's three
+        # events cost ~1 ms of worker CPU (4.1 → 5.4 ms a job at 0 ms upstream latency,
+        # 4.7 → 5.6 at 50 ms: docs/benchmarks.md), lost in a real upstream's seconds.
+        "worker_send_task_events": True,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
     }
@@ -106,5 +111,23 @@ def _format_logs(logger: logging.Logger, loglevel: int | None = None, **_: Any) 
     configure_logging(get_settings(), handlers=logger.handlers, level=loglevel)
 
 
-app = Celery("genq", include=["worker.tasks"])
+class EventDispatcher(CeleryEventDispatcher):
+    """Celery's event dispatcher, publishing each task event as it is sent.
+
+    A worker with an event loop (the threads pool on Redis has one) batches task events
+    in a list that its pool threads append to while the loop thread publishes the batch
+    and then empties it: an event appended in between is never sent (celery/celery
+    #10434), and Flower shows its task RECEIVED or STARTED for good (41 to 51 of 131 in
+    tests/integration/test_flower_states.py). Without a batch, each event is published
+    at once, under the dispatcher's lock."""
+
+    def __init__(self, *args: Any, buffer_group: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+
+class _Events(Events):
+    dispatcher_cls = f"{__name__}:EventDispatcher"
+
+
+app = Celery("genq", include=["worker.tasks"], events=_Events)
 app.add_defaults(_lazy_config)
