@@ -36,7 +36,7 @@ from cli.render import line_errors, status_line, summary_table
 from cli.results import circuits_named, fetch_results, order_lines, write_lines
 from cli.watch import CircuitWatch
 
-__all__ = ["EXIT_DETACHED", "RunOptions", "default_output", "run_batch"]
+__all__ = ["EXIT_DETACHED", "RunOptions", "RunResult", "default_output", "run_batch"]
 
 #: Exit status when Ctrl-C left the batch running (the shell's code for SIGINT).
 EXIT_DETACHED = 130
@@ -60,6 +60,15 @@ class RunOptions:
     cancel_on_interrupt: bool | None = None
     """None: ask on Ctrl-C."""
     metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How ``genq batch run`` ended: its exit status and the batch as last seen."""
+
+    code: int
+    """0: every request answered; 1: not; EXIT_DETACHED: left running after Ctrl-C."""
+    batch: Batch
 
 
 def default_output(input_path: Path) -> Path:
@@ -195,27 +204,28 @@ def _start(client: GenqClient, options: RunOptions, console: Console) -> tuple[B
     return batch, prepared.custom_ids
 
 
-def run_batch(client: GenqClient, options: RunOptions, console: Console) -> int:
-    """Run the batch of ``options.input_path``; the exit status (0: every request answered)."""
+def run_batch(client: GenqClient, options: RunOptions, console: Console) -> RunResult:
+    """Run the batch of ``options.input_path``: how it ended, and the batch. Raises
+    InputError (nothing sent) when lines of the file are of neither shape."""
     batch, custom_ids = _start(client, options, console)
     if batch.status == "failed":
         console.print(f"[red]batch {batch.id} failed validation; nothing ran:[/red]")
         for line in line_errors(batch):
             console.print(f"  {line}", markup=False, soft_wrap=True)
-        return 1
+        return RunResult(1, batch)
     follower = Follower(client, console, options.interval_s)
     try:
         batch = follower.follow(batch)
     except KeyboardInterrupt:
         if not _wants_cancel(options.cancel_on_interrupt):
-            return _detached(console, batch.id)
+            return RunResult(_detached(console, batch.id), batch)
         console.print(f"cancelling {batch.id}: running requests finish, queued ones will not run")
-        client.cancel_batch(batch.id)
+        batch = client.cancel_batch(batch.id)
         try:
             batch = follower.follow(client.batch(batch.id))
         except KeyboardInterrupt:
-            return _detached(console, batch.id)
-    return _finish(client, options, console, follower, batch, custom_ids)
+            return RunResult(_detached(console, batch.id), batch)
+    return RunResult(_finish(client, options, console, follower, batch, custom_ids), batch)
 
 
 def _finish(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,14 +9,16 @@ from typing import Annotated
 import typer
 
 from cli.batch import RunOptions, default_output, run_batch
-from cli.context import api_errors, client_for, state
-from cli.lines import normalize_endpoint
+from cli.context import AsJson, api_errors, client_for, fail, print_json, state
+from cli.lines import InputError, normalize_endpoint
 from cli.render import batch_line, batch_table, batches_table, line_errors
 from cli.results import fetch_results, write_lines
 
 __all__ = ["batch_app"]
 
 batch_app = typer.Typer(no_args_is_help=True, help="OpenAI-compatible batches (/v1/batches).")
+
+BatchId = Annotated[str, typer.Argument(metavar="BATCH_ID")]
 
 
 def _metadata(pairs: list[str]) -> dict[str, str] | None:
@@ -30,26 +31,37 @@ def _metadata(pairs: list[str]) -> dict[str, str] | None:
     return found or None
 
 
-@batch_app.command("run")
+@batch_app.command("run", short_help="Run FILE as a batch with a progress bar; write results.")
 def batch_run(
     ctx: typer.Context,
     input_file: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, help="JSONL: OpenAI batch lines, or {'prompt': ...} lines"
+            exists=True,
+            dir_okay=False,
+            metavar="FILE",
+            help="JSONL: OpenAI batch lines, or {'prompt': ...} lines",
         ),
     ],
     output: Annotated[
         str | None,
         typer.Option(
-            "-o", "--output", help="Results file ('-': stdout) (default: INPUT.results.jsonl)"
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Results file, '-' for stdout (default: FILE.results.jsonl)",
         ),
     ] = None,
     endpoint: Annotated[
         str | None,
-        typer.Option(help="/v1/completions or /v1/chat/completions (default: from the lines)"),
+        typer.Option(
+            metavar="PATH",
+            help="/v1/completions or /v1/chat/completions (default: from the lines)",
+        ),
     ] = None,
-    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between polls")] = 0.5,
+    interval: Annotated[
+        float, typer.Option(min=0.05, metavar="SECONDS", help="Time between polls")
+    ] = 0.5,
     cancel_on_interrupt: Annotated[
         bool | None,
         typer.Option(
@@ -57,41 +69,53 @@ def batch_run(
             help="On Ctrl-C, cancel the batch / leave it running (default: ask)",
         ),
     ] = None,
-    metadata: Annotated[list[str] | None, typer.Option(help="key=value, repeatable")] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="Batch metadata, repeatable")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final batch object as JSON")
+    ] = False,
 ) -> None:
     """Upload FILE, run it as a batch with a live progress bar, write the results.
 
     Exits 0 when every request got an answer, 1 when any failed or the batch did not
-    complete, 130 when Ctrl-C left the batch running.
+    complete, 130 when Ctrl-C left the batch running. A line that is neither a prompt
+    line nor an OpenAI request line (a misspelled "prompt") stops it before anything
+    is sent. With --json the progress goes to stderr and the batch to stdout.
     """
     if endpoint is not None:
         try:
             endpoint = normalize_endpoint(endpoint)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--endpoint") from None
+    if as_json and output == "-":
+        raise typer.BadParameter("--json prints the batch on stdout: write results to a file")
     target = None if output == "-" else Path(output) if output else default_output(input_file)
     options = RunOptions(
         input_file, target, endpoint, interval, cancel_on_interrupt, _metadata(metadata or [])
     )
     client = client_for(ctx)
+    io = state(ctx)
     with api_errors(ctx):
-        io = state(ctx)
-        code = run_batch(client, options, io.err if target is None else io.out)
-    raise typer.Exit(code)
+        try:
+            run = run_batch(client, options, io.err if target is None or as_json else io.out)
+        except InputError as exc:
+            for problem in exc.problems:
+                io.err.print(f"{input_file}: {problem}", markup=False, soft_wrap=True)
+            raise fail(ctx, f"{input_file}: nothing was sent; mend these lines") from None
+    if as_json:
+        print_json(ctx, run.batch.as_json())
+    raise typer.Exit(run.code)
 
 
 @batch_app.command("status")
-def batch_status(
-    ctx: typer.Context,
-    batch_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="The batch object as JSON")] = False,
-) -> None:
+def batch_status(ctx: typer.Context, batch_id: BatchId, as_json: AsJson = False) -> None:
     """A batch's status, progress and answers by source."""
     client = client_for(ctx)
     with api_errors(ctx):
         batch = client.batch(batch_id)
     if as_json:
-        state(ctx).out.print_json(batch.model_dump_json())
+        print_json(ctx, batch.as_json())
         return
     out = state(ctx).out
     out.print(batch_table(batch))
@@ -99,12 +123,13 @@ def batch_status(
         out.print(f"  {line}", markup=False, soft_wrap=True)
 
 
-@batch_app.command("results")
+@batch_app.command("results", short_help="Write a batch's output lines, then its error lines.")
 def batch_results(
     ctx: typer.Context,
-    batch_id: str,
+    batch_id: BatchId,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write (default: stdout)")
+        Path | None,
+        typer.Option("-o", "--output", metavar="FILE", help="File to write (default: stdout)"),
     ] = None,
 ) -> None:
     """Write a batch's output lines, then its error lines (what is there so far)."""
@@ -118,11 +143,12 @@ def batch_results(
     state(ctx).err.print(f"{batch.id} ({batch.status}): {counts} → {where}", markup=False)
 
 
-@batch_app.command("cancel")
+@batch_app.command("cancel", short_help="Cancel a batch: queued requests will not run.")
 def batch_cancel(
     ctx: typer.Context,
-    batch_id: str,
-    wait: Annotated[bool, typer.Option(help="Wait until the batch has stopped")] = False,
+    batch_id: BatchId,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the batch has stopped")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Cancel a batch: queued requests will not run, running ones finish."""
     client = client_for(ctx)
@@ -132,20 +158,25 @@ def batch_cancel(
             state(ctx).err.print(batch_line(batch), markup=False)
             time.sleep(0.5)
             batch = client.batch(batch_id)
+    if as_json:
+        print_json(ctx, batch.as_json())
+        return
     state(ctx).out.print(batch_line(batch), markup=False)
 
 
 @batch_app.command("list")
 def batch_list(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="The batch objects as JSON")] = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=100, metavar="N", help="How many, newest first")
+    ] = 20,
+    as_json: AsJson = False,
 ) -> None:
     """This key's batches, newest first."""
     client = client_for(ctx)
     with api_errors(ctx):
         batches = client.batches(limit)
     if as_json:
-        state(ctx).out.print_json(json.dumps([b.model_dump(mode="json") for b in batches]))
+        print_json(ctx, [batch.as_json() for batch in batches])
         return
     state(ctx).out.print(batches_table(batches))

@@ -4,8 +4,10 @@ how errors end a command (one line on stderr; exit 1, or 2 for a usage error).""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -15,7 +17,10 @@ from rich.markup import escape
 from cli.client import ApiError, GenqClient
 from cli.settings import CliSettings
 
-__all__ = ["State", "api_errors", "client_for", "state"]
+__all__ = ["AsJson", "State", "api_errors", "client_for", "print_json", "state"]
+
+#: ``--json`` on every command that prints an object: that object, as the API sent it.
+AsJson = Annotated[bool, typer.Option("--json", help="Print the object(s) as JSON")]
 
 
 @dataclass
@@ -33,6 +38,11 @@ def state(ctx: typer.Context) -> State:
     """This invocation's state (set by the root callback)."""
     found = ctx.find_root().obj
     return found if isinstance(found, State) else State()
+
+
+def print_json(ctx: typer.Context, value: Any) -> None:
+    """``--json``: the value on stdout as JSON (indented; colours only on a terminal)."""
+    state(ctx).out.print_json(json.dumps(value, ensure_ascii=False))
 
 
 def fail(ctx: typer.Context, message: str, code: int = 1) -> typer.Exit:

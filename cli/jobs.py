@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class SubmitOptions:
     fallback: str | None = None
     timeout_s: float = 120.0
     interval_s: float = 0.5
+    as_json: bool = False
+    """Print the job object as JSON (the final one with ``wait``) instead of its text."""
 
 
 def context_doc(path: Path) -> dict[str, str]:
@@ -64,13 +67,19 @@ def wait_for(client: GenqClient, job: Job, timeout_s: float, interval_s: float) 
 
 def submit_job(client: GenqClient, options: SubmitOptions, out: Console, err: Console) -> int:
     """Submit and print the id; with ``wait``, the answer on stdout, the id and where the
-    answer came from on stderr (so stdout holds only the answer)."""
+    answer came from on stderr (so stdout holds only the answer). With ``as_json``,
+    stdout holds the job object instead. Exits 1 when the waited-for job failed."""
     job = client.submit(job_body(options), f"genq-cli-{uuid.uuid4().hex}")
     if not options.wait:
-        out.print(job.id, markup=False, highlight=False)
+        if options.as_json:
+            out.print_json(json.dumps(job.as_json(), ensure_ascii=False))
+        else:
+            out.print(job.id, markup=False, highlight=False)
         return 0
     err.print(f"[dim]job {job.id}[/dim]", highlight=False)
     job = wait_for(client, job, options.timeout_s, options.interval_s)
+    if options.as_json:
+        out.print_json(json.dumps(job.as_json(), ensure_ascii=False))
     if job.error is not None or job.result is None:
         message = job.error.message if job.error else "no result"
         kind = job.error.type if job.error else "error"
@@ -78,6 +87,8 @@ def submit_job(client: GenqClient, options: SubmitOptions, out: Console, err: Co
         hint = f" (retry after {retry:.1f} s)" if retry else ""
         err.print(f"[red]job failed: {kind}: {escape(message)}{hint}[/red]", soft_wrap=True)
         return 1
+    if options.as_json:
+        return 0
     out.print(job.result.text, markup=False, highlight=False, emoji=False, soft_wrap=True)
     style = "yellow" if job.result.degraded else "dim"
     err.print(f"[{style}]{job_source(job)}[/{style}]", highlight=False)

@@ -9,23 +9,45 @@ Two shapes are read, line by line:
   file) unless the line gives its own ``custom_id``.
 
 The endpoint is ``--endpoint`` when given, else the first OpenAI line's ``url``, else
-``/v1/completions``. Nothing is validated here: a line that is neither shape is sent as
-it is, and the API reports it with its line number, which the conversion keeps (blank
-lines stay blank).
+``/v1/completions``. Lines are the API's to validate, with their line numbers, which the
+conversion keeps (blank lines stay blank), with one exception: a JSON object of neither
+shape is refused here, before anything is sent, naming its unknown fields and the field
+each may be a typo of (``{"promt": "hi"}``: unknown field "promt", did you mean
+"prompt"?). Sent, it would read as an OpenAI line missing its ``custom_id``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CHAT", "COMPLETIONS", "PreparedInput", "normalize_endpoint", "prepare_input"]
+__all__ = [
+    "CHAT",
+    "COMPLETIONS",
+    "InputError",
+    "PreparedInput",
+    "normalize_endpoint",
+    "prepare_input",
+]
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 _ALIASES = {"completions": COMPLETIONS, "chat": CHAT, "chat/completions": CHAT}
 _OPENAI_KEYS = frozenset({"method", "url", "body"})
+#: Fields a line is recognised by, each the likely intent of a misspelled key.
+_SHAPE_KEYS = ("prompt", "custom_id", "method", "url", "body")
+#: Problems listed at most, of a file with many bad lines.
+MAX_PROBLEMS = 10
+
+
+class InputError(ValueError):
+    """Raised when lines of a batch input file are of neither shape; nothing is sent."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass
@@ -68,6 +90,21 @@ def _is_prompt(line: dict[str, Any]) -> bool:
     return "prompt" in line and not _is_openai(line)
 
 
+def shape_problem(line: dict[str, Any]) -> str | None:
+    """Why an object is neither a prompt line nor an OpenAI request line, or None: its
+    keys that look like a misspelled ``prompt``, ``method``, …, else what it lacks."""
+    if _is_prompt(line) or _is_openai(line):
+        return None
+    typos = []
+    for key in line:
+        close = difflib.get_close_matches(key, _SHAPE_KEYS, n=1, cutoff=0.6)
+        if key not in _SHAPE_KEYS and close:
+            typos.append(f'unknown field "{key}" (did you mean "{close[0]}"?)')
+    if typos:
+        return "; ".join(typos)
+    return 'no "prompt" (a prompt line), nor "method", "url" and "body" (an OpenAI request line)'
+
+
 def infer_endpoint(lines: list[str]) -> str:
     """The first OpenAI line's ``url``, else ``/v1/completions``."""
     for raw in lines:
@@ -89,13 +126,19 @@ def convert_prompt_line(line: dict[str, Any], number: int, endpoint: str) -> dic
 
 
 def prepare_input(text: str, endpoint: str | None = None) -> PreparedInput:
-    """The file to upload for ``text`` (a JSONL file's content); see the module doc."""
+    """The file to upload for ``text`` (a JSONL file's content); see the module doc.
+    Raises InputError naming each line of neither shape (at most MAX_PROBLEMS)."""
     lines = text.splitlines()
     chosen = normalize_endpoint(endpoint) if endpoint else infer_endpoint(lines)
     prepared = PreparedInput(endpoint=chosen, data=b"")
     out: list[str] = []
+    problems: list[str] = []
     for number, raw in enumerate(lines, start=1):
         parsed = _parse(raw) if raw.strip() else None
+        problem = shape_problem(parsed) if parsed is not None else None
+        if problem is not None:
+            problems.append(f"line {number}: {problem}")
+            continue
         if parsed is not None and _is_prompt(parsed):
             converted = convert_prompt_line(parsed, number, chosen)
             out.append(json.dumps(converted, ensure_ascii=False))
@@ -105,5 +148,9 @@ def prepare_input(text: str, endpoint: str | None = None) -> PreparedInput:
         out.append(raw)
         if parsed is not None and isinstance(parsed.get("custom_id"), str):
             prepared.custom_ids.append(parsed["custom_id"])
+    if problems:
+        more = len(problems) - MAX_PROBLEMS
+        shown = problems[:MAX_PROBLEMS] + ([f"and {more} more such lines"] if more > 0 else [])
+        raise InputError(shown)
     prepared.data = ("\n".join(out) + "\n").encode("utf-8") if out else b""
     return prepared

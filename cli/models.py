@@ -1,4 +1,5 @@
-"""The API's objects as the CLI reads them: lenient (unknown fields ignored), typed."""
+"""The API's objects as the CLI reads them: typed where the CLI reads them, lenient
+elsewhere (unknown fields are kept, untyped, so ``--json`` prints the object whole)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ SOURCES = ("upstream", "cache", "excerpt")
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
+
+    def as_json(self) -> dict[str, Any]:
+        """The object as the API sent it: its fields and no defaults it did not send."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class RequestCounts(_Lenient):

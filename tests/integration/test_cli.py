@@ -1,6 +1,6 @@
 """The ``genq`` CLI against the real API process and a real Celery worker: batch run
-(answers, validation errors, refused items, degraded answers, Ctrl-C), the batch
-commands, submit --wait, circuits and one-line errors."""
+(answers, validation errors, a misspelled prompt, refused items, degraded answers,
+Ctrl-C), the batch commands, submit --wait, circuits, --json and one-line errors."""
 
 from __future__ import annotations
 
@@ -177,6 +177,51 @@ def test_batch_status_list_results_and_cancel(
     assert len(read_jsonl(out)) == done["request_counts"]["completed"] < 30
     as_json = json.loads(genq(api_url, "batch", "status", batch_id, "--json").stdout)
     assert as_json["status"] == "cancelled" and as_json["genq"]["cancelled"] > 0
+    again = genq(api_url, "batch", "cancel", batch_id, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == as_json
+
+
+def test_a_misspelled_prompt_is_reported_and_nothing_is_sent(
+    api_url: str, sim: SimulatorServer, tmp_path: Path
+) -> None:
+    """A line ``{"promt": …}``: exit 1 naming the line and the typo, not a missing
+    custom_id; no batch is created and the upstream is never called."""
+    before = genq(api_url, "batch", "list", "--limit", "1", "--json")
+    source = tmp_path / "typo.jsonl"
+    source.write_text('{"prompt": "fine"}\n{"promt": "hi", "custom_id": "a"}\n')
+    result = genq(api_url, "batch", "run", str(source))
+    assert result.exit_code == 1
+    assert 'line 2: unknown field "promt" (did you mean "prompt"?)' in result.stderr
+    assert "custom_id" not in result.output
+    after = genq(api_url, "batch", "list", "--limit", "1", "--json")
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert sim.stats()["calls"] == 0
+
+
+def test_json_prints_each_object_as_the_api_sends_it(api_url: str, tmp_path: Path) -> None:
+    """--json: ``submit`` prints the queued job (with --wait the final one), ``batch run``
+    the final batch on stdout with its progress on stderr, ``batch list`` and
+    ``circuits`` their lists; each equal to what the API answers for the same object."""
+    queued = json.loads(genq(api_url, "submit", "json please", "--json").stdout)
+    assert queued["status"] in ("queued", "running", "succeeded") and len(queued["id"]) == 32
+    waited = genq(api_url, "submit", "json and wait", "--wait", "--json", "--max-tokens", "8")
+    assert waited.exit_code == 0, waited.output
+    job = json.loads(waited.stdout)
+    assert job["status"] == "succeeded" and job["result"]["source"] == "upstream"
+    fetched = requests.get(f"{api_url}/v1/jobs/{job['id']}", headers=auth(), timeout=5).json()
+    assert job == fetched
+    source = write_jsonl(tmp_path / "two.jsonl", prompts(2))
+    run = genq(api_url, "batch", "run", str(source), "--json")
+    assert run.exit_code == 0, run.output
+    batch = json.loads(run.stdout)
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 2
+    assert "2 answers and 0 errors written to" in run.stderr
+    listed = json.loads(genq(api_url, "batch", "list", "--limit", "1", "--json").stdout)
+    assert [b["id"] for b in listed] == [batch["id"]]
+    circuits = json.loads(genq(api_url, "circuits", "--json").stdout)
+    from_api = requests.get(f"{api_url}/v1/circuits", headers=auth(), timeout=5).json()
+    assert {c["name"] for c in circuits} == {c["name"] for c in from_api}
 
 
 def test_submit_wait_prints_the_answer_and_where_it_came_from(

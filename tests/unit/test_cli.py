@@ -1,9 +1,11 @@
 """The ``genq`` CLI's pure parts: input conversion, errors, settings, the circuit watch,
-rendering, result files, and the Ctrl-C path of ``batch run`` against a fake client."""
+rendering, result files, the Ctrl-C path of ``batch run`` against a fake client, and
+the command line itself: --version, --json, help at 80 columns."""
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,10 @@ from typer.testing import CliRunner
 
 from cli import batch as batch_module
 from cli import client as client_module
+from cli import commands as commands_module
 from cli.batch import EXIT_DETACHED, RunOptions, default_output, run_batch
 from cli.client import ApiError, GenqClient, describe_error
-from cli.lines import CHAT, COMPLETIONS, normalize_endpoint, prepare_input
+from cli.lines import CHAT, COMPLETIONS, InputError, normalize_endpoint, prepare_input
 from cli.main import app
 from cli.models import Batch, Circuit
 from cli.render import line_errors, status_line, summary_table
@@ -104,10 +107,50 @@ def test_a_forced_chat_endpoint_turns_prompts_into_user_messages() -> None:
     assert line["body"] == {"messages": [{"role": "user", "content": "hello"}]}
 
 
-def test_lines_of_neither_shape_are_left_for_the_api_to_report() -> None:
-    """Invalid JSON and objects without prompt or request fields are sent as they are."""
-    text = '{not json\n{"question": "x"}\n'
+def test_lines_that_are_not_json_objects_are_left_for_the_api_to_report() -> None:
+    """Invalid JSON and JSON that is no object are sent as they are (the API names them)."""
+    text = '{not json\n["prompt", "x"]\n'
     assert prepare_input(text).data.decode() == text
+
+
+@pytest.mark.parametrize(
+    "line", ['{"promt": "hi", "custom_id": "a"}', '{"promt": "hi"}', '{"Prompt": "hi"}']
+)
+def test_a_misspelled_prompt_is_reported_as_that(line: str) -> None:
+    """A prompt line with a typo is refused before upload as an unknown field with the
+    field it may mean, never as a missing custom_id."""
+    with pytest.raises(InputError) as caught:
+        prepare_input(f'{{"prompt": "fine"}}\n{line}\n')
+    key = json.loads(line).keys() - {"custom_id"}
+    assert caught.value.problems == [
+        f'line 2: unknown field "{key.pop()}" (did you mean "prompt"?)'
+    ]
+
+
+def test_an_object_of_neither_shape_says_what_a_line_needs() -> None:
+    """An object with neither a prompt nor request fields, and nothing like them, is
+    refused naming the two shapes; every such line is listed, each with its number."""
+    with pytest.raises(InputError) as caught:
+        prepare_input('{"question": "x"}\n\n{"costum_id": "a", "mthod": "POST"}\n')
+    assert caught.value.problems == [
+        'line 1: no "prompt" (a prompt line), nor "method", "url" and "body" '
+        "(an OpenAI request line)",
+        'line 3: unknown field "costum_id" (did you mean "custom_id"?); '
+        'unknown field "mthod" (did you mean "method"?)',
+    ]
+
+
+def test_batch_run_with_a_misspelled_prompt_sends_nothing(tmp_path: Path) -> None:
+    """``genq batch run`` on a file with ``{"promt": …}``: exit 1, the line and the typo on
+    stderr, and no request made (the API's address answers nothing)."""
+    source = tmp_path / "typo.jsonl"
+    source.write_text('{"promt": "hi"}\n')
+    env = {"GENQ_API_URL": "http://127.0.0.1:9", "GENQ_API_KEY": SECRET}
+    result = CliRunner().invoke(app, ["batch", "run", str(source)], env=env)
+    assert result.exit_code == 1
+    assert f'{source}: line 1: unknown field "promt" (did you mean "prompt"?)' in result.stderr
+    assert "nothing was sent" in result.stderr
+    assert "custom_id" not in result.output and "cannot reach" not in result.output
 
 
 @pytest.mark.parametrize(
@@ -403,8 +446,8 @@ def run_interrupted(input_file: Path, choice: bool | None) -> tuple[int, FakeApi
     console = Console(width=200, record=True, color_system=None)
     options = RunOptions(input_file, default_output(input_file), interval_s=0.0)
     options = RunOptions(**{**vars(options), "cancel_on_interrupt": choice})
-    code = run_batch(api, options, console)  # type: ignore[arg-type]
-    return code, api, console.export_text()
+    run = run_batch(api, options, console)  # type: ignore[arg-type]
+    return run.code, api, console.export_text()
 
 
 def test_ctrl_c_with_cancel_cancels_and_still_writes_partial_results(input_file: Path) -> None:
@@ -454,3 +497,74 @@ def test_a_refused_question_detaches(input_file: Path, monkeypatch: pytest.Monke
     code, api, _ = run_interrupted(input_file, None)
     assert code == EXIT_DETACHED and not api.cancelled
     assert batch_module.EXIT_DETACHED == 130
+
+
+# The command line ---------------------------------------------------------------------
+
+
+def walk_commands() -> dict[tuple[str, ...], Any]:
+    """Every command and group of ``genq`` by the words that name it (the root: ())."""
+    found: dict[tuple[str, ...], Any] = {}
+
+    def walk(command: Any, path: tuple[str, ...]) -> None:
+        found[path] = command
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def command_paths() -> list[list[str]]:
+    return [list(path) for path in walk_commands()]
+
+
+def leaf_commands() -> dict[str, Any]:
+    """The commands that are no group, by name (``batch run``)."""
+    return {" ".join(p): c for p, c in walk_commands().items() if not hasattr(c, "commands")}
+
+
+def test_version_prints_the_installed_version() -> None:
+    """``genq --version`` prints the package's version and exits 0, with no key needed."""
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"genq {version('genq')}\n"
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "genq")
+def test_help_fits_80_columns_and_shows_flags_bare(path: list[str]) -> None:
+    """Each command's --help at COLUMNS=80: no line past 80, nothing cut short with an
+    ellipsis, and no type placeholder such as <bool> beside a flag."""
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    cut = [line for line in lines[1:] if line.endswith(("...", "…"))]  # not the usage line
+    assert cut == [], result.stdout
+    assert "<bool>" not in result.stdout
+
+
+def test_every_command_that_prints_an_object_takes_json() -> None:
+    """--json on every command but ``batch results`` (its output is the result lines)."""
+    without = {
+        name
+        for name, command in leaf_commands().items()
+        if not any("--json" in param.opts for param in command.params)
+    }
+    assert without == {"batch results"}
+
+
+def test_json_prints_the_object_as_the_api_sent_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``genq circuits --json`` prints the API's list whole, fields the CLI does not
+    model included; ``circuits open NAME --json`` the circuit it answered."""
+    listed = [{"name": "hf~sim~m", "state": "open", "failure_count": 5, "new_field": [1]}]
+    opened = {"name": "hf~sim~m", "state": "forced_open", "forced": True}
+    client, _ = fake_client([(200, listed), (200, opened)])
+    monkeypatch.setattr(commands_module, "client_for", lambda ctx: client)
+    runner = CliRunner()
+    result = runner.invoke(app, ["circuits", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == listed
+    result = runner.invoke(app, ["circuits", "open", "hf~sim~m", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == opened
