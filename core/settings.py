@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     worker_concurrency: PositiveInt = 128
     """Jobs (so upstream calls) one worker process holds at once; measured in
     docs/benchmarks.md ("Filling the provider")."""
+    task_events: bool = True
+    """Workers send Celery's task events from their start, so Flower shows every task in
+    the state it is in; they cost ~1 ms of worker CPU a job (docs/benchmarks.md). Off:
+    none until Flower asks (its ``--enable-events``), and the tasks run before that do
+    not show."""
 
     @field_validator("redis_url")
     @classmethod

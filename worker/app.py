@@ -88,12 +88,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_pool": settings.worker_pool,
         "worker_concurrency": settings.worker_concurrency,
-        # On from a worker's start, so Flower lists every task it sees run; left to
-        # Flower's --enable-events, a worker sends none until Flower's next broadcast
-        # (every 5 s), and none of the tasks run before it show. Each task's three
+        # On from a worker's start (GENQ_TASK_EVENTS), so Flower lists every task it sees
+        # run; left to Flower's --enable-events, a worker sends none until Flower's next
+        # broadcast (every 5 s), and none of the tasks run before it show. Each task's three
         # events cost ~1 ms of worker CPU (4.1 → 5.4 ms a job at 0 ms upstream latency,
         # 4.7 → 5.6 at 50 ms: docs/benchmarks.md), lost in a real upstream's seconds.
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
     }
