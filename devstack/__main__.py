@@ -15,7 +15,9 @@ cli = typer.Typer(add_completion=False, help="genq's local stack (development on
 
 
 @cli.command()
-def run(banner: bool = typer.Option(True, help="Print URLs and a curl once ready.")) -> None:
+def run(
+    banner: bool = typer.Option(True, help="Once ready, print the URLs, the key and the exports."),
+) -> None:
     """Start redis, the simulator, a worker, the API and Flower; Ctrl-C stops them all."""
     raise typer.Exit(run_stack(plan_stack(), banner=banner))
 

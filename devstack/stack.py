@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import socket
 import sys
 import threading
@@ -80,6 +81,7 @@ def plan_stack(say: object = print) -> Stack:
     }
     given = os.environ.get("GENQ_API_KEYS")
     api_key = secrets.token_urlsafe(24)  # used, and shown, only when no keys are given
+    key = given.split(",")[0].strip() if given else api_key
     # Flower can revoke tasks and shut workers down: never served without a login. Flower
     # reads FLOWER_BASIC_AUTH itself, so the Procfile's command stays as it is.
     given_flower = os.environ.get("FLOWER_BASIC_AUTH")
@@ -93,9 +95,10 @@ def plan_stack(say: object = print) -> Stack:
         "GENQ_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
         "GENQ_UPSTREAM_URL": upstream or f"http://127.0.0.1:{ports['simulator']}",
         "GENQ_API_KEYS": given or api_key,
-        # The generated dev key may also steer circuits; a key the user gave never is
-        # promoted to admin behind their back.
-        "GENQ_ADMIN_API_KEYS": os.environ.get("GENQ_ADMIN_API_KEYS") or ("" if given else api_key),
+        # The stack's key (generated, or the first given: stable across runs) may also
+        # steer circuits, as `genq circuits open` needs; GENQ_ADMIN_API_KEYS, when given,
+        # says otherwise. The banner says which.
+        "GENQ_ADMIN_API_KEYS": os.environ.get("GENQ_ADMIN_API_KEYS") or key,
         "FLOWER_BASIC_AUTH": flower_auth,
         **{f"GENQ_DEV_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
@@ -108,7 +111,6 @@ def plan_stack(say: object = print) -> Stack:
         "flower": f"http://127.0.0.1:{ports['flower']}",
         "upstream": env["GENQ_UPSTREAM_URL"] + ("" if upstream else "  (the simulator)"),
     }
-    key = given.split(",")[0].strip() if given else api_key
     return Stack(
         processes=processes,
         env=env,
@@ -140,6 +142,28 @@ def _login(stack: Stack) -> str:
     return "   login (FLOWER_BASIC_AUTH)"
 
 
+def _key_line(stack: Stack) -> str:
+    """The banner's word on the API key: a generated one is printed, a given one never."""
+    admin = stack.api_key in stack.env.get("GENQ_ADMIN_API_KEYS", "").split(",")
+    role = "an admin key too" if admin else "not an admin key (GENQ_ADMIN_API_KEYS)"
+    if stack.generated:
+        return f"  api key  {stack.api_key}   (dev only, generated for this run; {role})"
+    return f"  api key  the first of GENQ_API_KEYS, not shown   ({role})"
+
+
+def _exports(stack: Stack) -> str:
+    """The line that points the ``genq`` CLI (GENQ_API_URL, GENQ_API_KEY) at this stack.
+    A given key is not printed: the line takes it from the user's own GENQ_API_KEYS."""
+    key = shlex.quote(stack.api_key) if stack.generated else '"${GENQ_API_KEYS%%,*}"'
+    return f"  export GENQ_API_URL={shlex.quote(stack.urls['api'])} GENQ_API_KEY={key}"
+
+
+def _genq_command() -> str:
+    """How to run this venv's ``genq`` from the repository, where ``make run`` runs."""
+    script = Path(sys.executable).parent / "genq"
+    return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script)
+
+
 def _banner(stack: Stack) -> str:
     api = stack.urls["api"]
     lines = ["", "genq is up (Ctrl-C stops everything):"]
@@ -147,17 +171,20 @@ def _banner(stack: Stack) -> str:
         f"  {name:<9}{url}{_login(stack) if name == 'flower' else ''}"
         for name, url in stack.urls.items()
     ]
-    # A key the user gave is theirs to know; only a generated dev key is printed.
-    key = stack.api_key if stack.generated else "$KEY"
     flower_login = stack.flower_auth if stack.flower_generated else "<user>:<password>"
+    auth = '-H "Authorization: Bearer $GENQ_API_KEY"'
     lines += [
-        f"  api key  {key}   "
-        + ("(dev only, generated for this run)" if stack.generated else "(one of GENQ_API_KEYS)"),
+        _key_line(stack),
+        "",
+        "In another terminal, point the genq command and the curls below at it"
+        + (":" if stack.generated else " (your GENQ_API_KEYS exported there):"),
+        _exports(stack),
         "",
         "Try it:",
-        f"  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {key}' \\",
+        f"  {_genq_command()} submit 'Say hello to genq' --wait",
+        f"  curl -s -X POST {api}/v1/jobs {auth} \\",
         "       -H 'Content-Type: application/json' -d '{\"prompt\": \"Say hello to genq\"}'",
-        f"  curl -s {api}/v1/jobs/<id> -H 'Authorization: Bearer {key}'",
+        f"  curl -s {api}/v1/jobs/<id> {auth}",
         f"  curl -s -u '{flower_login}' {stack.urls['flower']}/api/queues/length",
         "",
     ]

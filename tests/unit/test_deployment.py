@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -19,6 +20,7 @@ import devstack.redis
 import devstack.stack
 from api.docs import ASSETS_URL
 from api.main import create_app
+from cli.settings import CliSettings
 from core.settings import Settings
 from devstack.lockfile import parse_lock
 from devstack.stack import _banner, plan_stack
@@ -312,3 +314,75 @@ def test_the_api_docs_load_every_file_from_the_api_itself(page: str) -> None:
         asset_status, content = asyncio.run(asgi_get(app, asset))
         assert asset_status == 200, asset
         assert content, asset
+
+
+# The first run: what `make run` prints (#25) ------------------------------------------
+
+
+def export_line(banner: str) -> str:
+    found = [line.strip() for line in banner.splitlines() if line.strip().startswith("export ")]
+    assert len(found) == 1, banner
+    return found[0]
+
+
+def exported(line: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """What a POSIX shell exports when it runs the banner's line (with ``env`` set)."""
+    script = f'{line}\nprintf "%s\\n%s" "$GENQ_API_URL" "$GENQ_API_KEY"'
+    out = subprocess.run(
+        ["sh", "-c", script], env=env or {}, capture_output=True, text=True, check=True
+    ).stdout
+    url, key = out.split("\n")
+    return {"GENQ_API_URL": url, "GENQ_API_KEY": key}
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+def test_the_banner_exports_what_the_cli_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The banner's ``export`` line, run by a shell, sets the variables the genq CLI reads
+    to this stack's URL and generated key, which is an admin key too."""
+    stack = plan_stack(say=lambda _: None)
+    banner = _banner(stack)
+    variables = exported(export_line(banner))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    settings = CliSettings.load()
+    assert settings.api_url == stack.urls["api"]
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == stack.api_key
+    assert stack.env["GENQ_ADMIN_API_KEYS"] == stack.api_key
+    assert "an admin key too" in banner
+    assert 'Bearer $GENQ_API_KEY"' in banner  # the curls use what was exported
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+def test_given_keys_are_kept_the_first_is_admin_and_none_is_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``GENQ_API_KEYS=k1,k2 make run``: the same keys every run, k1 (the stack's key) an
+    admin key; the banner prints neither, and its export line takes k1 from the user's
+    own GENQ_API_KEYS."""
+    given = "first-dev-key-0123456789,second-dev-key-0123456789"
+    monkeypatch.setenv("GENQ_API_KEYS", given)
+    first, second = plan_stack(say=lambda _: None), plan_stack(say=lambda _: None)
+    assert first.env["GENQ_API_KEYS"] == second.env["GENQ_API_KEYS"] == given
+    assert first.api_key == second.api_key == "first-dev-key-0123456789"
+    assert first.env["GENQ_ADMIN_API_KEYS"] == "first-dev-key-0123456789"
+    banner = _banner(first)
+    assert "first-dev-key" not in banner and "second-dev-key" not in banner
+    assert "an admin key too" in banner
+    line = export_line(banner)
+    assert exported(line, {"GENQ_API_KEYS": given})["GENQ_API_KEY"] == first.api_key
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+def test_given_admin_keys_are_kept_and_the_banner_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GENQ_ADMIN_API_KEYS of the user's own is passed through as it is; the banner says
+    the stack's key is not an admin key."""
+    monkeypatch.setenv("GENQ_API_KEYS", "user-key-0123456789")
+    monkeypatch.setenv("GENQ_ADMIN_API_KEYS", "ops-key-0123456789")
+    stack = plan_stack(say=lambda _: None)
+    assert stack.env["GENQ_ADMIN_API_KEYS"] == "ops-key-0123456789"
+    banner = _banner(stack)
+    assert "not an admin key" in banner
+    assert "ops-key" not in banner
