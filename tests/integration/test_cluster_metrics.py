@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 DOC = {"id": "d1", "text": "An excerpt answers when the circuit is open."}
 UPSTREAM_TOKEN = "hf_metrics-upstream-token-0123456789"
+SECOND_TOKEN = "sk-metrics-failover-token-0123456789"
 Labels = tuple[str, ...]
 
 
@@ -49,8 +50,10 @@ Labels = tuple[str, ...]
 class Stack:
     apis: list[str]
     sim: SimulatorServer
+    second: SimulatorServer
     logs: list[str]
     circuit: str
+    second_circuit: str
 
     def submit(self, body: dict[str, Any], api: int = 0, **headers: str) -> str:
         response = requests.post(
@@ -77,12 +80,26 @@ def stack() -> Iterator[Stack]:
     """The APIs first, the workers once a job has waited in the queue for a while."""
     own = RedisProcess(ensure_redis_server(say=lambda _: None))
     own.start()
-    with ExitStack() as cleanup, SimulatorServer() as sim:
+    with ExitStack() as cleanup, SimulatorServer() as sim, SimulatorServer() as second:
         cleanup.callback(own.stop)
+        failover = [
+            {
+                "url": f"{second.url}/v1",
+                "protocol": "openai",
+                "model": "simulator/echo-2",
+                "token_env": "GENQ_TEST_SECOND_TOKEN",
+            }
+        ]
         env = genq_env(
-            own.url, sim.url, GENQ_WORKER_CONCURRENCY="2", GENQ_UPSTREAM_TOKEN=UPSTREAM_TOKEN
+            own.url,
+            sim.url,
+            GENQ_WORKER_CONCURRENCY="2",
+            GENQ_UPSTREAM_TOKEN=UPSTREAM_TOKEN,
+            GENQ_UPSTREAM_FAILOVER=json.dumps(failover),
+            GENQ_TEST_SECOND_TOKEN=SECOND_TOKEN,
         )
         sim.configure(require_token=UPSTREAM_TOKEN)
+        second.configure(require_token=SECOND_TOKEN)
         names = [unique(f"metrics-{part}") for part in ("api1", "api2", "worker1", "worker2")]
         apis = []
         for name in names[:2]:
@@ -93,7 +110,8 @@ def stack() -> Iterator[Stack]:
         for api in apis:
             wait_http(f"{api}/readyz")
         circuit = circuit_name("hf", sim.url, "simulator/echo-1")
-        built = Stack(apis, sim, names, circuit)
+        second_circuit = circuit_name("openai", f"{second.url}/v1", "simulator/echo-2")
+        built = Stack(apis, sim, second, names, circuit, second_circuit)
         waiting = built.submit({"prompt": "waits for a worker"})
         _wait_for_age(built)
         for name, host in zip(names[2:], ("metrics1", "metrics2"), strict=True):
@@ -165,10 +183,9 @@ def _control(stack: Stack, action: str) -> None:
 def test_metrics_say_what_the_records_say_on_every_api(stack: Stack) -> None:
     """Every kind of ending across two workers: answered, from the cache, refused by the
     upstream, from an excerpt while the circuit is open, failed with nothing to answer,
-    and a batch. Both APIs' finished counts equal the records' exactly, the call
-    histogram counts every call the simulator received, and the cache its hits."""
-    before = stack.sim.stats()["calls"]
-    assert isinstance(before, int)
+    a batch, and answered by the failover target while the primary fails. Both APIs'
+    finished counts equal the records' exactly, the call histogram counts every call each
+    simulator received, and the cache its hits."""
     jobs = stack.run([{"prompt": f"answer {i}"} for i in range(6)])
     jobs += stack.run([{"prompt": f"answer {i}", "cache": "prefer"} for i in range(3)])
     stack.sim.configure(max_context_tokens=8)
@@ -176,18 +193,24 @@ def test_metrics_say_what_the_records_say_on_every_api(stack: Stack) -> None:
     stack.sim.configure(max_context_tokens=None)
     _control(stack, "open")
     try:
-        jobs += stack.run([{"prompt": f"open {i}", "context": [DOC]} for i in range(3)])
-        jobs += stack.run([{"prompt": "nothing to answer with", "cache": "off"}])
+        alone = {"failover": "none"}  # the primary's fallback, not the failover target
+        jobs += stack.run([{"prompt": f"open {i}", "context": [DOC], **alone} for i in range(3)])
+        jobs += stack.run([{"prompt": "nothing to answer with", "cache": "off", **alone}])
     finally:
         _control(stack, "reset")
     batch = _run_batch(stack, 5)
+    stack.sim.configure(mode="outage")
+    try:
+        jobs += stack.run([{"prompt": f"primary fails {i}"} for i in range(3)])
+    finally:
+        stack.sim.configure(mode="ok")
     expected = Counter(_labels(job) for job in jobs)
     expected[("interactive", "succeeded", "upstream", "", "false", "")] += 1  # the first job
     expected[("batch", "succeeded", "upstream", "", "false", "")] += batch["request_counts"][
         "completed"
     ]
-    kinds = {(labels[1], labels[2], labels[3], labels[5]) for labels in expected}
-    assert len(kinds) >= 5, kinds  # upstream, cache, excerpt, rejected, unavailable
+    kinds = {(labels[1], labels[2], labels[3], labels[4], labels[5]) for labels in expected}
+    assert len(kinds) >= 6, kinds  # upstream, cache, excerpt, rejected, unavailable, failover
     deadline, seen = time.monotonic() + 15, [{}, {}]
     while time.monotonic() < deadline:
         seen = [_finished(stack.scrape(api)) for api in (0, 1)]
@@ -202,6 +225,9 @@ def test_metrics_say_what_the_records_say_on_every_api(stack: Stack) -> None:
     upstream_answers += expected[("batch", "succeeded", "upstream", "", "false", "")]
     assert calls.get("ok") == upstream_answers
     assert sum(calls.values()) == stack.sim.stats()["calls"]
+    second = _histogram_counts(scraped, stack.second_circuit)
+    assert second == {"ok": expected[("interactive", "succeeded", "upstream", "", "true", "")]}
+    assert second["ok"] == stack.second.stats()["calls"] == 3
     hits = sum(n for labels, n in expected.items() if labels[2] == "cache")
     lookups = {s.labels["result"]: s.value for s in scraped["genq_cache_lookups"]}
     assert lookups["hit"] == hits >= 3
@@ -224,7 +250,9 @@ def _histogram_counts(scraped: dict[str, list[Any]], target: str) -> dict[str, i
     samples = scraped["genq_upstream_call_duration_seconds"]
     counts: dict[str, int] = {}
     for outcome in {s.labels["outcome"] for s in samples if s.labels["target"] == target}:
-        mine = [s for s in samples if s.labels.get("outcome") == outcome]
+        mine = [
+            s for s in samples if (s.labels["target"], s.labels["outcome"]) == (target, outcome)
+        ]
         buckets = [s.value for s in mine if s.name.endswith("_bucket")]
         assert buckets == sorted(buckets)
         count = next(s.value for s in mine if s.name.endswith("_count"))
@@ -255,5 +283,6 @@ def test_a_job_is_followed_by_its_request_id_through_api_and_worker(stack: Stack
     response = requests.get(f"{stack.apis[1]}/healthz", timeout=5)
     assert len(response.headers["X-Request-ID"]) == 32  # none sent: one made
     text = stack.log_text()
-    for secret in (API_KEY, ADMIN_KEY, API_KEY[:12], UPSTREAM_TOKEN, UPSTREAM_TOKEN[3:15]):
+    secrets = (API_KEY, ADMIN_KEY, API_KEY[:12], UPSTREAM_TOKEN, UPSTREAM_TOKEN[3:15])
+    for secret in (*secrets, SECOND_TOKEN, SECOND_TOKEN[3:15]):
         assert secret not in text
