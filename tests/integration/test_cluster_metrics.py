@@ -105,7 +105,9 @@ def stack() -> Iterator[Stack]:
         for name in names[:2]:
             port = free_port()
             uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)]
-            cleanup.callback(stop, start_process(uvicorn, env, name))
+            # DEBUG: the API's line about each accepted job (api.job_accepted) is one.
+            api_env = {**env, "GENQ_LOG_LEVEL": "DEBUG"}
+            cleanup.callback(stop, start_process(uvicorn, api_env, name))
             apis.append(f"http://127.0.0.1:{port}")
         for api in apis:
             wait_http(f"{api}/readyz")
