@@ -5,9 +5,10 @@ and written by the caller in one Redis transaction.
 instead takes one message from Celery (``app.amqp.as_task_v2``, what ``send_task``
 itself builds: task protocol 2) and kombu's Redis envelope around it, serializes that
 once, and fills in only what differs per task: its id, its arguments and their repr,
-and kombu's delivery tag (~25 µs a message against ~60 µs for building and dumping each
-envelope whole). The messages are the ones kombu's Redis transport would write
-(``tests/integration/test_queues.py`` compares them; a stock worker runs them).
+and kombu's delivery tag, in one join of the template's pieces (~9 µs a message, against
+~60 µs for building and dumping each envelope whole). The messages are the ones kombu's
+Redis transport would write (``tests/integration/test_queues.py`` compares them; a stock
+worker runs them).
 
 Two headers of genq's own ride along: ``genq_request_id``, the ``X-Request-ID`` of the
 request that submitted the task (the worker logs it with every line about the job), and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -75,34 +77,42 @@ class TaskMessages:
             "headers": headers,
             "properties": properties,
         }
-        self._template = json.dumps(envelope)
+        serialized = json.dumps(envelope)
         for name in _SLOTS:
-            if self._template.count(f'"@@{name}@@"') != 1:
+            if serialized.count(f'"@@{name}@@"') != 1:
                 raise RuntimeError(f"Celery's message template changed shape ({name})")
+        # The template cut at its slots, once: text, slot, text, ..., text. A message is
+        # one join of these with its values (nine str.replace passes cost ~4 µs a message).
+        pieces = re.split('"@@(' + "|".join(_SLOTS) + ')@@"', serialized)
+        self._texts, self._order = pieces[0::2], pieces[1::2]
+        self._embed_json = json.dumps(self._embed)
 
     def message(
         self,
         task_id: str,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | str,
         argsrepr: str,
         request_id: str = "",
         enqueued_at: float = 0.0,
+        delivery_tag: str = "",
     ) -> bytes:
-        """The message of one task whose one argument is ``payload`` (JSON-safe), sent by
-        request ``request_id`` and going onto its queue at ``enqueued_at`` (0: when the
-        batch scheduler releases it)."""
-        body = json.dumps([[payload], {}, self._embed]).encode()
+        """The message of one task whose one argument is ``payload`` (a JSON-safe dict, or
+        its JSON), sent by request ``request_id`` and going onto its queue at
+        ``enqueued_at`` (0: when the batch scheduler releases it). ``delivery_tag``: kombu's
+        tag for it, unique among messages (default: a new UUID, as kombu makes)."""
+        argument = payload if isinstance(payload, str) else json.dumps(payload)
+        body = f"[[{argument}], {{}}, {self._embed_json}]".encode()
         values = {
-            "body": base64.b64encode(body).decode(),
-            "id": task_id,
-            "root_id": task_id,
-            "argsrepr": argsrepr,
-            "correlation_id": task_id,
-            "delivery_tag": str(uuid.uuid4()),
-            "request_id": request_id,
+            "body": encode_basestring_ascii(base64.b64encode(body).decode()),
+            "id": encode_basestring_ascii(task_id),
+            "root_id": encode_basestring_ascii(task_id),
+            "argsrepr": encode_basestring_ascii(argsrepr),
+            "correlation_id": encode_basestring_ascii(task_id),
+            "delivery_tag": encode_basestring_ascii(delivery_tag or str(uuid.uuid4())),
+            "request_id": encode_basestring_ascii(request_id),
+            "enqueued_at": f"{enqueued_at:.3f}" if enqueued_at else "0",
         }
-        text = self._template
-        for name, value in values.items():
-            text = text.replace(f'"@@{name}@@"', encode_basestring_ascii(value), 1)
-        stamp = f"{enqueued_at:.3f}" if enqueued_at else "0"
-        return text.replace('"@@enqueued_at@@"', stamp, 1).encode()
+        parts = [self._texts[0]]
+        for name, text in zip(self._order, self._texts[1:], strict=True):
+            parts += (values[name], text)
+        return "".join(parts).encode()

@@ -6,6 +6,7 @@ worker's code can change without the API noticing. Everything here is JSON-safe.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -47,7 +48,7 @@ __all__ = [
     "ModelId",
     "RefusalReason",
     "Source",
-    "batch_item_payload",
+    "batch_item_json",
     "task_argsrepr",
     "utcnow",
 ]
@@ -316,19 +317,19 @@ class JobMessage(_Strict):
     """Relay the answer's pieces as the upstream sends them (``worker.streaming``)."""
 
 
-def batch_item_payload(
+def batch_item_json(
     request_id: str, request: GenerateRequest, item: dict[str, Any], owner: str
-) -> dict[str, Any]:
-    """A batch item's ``genq.generate`` argument: the dict :class:`JobMessage` decodes,
-    ``item`` holding :class:`BatchItem`'s fields. Built as dicts from values validated
-    already: a model for each of a large batch's items cost more than the rest of its
-    message (the worker validates it)."""
-    return {
-        "job_id": request_id,
-        "request": request.model_dump(mode="json", exclude_defaults=True),
-        "batch": item,
-        "owner": owner,
-    }
+) -> str:
+    """A batch item's ``genq.generate`` argument as JSON: the object :class:`JobMessage`
+    decodes, ``item`` holding :class:`BatchItem`'s fields. Put together from its parts'
+    own encodings (the request's by its model, the rest by ``json``), from values
+    validated already: a model per item, or a dict per item dumped whole, cost more than
+    the rest of a large batch's message (the worker validates it)."""
+    return (
+        f'{{"job_id": {json.dumps(request_id)}, '
+        f'"request": {request.model_dump_json(exclude_defaults=True)}, '
+        f'"batch": {json.dumps(item)}, "owner": {json.dumps(owner)}}}'
+    )
 
 
 def task_argsrepr(job_id: str, batch_id: str | None = None) -> str:

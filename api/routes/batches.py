@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -35,7 +36,7 @@ from core.contract import (
     QUEUE_BATCH,
     BatchEndpoint,
     GenerateRequest,
-    batch_item_payload,
+    batch_item_json,
     task_argsrepr,
 )
 from core.errors import StorageUnavailable
@@ -188,16 +189,21 @@ def _messages(
     submitted_by: str,
 ) -> Iterator[bytes]:
     """Each item's ``genq.generate`` message (a ``JobMessage``, whose ``job_id`` is the
-    item's request id: ``batch_item_payload``, what the worker decodes), carrying the id
-    of the request that created the batch."""
+    item's request id: ``batch_item_json``, what the worker decodes), carrying the id
+    of the request that created the batch. kombu's delivery tags are this batch's own
+    random prefix and the item's index: unique, without a UUID made per item."""
+    tags = uuid.uuid4().hex
     for index, (custom_id, request) in enumerate(requests):
         request_id = item_request_id(batch.id, index)
         item = {"batch_id": batch.id, "index": index, "custom_id": custom_id}
         item["endpoint"] = batch.endpoint
-        payload = batch_item_payload(request_id, request, item, batch.owner)
+        payload = batch_item_json(request_id, request, item, batch.owner)
         # Flower shows argsrepr: the item's ids, never its prompt.
         argsrepr = task_argsrepr(request_id, batch.id)
-        yield messages.message(request_id, payload, argsrepr, request_id=submitted_by)
+        tag = f"{tags}-{index}"
+        yield messages.message(
+            request_id, payload, argsrepr, request_id=submitted_by, delivery_tag=tag
+        )
 
 
 @router.get("/{batch_id}", responses=BY_ID)

@@ -11,7 +11,7 @@ from api.batch_input import MAX_LISTED_ERRORS, BatchPolicy, parse_lines
 from api.publish import TaskMessages
 from api.routes.batches import _messages
 from core.batches import BatchCounts, BatchRecord, BatchSources, BatchTimes
-from core.contract import BatchItem, GenerateRequest, JobMessage, batch_item_payload
+from core.contract import BatchItem, GenerateRequest, JobMessage, batch_item_json
 from core.openai_batch import custom_id_of, request_lines
 from core.settings import Settings
 from worker.app import app
@@ -129,16 +129,17 @@ def test_each_batch_message_carries_a_valid_job_message() -> None:
 
 
 def test_an_items_payload_is_what_the_worker_decodes() -> None:
-    """The API builds each item's argument as a dict (no model per item); the worker's
-    JobMessage decodes exactly the message it was built from."""
+    """The API puts each item's argument together as JSON (no model per item); the
+    worker's JobMessage decodes exactly the message it was built from, a custom_id that
+    needs escaping included."""
     request = GenerateRequest.model_validate(
         {"messages": [{"role": "user", "content": "hi"}], "params": {"max_new_tokens": 8}}
     )
     item = BatchItem(
-        batch_id="batch_x", index=3, custom_id="req-3", endpoint="/v1/chat/completions"
+        batch_id="batch_x", index=3, custom_id='req "3"\\ ü', endpoint="/v1/chat/completions"
     )
-    payload = batch_item_payload("batch_req_x", request, item.model_dump(), "o" * 32)
-    decoded = JobMessage.model_validate(json.loads(json.dumps(payload)))
+    payload = batch_item_json("batch_req_x", request, item.model_dump(), "o" * 32)
+    decoded = JobMessage.model_validate_json(payload)
     assert decoded == JobMessage(job_id="batch_req_x", request=request, batch=item, owner="o" * 32)
 
 
