@@ -264,7 +264,9 @@ def _line(
 
 def to_request(body: CompletionFields | ChatFields, batch: BatchPolicy) -> GenerateRequest:
     """The genq job of an OpenAI body; ValidationError when genq's own checks refuse it
-    (a model id, a stop sequence's length, text that is not Unicode)."""
+    (a model id, a stop sequence's length, text that is not Unicode). Only what the body
+    (or the batch) says is set on it, so ``model_dump_json(exclude_unset=True)`` writes
+    the job compactly without comparing every field with its default."""
     params: dict[str, Any] = {}
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None:
@@ -274,22 +276,22 @@ def to_request(body: CompletionFields | ChatFields, batch: BatchPolicy) -> Gener
             params[name] = getattr(body, name)
     if body.stop is not None:
         params["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    fallback = body.fallback or batch.fallback
-    failover = body.failover or batch.failover
+    asked: dict[str, Any]
     if isinstance(body, CompletionFields):
-        asked: dict[str, Any] = {"prompt": body.prompt}
+        asked = {"prompt": body.prompt}
     else:
         asked = {"messages": [_message(m) for m in body.messages]}
-    return GenerateRequest(
-        **asked,
-        model=body.model,
-        params=GenerationParams.model_validate(params),
-        context=body.context,
-        cache=body.cache,
-        fallback=fallback,
-        failover=failover,
-        context_mode=body.context_mode,
-    )
+    if params:  # validated on its own: an error names the body's field ("stop")
+        asked["params"] = GenerationParams.model_validate(params)
+    for name in ("model", "context", "cache", "context_mode"):
+        if name in body.model_fields_set:
+            asked[name] = getattr(body, name)
+    policies = {"fallback": body.fallback or batch.fallback}
+    policies["failover"] = body.failover or batch.failover
+    for name, value in policies.items():
+        if value != GenerateRequest.model_fields[name].default:
+            asked[name] = value
+    return GenerateRequest(**asked)
 
 
 def _message(message: ChatMessage) -> Message:

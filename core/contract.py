@@ -322,12 +322,13 @@ def batch_item_json(
 ) -> str:
     """A batch item's ``genq.generate`` argument as JSON: the object :class:`JobMessage`
     decodes, ``item`` holding :class:`BatchItem`'s fields. Put together from its parts'
-    own encodings (the request's by its model, the rest by ``json``), from values
-    validated already: a model per item, or a dict per item dumped whole, cost more than
-    the rest of a large batch's message (the worker validates it)."""
+    own encodings (the request's by its model, what was set on it: ``to_request`` sets
+    only what a line says; the rest by ``json``), from values validated already: a model
+    per item, or a dict per item dumped whole, cost more than the rest of a large
+    batch's message (the worker validates it)."""
     return (
         f'{{"job_id": {json.dumps(request_id)}, '
-        f'"request": {request.model_dump_json(exclude_defaults=True)}, '
+        f'"request": {request.model_dump_json(exclude_unset=True)}, '
         f'"batch": {json.dumps(item)}, "owner": {json.dumps(owner)}}}'
     )
 
