@@ -4,6 +4,7 @@ upstream simulator over HTTP, a real Celery worker (pytest-celery's in-process
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -177,6 +178,27 @@ def start_worker(env: dict[str, str], hostname: str, log_name: str) -> subproces
     args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "interactive,batch"]
     args += ["--hostname", f"{hostname}@%h", "--loglevel", "INFO"]
     return start_process(args, env, log_name)
+
+
+def start_flower(env: dict[str, str], port: int, log_name: str) -> subprocess.Popen[bytes]:
+    """``celery -A worker.app flower`` on loopback, as the Procfile starts it."""
+    args = [sys.executable, "-m", "celery", "-A", "worker.app", "flower"]
+    return start_process([*args, "--address=127.0.0.1", f"--port={port}"], env, log_name)
+
+
+def completion_lines(count: int, prompt: str, prefix: str = "req") -> bytes:
+    """A batch input file: ``count`` ``/v1/completions`` request lines, custom ids
+    ``{prefix}-{i}``, prompts ``{prompt} {i}``."""
+    lines = [
+        {
+            "custom_id": f"{prefix}-{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": f"{prompt} {i}", "max_tokens": 8},
+        }
+        for i in range(count)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
 def wait_http(url: str, timeout_s: float = 20.0) -> None:

@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     ADMIN_KEY,
     API_KEY,
     auth,
+    completion_lines,
     genq_env,
     start_process,
     start_worker,
@@ -149,17 +150,8 @@ def _labels(job: dict[str, Any]) -> Labels:
 
 
 def _run_batch(stack: Stack, items: int) -> dict[str, Any]:
-    requests_ = [
-        {
-            "custom_id": f"c{i}",
-            "method": "POST",
-            "url": "/v1/completions",
-            "body": {"prompt": f"batch item {i}", "max_tokens": 8},
-        }
-        for i in range(items)
-    ]
-    lines = "".join(json.dumps(line) + "\n" for line in requests_)
-    files = {"file": ("in.jsonl", io.BytesIO(lines.encode()))}
+    lines = completion_lines(items, "batch item")
+    files = {"file": ("in.jsonl", io.BytesIO(lines))}
     api = stack.apis[1]
     upload = requests.post(
         f"{api}/v1/files", files=files, data={"purpose": "batch"}, headers=auth(), timeout=5

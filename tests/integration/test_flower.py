@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import sys
 import uuid
 
 import pytest
@@ -17,7 +16,7 @@ from tests.integration.conftest import (
     genq_env,
     publisher_for,
     settings_for,
-    start_process,
+    start_flower,
     wait_http,
 )
 from tests.integration.redis_support import log_path, stop, unique
@@ -49,20 +48,7 @@ def test_flower_shows_queue_lengths_only_to_its_login(redis_proc: RedisProcess) 
 
     port = free_port()
     log_name = unique("flower")
-    flower = start_process(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={port}",
-        ],
-        env,
-        log_name,
-    )
+    flower = start_flower(env, port, log_name)
     url = f"http://127.0.0.1:{port}"
     login = ("genq", password)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -16,7 +15,13 @@ import requests
 
 from devstack.redis import RedisProcess, free_port
 from simulator.server import SimulatorServer
-from tests.integration.conftest import auth, genq_env, start_process, wait_http
+from tests.integration.conftest import (
+    auth,
+    completion_lines,
+    genq_env,
+    start_flower,
+    wait_http,
+)
 from tests.integration.redis_support import genq_processes, stop, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -42,20 +47,7 @@ def test_flower_lists_every_task_in_the_state_of_its_job(
     sim.configure(latency_ms=20, error_rate=0.3, seed=25)
     port = free_port()
     flower_url = f"http://127.0.0.1:{port}"
-    flower = start_process(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={port}",
-        ],
-        env,
-        unique("flower-states"),
-    )
+    flower = start_flower(env, port, unique("flower-states"))
     try:
         with genq_processes(env, "flower-states") as genq:
             wait_http(f"{flower_url}/healthcheck")
@@ -102,16 +94,7 @@ def _submit(api_url: str, i: int) -> str:
 
 
 def _submit_batch(api_url: str) -> str:
-    lines = [
-        {
-            "custom_id": f"item-{i}",
-            "method": "POST",
-            "url": "/v1/completions",
-            "body": {"prompt": f"flower states batch {i}", "max_tokens": 8},
-        }
-        for i in range(BATCH_ITEMS)
-    ]
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    data = completion_lines(BATCH_ITEMS, "flower states batch", prefix="item")
     upload = requests.post(
         f"{api_url}/v1/files",
         files={"file": ("in.jsonl", data)},
