@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import math
 import time
 import uuid
 
@@ -122,8 +123,10 @@ def test_a_burst_from_one_key_does_not_keep_another_keys_job_waiting(
     worker = start_worker(env, "limits", "limits-worker")
     try:
         with serve_api(env, "limits-burst") as url:
+            burst_started = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(32) as pool:
                 codes = list(pool.map(lambda _: submit(url).status_code, range(1000)))
+            burst_s = time.monotonic() - burst_started
             started = time.monotonic()
             theirs = submit(url, OTHER_KEY)
             assert theirs.status_code == 202
@@ -133,7 +136,11 @@ def test_a_burst_from_one_key_does_not_keep_another_keys_job_waiting(
         worker.terminate()
         worker.wait(timeout=30)
         simulator.reset()
-    # Accepted: 40, and as many more as were answered while the burst went on.
-    assert codes.count(429) >= 900 and set(codes) == {202, 429}
+    # Accepted: 40, and as many more as were answered while the burst went on: at most 4
+    # threads' worth of 50 ms calls (80 a second) over the burst's own length, which the
+    # machine sets (0.6-1.5 s here).
+    answered_meanwhile = math.ceil(burst_s * 4 / 0.05)
+    assert codes.count(202) <= 40 + answered_meanwhile, (codes.count(202), burst_s)
+    assert codes.count(429) >= 700 and set(codes) == {202, 429}
     assert job["status"] == "succeeded"
     assert waited < 3.0, f"B's job waited {waited:.1f} s behind A's burst"
