@@ -57,13 +57,9 @@ def read_cluster() -> ClusterSnapshot:
     client = get_redis()
     now = time.time()
     circuits = with_limits(client, list_circuits(client, get_settings().target_circuits))
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(queue)
-    depths = pipe.execute()
-    ages = queue_ages(client, QUEUES, now)
     queues = [
-        QueueState(name, int(depth), ages[name]) for name, depth in zip(QUEUES, depths, strict=True)
+        QueueState(name, depth, age)
+        for name, (depth, age) in queue_ages(client, QUEUES, now).items()
     ]
     return ClusterSnapshot(
         read_at=now,

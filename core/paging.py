@@ -7,7 +7,7 @@ from typing import Any
 
 from redis import Redis
 
-__all__ = ["newest_first"]
+__all__ = ["list_object", "newest_first"]
 
 
 def newest_first(
@@ -25,3 +25,15 @@ def newest_first(
     found: list[Any] = list(client.zrevrange(index, start, start + limit))
     ids = [i.decode() if isinstance(i, bytes) else str(i) for i in found]
     return ids[:limit], len(ids) > limit
+
+
+def list_object(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """One page as OpenAI's list routes answer it (``first_id``, ``last_id``,
+    ``has_more``)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }

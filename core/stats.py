@@ -170,18 +170,24 @@ def read_recent(client: redis.Redis, count: int = RECENT_KEPT) -> list[dict[str,
     return [json.loads(row) for row in rows]
 
 
-def queue_ages(client: redis.Redis, queues: Iterable[str], now: float) -> dict[str, float]:
-    """Seconds the oldest message of each queue has been ready to run (0: empty, or a
-    message that says not when). kombu's Redis transport pushes on the left and takes
-    from the right: the oldest is the last."""
+def queue_ages(
+    client: redis.Redis, queues: Iterable[str], now: float
+) -> dict[str, tuple[int, float]]:
+    """Each queue's depth and the seconds its oldest message has been ready to run (0:
+    empty, or a message that says not when), in one round trip. kombu's Redis transport
+    pushes on the left and takes from the right: the oldest is the last."""
     names = list(queues)
     pipe = client.pipeline(transaction=False)
     for queue in names:
+        pipe.llen(queue)
         pipe.lindex(queue, -1)
-    return {
-        queue: max(0.0, now - ready) if (ready := _ready_at(raw)) else 0.0
-        for queue, raw in zip(names, pipe.execute(), strict=True)
-    }
+    found = pipe.execute()
+    ages = {}
+    for i, queue in enumerate(names):
+        depth, oldest = int(found[2 * i]), found[2 * i + 1]
+        ready = _ready_at(oldest)
+        ages[queue] = (depth, max(0.0, now - ready) if ready else 0.0)
+    return ages
 
 
 def _ready_at(raw: bytes | None) -> float | None:

@@ -43,6 +43,7 @@ from core.errors import StorageUnavailable
 from core.files import FileRecord, new_file_id
 from core.logs import current_request_id
 from core.openai_batch import batch_object
+from core.paging import list_object
 from core.quotas import OverQuota, Quotas, quota_of
 
 log = logging.getLogger(__name__)
@@ -237,10 +238,4 @@ def list_batches(
     except StorageUnavailable as exc:
         raise unavailable() from exc
     data = [batch_object(b) for b in found]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return list_object(data, more)

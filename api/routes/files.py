@@ -21,6 +21,7 @@ from api.responses import BY_ID, CREATES, V1
 from core.batches import BatchStore
 from core.errors import StorageUnavailable
 from core.files import FileRecord, FileStore, TooLarge
+from core.paging import list_object
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=V1)
 
@@ -140,13 +141,7 @@ def list_files(
         ]
     except StorageUnavailable as exc:
         raise unavailable() from exc
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return list_object(data, more)
 
 
 @router.get("/{file_id}", responses=BY_ID)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from simulator.server import SimulatorServer
 from tests.integration.conftest import (
     API_KEY,
     auth,
+    completion_lines,
     genq_env,
     settings_for,
     start_process,
@@ -334,16 +334,7 @@ def test_interactive_jobs_go_before_a_batch_that_fills_the_limit(
 def start_batch(stack: Stack, count: int) -> tuple[OpenAI, Batch]:
     """A batch of ``count`` completions, created with the openai SDK."""
     sdk = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
-    lines = [
-        {
-            "custom_id": f"req-{i}",
-            "method": "POST",
-            "url": "/v1/completions",
-            "body": {"prompt": f"batch item {i}", "max_tokens": 8},
-        }
-        for i in range(count)
-    ]
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    data = completion_lines(count, "batch item")
     upload = sdk.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
     batch = sdk.batches.create(
         input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
